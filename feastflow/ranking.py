@@ -1,0 +1,147 @@
+"""The ranking contract, one implementation for training and serving.
+
+A request is (entity, timestamp, context). Stage 1 fetches per-entity features (candidate
+lists); candidate generation turns each request into rows (request, item); stage 2 fetches the
+per (entity, item, context) features; the model scores the rows. Training and serving both call
+these functions, so what the model learned from is what it is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from feastflow.spec import ModelSpec
+
+REQUEST_ID = "request_id"
+EVENT_TIMESTAMP = "event_timestamp"
+LABEL = "label"
+MISSING_KEY = ""  # a join key that matches no feature row
+
+
+def time_values(timestamps: pd.Series, name: str) -> pd.Series:
+    """Derive a time key from UTC timestamps: hour_of_day, is_weekend or unix_seconds."""
+    ts = pd.to_datetime(timestamps, utc=True)
+    if name == "hour_of_day":
+        return ts.dt.hour.astype("int64")
+    if name == "is_weekend":
+        return (ts.dt.dayofweek >= 5).astype("int64")
+    if name == "unix_seconds":
+        return (ts.astype("datetime64[us, UTC]").astype("int64") // 1_000_000).astype("int64")
+    raise ValueError(f"unknown time source {name!r}: use hour_of_day, is_weekend or unix_seconds")
+
+
+def resolve(source: str, requests: pd.DataFrame, spec: ModelSpec) -> pd.Series:
+    """The values of one declared source (`entity`, `item`, `context:x`, `time:x`, `feature:x`)."""
+    kind, _, name = source.partition(":")
+    log = spec.event_log
+    if kind == "entity":
+        return requests[log.entity]
+    if kind == "item":
+        return requests[log.item]
+    if kind in ("context", "feature"):
+        if name not in requests:
+            raise KeyError(f"declared source {source!r} is not a column of the request frame")
+        values = requests[name]
+        if kind == "feature" and values.dtype == object:
+            values = values.where(values.notna(), MISSING_KEY)
+        return values
+    if kind == "time":
+        return time_values(requests[log.timestamp], name)
+    raise ValueError(f"unknown source kind in {source!r}")
+
+
+def entity_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Stage-1 entity frame: one row per request with its join keys, as of just before it."""
+    rows = pd.DataFrame({REQUEST_ID: requests[REQUEST_ID].to_numpy()})
+    for key, source in spec.features.entity_join_keys.items():
+        rows[key] = resolve(source, requests, spec).to_numpy()
+    rows[EVENT_TIMESTAMP] = as_of(requests[spec.event_log.timestamp]).to_numpy()
+    return rows
+
+
+def as_of(timestamps: pd.Series) -> pd.Series:
+    """Feature lookup time: one microsecond before the unlock, so its own app is never a feature."""
+    ts = pd.to_datetime(timestamps, utc=True).astype("datetime64[us, UTC]")
+    return ts - pd.Timedelta(microseconds=1)
+
+
+def generate_candidates(lists: Sequence[Sequence[str] | None], limits: Sequence[int],
+                        max_candidates: int) -> tuple[list[str], np.ndarray]:
+    """Union of the truncated lists in priority order; also each item's 1-based rank per list."""
+    items: list[str] = []
+    seen: dict[str, int] = {}
+    truncated = [list(values)[:limit] if values is not None else [] for values, limit
+                 in zip(lists, limits, strict=True)]
+    for values in truncated:
+        for item in values:
+            if item not in seen and len(items) < max_candidates:
+                seen[item] = len(items)
+                items.append(item)
+    ranks = np.full((len(items), len(truncated)), np.nan)
+    for j, values in enumerate(truncated):
+        for rank, item in enumerate(values, start=1):
+            i = seen.get(item)
+            if i is not None and np.isnan(ranks[i, j]):
+                ranks[i, j] = rank
+    return items, ranks
+
+
+def candidate_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Stage-2 frame: one row per (request, candidate) with join keys, request fields and ranks.
+
+    `requests` carries the request columns and the stage-1 list features.
+    """
+    list_names = list(spec.candidates.lists)
+    limits = list(spec.candidates.lists.values())
+    missing = [n for n in list_names if n not in requests]
+    if missing:
+        raise KeyError(f"stage-1 features missing for candidate generation: {missing}")
+    request_index, items, rank_blocks = [], [], []
+    columns = [requests[n].to_numpy() for n in list_names]
+    for i in range(len(requests)):
+        lists = [_as_list(col[i]) for col in columns]
+        found, ranks = generate_candidates(lists, limits, spec.candidates.max_candidates)
+        request_index += [i] * len(found)
+        items += found
+        rank_blocks.append(ranks)
+    expanded = requests.iloc[request_index].reset_index(drop=True)
+    expanded[spec.event_log.item] = pd.Series(items, dtype="string")
+    ranks = np.vstack(rank_blocks) if rank_blocks else np.empty((0, len(list_names)))
+    for j, name in enumerate(list_names):
+        expanded[f"rank_in_{name}"] = ranks[:, j]
+    frame = pd.DataFrame({REQUEST_ID: expanded[REQUEST_ID].to_numpy()})
+    for key, source in {**spec.features.join_keys, **spec.features.request_fields}.items():
+        frame[key] = resolve(source, expanded, spec).to_numpy()
+    for name in spec.model.extra_features:
+        if name not in frame:
+            frame[name] = expanded[name].to_numpy() if name in expanded else np.nan
+    frame[EVENT_TIMESTAMP] = as_of(expanded[spec.event_log.timestamp]).to_numpy()
+    return frame
+
+
+def _as_list(value: object) -> list[str] | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return list(value)  # type: ignore[arg-type]
+
+
+def model_matrix(frame: pd.DataFrame, feature_names: Sequence[str],
+                 categorical: Sequence[str]) -> pd.DataFrame:
+    """The model's input columns in its order: categories as pandas categoricals, the rest float."""
+    out = {}
+    for name in feature_names:
+        values = frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+        if name in categorical:
+            out[name] = values.astype("string").astype("category")
+        else:
+            out[name] = pd.to_numeric(values, errors="coerce").astype("float64")
+    return pd.DataFrame(out, index=frame.index)
+
+
+def top_k(items: Sequence[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """The k best items by score, best first (ties keep candidate order)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return [(items[i], float(scores[i])) for i in order]

@@ -1,0 +1,92 @@
+"""The one settings object: environment variables (prefix FEASTFLOW_) override every default."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+DEV_HASH_SECRET = "feastflow-dev-secret-change-me"
+
+log = logging.getLogger(__name__)
+
+
+class Settings(BaseSettings):
+    """Where data lives, which online store to use, and the secrets; defaults work on a laptop."""
+
+    model_config = SettingsConfigDict(env_prefix="FEASTFLOW_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    home: Path = Field(default=PROJECT_ROOT / "var", description="Root of all generated state.")
+    profile: Literal["embedded", "redis"] = "embedded"
+    redis_url: str = Field(default="redis://localhost:6379/0", validation_alias="REDIS_URL")
+    user_hash_secret: str = DEV_HASH_SECRET
+    feature_repo: Path = FEATURE_REPO
+    mlflow_tracking_uri: str | None = None
+    api_key: str | None = None
+
+    @field_validator("home", "feature_repo")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _refuse_dev_secret_in_production(self) -> Settings:
+        if self.user_hash_secret == DEV_HASH_SECRET:
+            if self.env == "production":
+                raise ValueError(
+                    "FEASTFLOW_USER_HASH_SECRET is the development placeholder; "
+                    "set a real secret before running with FEASTFLOW_ENV=production"
+                )
+            _warn_dev_secret_once()
+        return self
+
+    @property
+    def events_dir(self) -> Path:
+        """Raw event log: Parquet partitioned by date and hour."""
+        return self.home / "events"
+
+    @property
+    def features_dir(self) -> Path:
+        """Batch feature tables, one Parquet file per feature view."""
+        return self.home / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast registry and the embedded online store."""
+        return self.home / "feast"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking and registry URI: a SQLite file under home unless overridden."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def artifacts_uri(self) -> str:
+        """Where MLflow stores run artifacts (models, plots)."""
+        return (self.home / "mlartifacts").as_uri()
+
+    @property
+    def models_dir(self) -> Path:
+        """Local copies of served models (last good model)."""
+        return self.home / "models"
+
+
+@lru_cache
+def _warn_dev_secret_once() -> None:
+    log.warning(
+        "FEASTFLOW_USER_HASH_SECRET is not set: user ids are hashed with the public "
+        "development secret. Set it before storing real users."
+    )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, built once per process."""
+    return Settings()

@@ -1,0 +1,132 @@
+"""The model spec: a use case declared as data (`feature_repo/<use_case>/model.yaml`).
+
+Pipelines read the spec and never name a use case; adding one means adding a folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventLogSpec(_Strict):
+    """Which columns of the raw event log are the entity, the predicted item and the time."""
+
+    entity: str
+    item: str
+    timestamp: str = "timestamp"
+    context: list[str] = Field(default_factory=list, description="request-time columns")
+
+
+class FeatureSpec(_Strict):
+    """Where the batch feature SQL lives and which Feast feature services the model reads."""
+
+    sql_dir: str = "features"
+    entity_service: str = Field(description="stage 1: per-entity features (candidate lists)")
+    ranking_service: str = Field(description="stage 2: per entity-item-context features")
+    entity_join_keys: dict[str, str] = Field(description="stage-1 join key -> value source")
+    # stage-2 join key -> where its value comes from: "item", "context:<col>",
+    # "time:hour_of_day" / "time:is_weekend", or "feature:<feature name from stage 1>"
+    join_keys: dict[str, str]
+    # request-source fields of the on-demand views -> same sources as join_keys
+    request_fields: dict[str, str] = Field(default_factory=dict)
+
+
+class CandidateSpec(_Strict):
+    """Candidate generation: the union of stage-1 list features, each truncated, in order."""
+
+    lists: dict[str, int] = Field(description="list feature -> how many of its first items")
+    fallback_list: str = Field(description="the list that answers for an unknown entity")
+    max_candidates: int = 20
+
+    @model_validator(mode="after")
+    def _fallback_is_a_list(self) -> CandidateSpec:
+        if self.fallback_list not in self.lists:
+            raise ValueError(f"fallback_list {self.fallback_list!r} is not one of the lists")
+        return self
+
+
+class ModelAlgoSpec(_Strict):
+    """The learner and its parameters."""
+
+    algorithm: Literal["lightgbm_lambdarank"] = "lightgbm_lambdarank"
+    params: dict[str, Any] = Field(default_factory=dict)
+    num_boost_round: int = 300
+    categorical: list[str] = Field(default_factory=list)
+    extra_features: list[str] = Field(
+        default_factory=list, description="model inputs that are not Feast features"
+    )
+
+
+class SplitSpec(_Strict):
+    """Time-based split: the last `holdout_days` are never seen by training."""
+
+    holdout_days: int = 14
+    train_days: int = 28
+    validation_days: int = 4
+    max_train_events: int = 8000
+    max_holdout_events: int = 3000
+    seed: int = 13
+
+
+class GateSpec(_Strict):
+    """Promotion gate: a challenger must not lose more than `max_top1_drop` and must win top4."""
+
+    max_top1_drop: float = 0.0
+    min_top4_gain: float = 0.0
+    must_beat_baselines: bool = True
+
+
+class ModelSpec(_Strict):
+    """A use case: its Feast services, label, candidates, learner, split, metrics and gate."""
+
+    name: str
+    description: str = ""
+    task: Literal["ranking"] = "ranking"
+    event_log: EventLogSpec
+    features: FeatureSpec
+    candidates: CandidateSpec
+    model: ModelAlgoSpec
+    split: SplitSpec = SplitSpec()
+    metrics: list[str] = Field(default_factory=lambda: ["top1", "top4", "candidate_recall"])
+    top_k: int = 4
+    gate: GateSpec = GateSpec()
+    source_dir: Path | None = None
+
+    @property
+    def registered_model_name(self) -> str:
+        """Name of the model in the MLflow registry."""
+        return self.name
+
+    @property
+    def sql_dir(self) -> Path:
+        """Folder of this use case's batch feature SQL files."""
+        assert self.source_dir is not None
+        return self.source_dir / self.features.sql_dir
+
+
+class SpecError(ValueError):
+    """The model spec is missing or invalid; the message names the file and the field."""
+
+
+def load_spec(use_case: str, feature_repo: Path) -> ModelSpec:
+    """Read and validate `feature_repo/<use_case>/model.yaml`."""
+    path = feature_repo / use_case / "model.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in feature_repo.glob("*/model.yaml"))
+        raise SpecError(f"no model spec at {path}; known use cases: {', '.join(known) or 'none'}")
+    raw = yaml.safe_load(path.read_text())
+    try:
+        return ModelSpec(**raw, source_dir=path.parent)
+    except ValidationError as e:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise SpecError(f"invalid model spec {path}: {fields}") from e

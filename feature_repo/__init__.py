@@ -1,0 +1,1 @@
+"""Feast definitions, one sub-package per use case with its model spec and batch feature SQL."""

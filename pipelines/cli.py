@@ -1,0 +1,283 @@
+"""The `feastflow` command line: every pipeline step runs alone, `demo` runs them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from feastflow.settings import Settings
+from feastflow.spec import SpecError, load_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="feastflow: Feast features -> DuckDB training sets -> MLflow -> serving.")
+console = Console(stderr=True)
+UseCase = Annotated[str, typer.Option("--use-case", "-u", help="folder under feature_repo/")]
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option(help="state folder (FEASTFLOW_HOME)")] = None,
+    profile: Annotated[str | None, typer.Option(help="embedded or redis (FEASTFLOW_PROFILE)")]
+    = None,
+) -> None:
+    """Global options override the environment for this command and the processes it starts."""
+    if home is not None:
+        os.environ["FEASTFLOW_HOME"] = str(home.resolve())
+    if profile is not None:
+        os.environ["FEASTFLOW_PROFILE"] = profile
+    try:
+        ctx.obj = Settings()
+    except ValueError as e:
+        console.print(f"[red]invalid settings:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+def _spec(settings: Settings, use_case: str):  # noqa: ANN202 - ModelSpec, imported lazily
+    try:
+        return load_spec(use_case, settings.feature_repo)
+    except SpecError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    users: Annotated[int, typer.Option(min=1, help="number of simulated people")] = 150,
+    days: Annotated[int, typer.Option(min=1, help="days of activity")] = 56,
+    seed: Annotated[int, typer.Option(help="same seed, same events")] = 7,
+    start: Annotated[str, typer.Option(help="first day (UTC)")] = "2026-01-05",
+    out: Annotated[Path | None, typer.Option(help=".parquet or .csv; default HOME/raw/")] = None,
+) -> None:
+    """Simulate phone unlocks and write them in the raw event schema (raw ids: ingest hashes)."""
+    from pipelines.generate import generate_events
+
+    settings = _settings(ctx)
+    out = out or settings.home / "raw" / f"unlocks_u{users}_d{days}_s{seed}.parquet"
+    with _bar() as bar:
+        task = bar.add_task("simulating users", total=users)
+        events = generate_events(users, days, seed, start, on_user=lambda _: bar.advance(task))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix == ".csv":
+        events.to_csv(tmp, index=False)
+    else:
+        events.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    console.print(f"{len(events):,} events of {users} users over {days} days -> {out}")
+    typer.echo(str(out))
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="CSV or Parquet in the raw event schema")],
+    strict: Annotated[bool, typer.Option(help="reject the whole file if any row is bad")] = False,
+    max_errors: Annotated[int, typer.Option(help="errors to print")] = 20,
+) -> None:
+    """Validate, hash user ids, append to the event log; exit 1 if any row was rejected."""
+    from pipelines.ingest import ingest_file
+
+    settings = _settings(ctx)
+    try:
+        report = ingest_file(path, settings.events_dir, settings.user_hash_secret, strict=strict)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    for error in report.errors[:max_errors]:
+        console.print(f"[yellow]rejected[/yellow] {error}")
+    if len(report.errors) > max_errors:
+        console.print(f"... and {len(report.errors) - max_errors} more errors")
+    console.print(
+        f"read {report.rows_read:,} rows: wrote {report.rows_written:,} into "
+        f"{len(report.partitions)} partitions, skipped {report.duplicates_skipped:,} already "
+        f"ingested, rejected {report.rows_rejected:,}"
+        + (" (strict: nothing written)" if strict and report.errors else "")
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def features(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
+    """Compute the use case's batch feature tables from the event log (DuckDB SQL)."""
+    from pipelines.features import compute_feature_tables, feature_sql_files
+
+    settings = _settings(ctx)
+    spec = _spec(settings, use_case)
+    with _bar() as bar:
+        task = bar.add_task("feature tables", total=len(feature_sql_files(spec)))
+        rows = compute_feature_tables(
+            spec, settings.events_dir, settings.features_dir / spec.name,
+            on_table=lambda name, n: bar.advance(task),
+        )
+    for name, n in rows.items():
+        console.print(f"  {name}: {n:,} rows")
+
+
+@app.command()
+def apply(ctx: typer.Context) -> None:
+    """Register the Feast definitions of feature_repo/ (what `feast apply` does)."""
+    from pipelines.feast_ops import apply_repo
+
+    apply_repo(_settings(ctx))
+
+
+@app.command()
+def materialize(
+    ctx: typer.Context,
+    start: Annotated[datetime | None, typer.Option(help="default: 400 days before end")] = None,
+    end: Annotated[datetime | None, typer.Option(help="default: now")] = None,
+) -> None:
+    """Load the latest feature values into the online store (what `feast materialize` does)."""
+    from pipelines.feast_ops import materialize as run
+
+    first, last = run(_settings(ctx), start, end)
+    console.print(f"materialized {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}")
+
+
+@app.command()
+def train(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
+    """Train on the spec's window, log the run to MLflow, register the model as challenger."""
+    from pipelines.training import train_use_case
+
+    settings = _settings(ctx)
+    result = train_use_case(settings, _spec(settings, use_case), progress=console.print)
+    console.print(f"registered version {result.version} as challenger (run {result.run_id})")
+    typer.echo(json.dumps({"model_version": result.version, **result.report}))
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    use_case: UseCase = "next_app",
+    alias: Annotated[str, typer.Option(help="champion or challenger")] = "champion",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Evaluate the aliased model on the holdout against the baselines."""
+    from pipelines.training import evaluate_alias
+    from registry.lifecycle import RegistryError
+
+    settings = _settings(ctx)
+    try:
+        report = evaluate_alias(settings, _spec(settings, use_case), alias,
+                                progress=lambda m: console.print(m))
+    except RegistryError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        console.print(metrics_table(report))
+
+
+def metrics_table(report: dict) -> Table:
+    """Holdout hit rates of the model and the baselines, as a table."""
+    table = Table(title=f"holdout {report['holdout_start'][:10]} .. {report['holdout_end'][:10]}"
+                  f", {report['n_holdout_events']} events")
+    for column in ("", "top-1", "top-4"):
+        table.add_column(column)
+    table.add_row(f"model v{report.get('model_version', '?')}", f"{report['top1']:.3f}",
+                  f"{report['top4']:.3f}")
+    for name, values in report["baselines"].items():
+        table.add_row(name, f"{values['top1']:.3f}", f"{values['top4']:.3f}")
+    table.caption = f"candidate recall {report['candidate_recall']:.3f}"
+    return table
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    use_case: UseCase = "next_app",
+    version: Annotated[str | None, typer.Option(help="default: the challenger")] = None,
+) -> None:
+    """Move `champion` to the challenger if the spec's gate passes; exit 1 if it does not."""
+    from registry import lifecycle
+
+    settings = _settings(ctx)
+    spec = _spec(settings, use_case)
+    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
+    try:
+        decision = lifecycle.promote(spec.registered_model_name, spec.gate, version)
+    except lifecycle.RegistryError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    for reason in decision.reasons:
+        console.print(f"  {reason}")
+    champion = lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
+    console.print(("[green]promoted[/green]" if decision.passed else "[red]rejected[/red]")
+                  + f": champion is v{champion}")
+    if not decision.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
+    """Move `champion` back to the version the last promotion replaced."""
+    from registry import lifecycle
+
+    settings = _settings(ctx)
+    spec = _spec(settings, use_case)
+    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
+    try:
+        version = lifecycle.rollback(spec.registered_model_name)
+    except lifecycle.RegistryError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    console.print(f"champion is v{version} again")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    use_case: UseCase = "next_app",
+) -> None:
+    """Start the prediction server (loads the champion at start)."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.settings import ServingSettings
+
+    settings = ServingSettings(use_case=use_case, host=host, port=port)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    users: Annotated[int, typer.Option(min=1)] = 150,
+    days: Annotated[int, typer.Option(min=1)] = 56,
+    seed: Annotated[int, typer.Option()] = 7,
+    use_case: UseCase = "next_app",
+) -> None:
+    """The whole flagship job end to end: generate ... predict over HTTP, with a summary."""
+    from pipelines.demo import run_demo
+
+    settings = _settings(ctx)
+    ok = run_demo(settings, _spec(settings, use_case), users, days, seed, console)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,116 @@
+"""Point-in-time training and holdout sets from Feast's get_historical_features.
+
+The split is by time: the last `holdout_days` of the event log are the holdout, the
+`train_days` before them the training window. Feature values are those known one microsecond
+before each unlock (Feast's point-in-time join over the feature tables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from feast import FeatureStore
+
+from feastflow.ranking import LABEL, REQUEST_ID, candidate_rows, entity_rows
+from feastflow.spec import ModelSpec
+from pipelines.features import event_log_connection
+
+ROW_ID = "row_id"
+
+
+@dataclass(frozen=True)
+class SplitWindow:
+    """Day boundaries (UTC) of the training window and the holdout."""
+
+    train_start: pd.Timestamp
+    holdout_start: pd.Timestamp
+    holdout_end: pd.Timestamp  # exclusive
+
+    def as_dict(self) -> dict[str, str]:
+        """ISO strings, for logs and JSON."""
+        return {k: v.isoformat() for k, v in self.__dict__.items()}
+
+
+def split_window(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> SplitWindow:
+    """The holdout is the last `holdout_days` whole days; training the `train_days` before."""
+    first, last = con.execute(
+        "SELECT min(date_trunc('day', timestamp)), max(date_trunc('day', timestamp)) FROM events"
+    ).fetchone()
+    holdout_end = pd.Timestamp(last).tz_convert("UTC") + pd.Timedelta(days=1)
+    holdout_start = holdout_end - pd.Timedelta(days=spec.split.holdout_days)
+    train_start = max(pd.Timestamp(first).tz_convert("UTC"),
+                      holdout_start - pd.Timedelta(days=spec.split.train_days))
+    if holdout_start <= train_start:
+        raise ValueError(
+            f"the event log spans {first:%Y-%m-%d}..{last:%Y-%m-%d}: too short for a "
+            f"{spec.split.holdout_days}-day holdout after a training window; generate more days"
+        )
+    return SplitWindow(train_start, holdout_start, holdout_end)
+
+
+def sample_requests(con: duckdb.DuckDBPyConnection, start: pd.Timestamp, end: pd.Timestamp,
+                    n: int, seed: int) -> pd.DataFrame:
+    """A reproducible uniform sample of up to n events in [start, end), as prediction requests."""
+    events = con.execute(
+        """SELECT * FROM events WHERE timestamp >= ? AND timestamp < ?
+           ORDER BY hash(event_id || ?::VARCHAR), event_id LIMIT ?""",
+        [start.to_pydatetime(), end.to_pydatetime(), seed, n],
+    ).df()
+    events = events.sort_values(["timestamp", "event_id"], ignore_index=True)
+    events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True).astype("datetime64[us, UTC]")
+    events.insert(0, REQUEST_ID, range(len(events)))
+    return events
+
+
+def build_ranking_set(store: FeatureStore, requests: pd.DataFrame, spec: ModelSpec
+                      ) -> pd.DataFrame:
+    """Candidates for each request with their point-in-time features and a 0/1 label."""
+    stage1_service = store.get_feature_service(spec.features.entity_service)
+    stage1 = store.get_historical_features(
+        entity_df=entity_rows(requests, spec), features=stage1_service
+    ).to_df()
+    stage1_features = [c for c in stage1.columns if c not in entity_rows(requests.head(0), spec)]
+    enriched = requests.merge(stage1[[REQUEST_ID, *stage1_features]], on=REQUEST_ID, how="left")
+    candidates = candidate_rows(enriched, spec)
+    candidates.insert(0, ROW_ID, range(len(candidates)))
+    stage2 = store.get_historical_features(
+        entity_df=candidates, features=store.get_feature_service(spec.features.ranking_service)
+    ).to_df()
+    stage2 = stage2.sort_values(ROW_ID, ignore_index=True)
+    item = spec.event_log.item
+    actual = requests.set_index(REQUEST_ID)[item]
+    stage2[LABEL] = (stage2[item].to_numpy() == actual.loc[stage2[REQUEST_ID]].to_numpy()).astype(
+        "int64"
+    )
+    return stage2
+
+
+def ranking_feature_names(store: FeatureStore, spec: ModelSpec) -> list[str]:
+    """The model's inputs: every feature of the ranking service, then the spec's extra columns."""
+    service = store.get_feature_service(spec.features.ranking_service)
+    names = [f.name for projection in service.feature_view_projections
+             for f in projection.features]
+    return names + [n for n in spec.model.extra_features if n not in names]
+
+
+def data_fingerprint(events_dir: Path, features_dir: Path, window: SplitWindow,
+                     spec: ModelSpec) -> str:
+    """A hash of the inputs (file names, sizes, mtimes), the time range and the split."""
+    digest = hashlib.sha256()
+    for root in (events_dir, features_dir):
+        for path in sorted(root.rglob("*.parquet")):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(json.dumps(window.as_dict(), sort_keys=True).encode())
+    digest.update(spec.model_dump_json(exclude={"source_dir"}).encode())
+    return digest.hexdigest()[:16]
+
+
+def open_event_log(events_dir: Path) -> duckdb.DuckDBPyConnection:
+    """The event log as DuckDB view `events` (UTC)."""
+    return event_log_connection(events_dir)

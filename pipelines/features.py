@@ -1,0 +1,67 @@
+"""Batch feature computation: run a use case's feature SQL over the event log with DuckDB."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+from feastflow.spec import ModelSpec
+from pipelines.ingest import events_glob
+
+
+def feature_sql_files(spec: ModelSpec) -> list[Path]:
+    """The use case's batch feature SQL files, one per table, in name order."""
+    files = sorted(spec.sql_dir.glob("*.sql"))
+    if not files:
+        raise FileNotFoundError(f"no feature SQL files in {spec.sql_dir}")
+    return files
+
+
+def event_log_connection(events_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection in UTC with the event log as view `events` and daily `snapshots`."""
+    if not any(events_dir.glob("date=*/hour=*/*.parquet")):
+        raise FileNotFoundError(f"the event log {events_dir} is empty: run `feastflow ingest` first")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(
+        f"CREATE VIEW events AS SELECT * FROM read_parquet('{events_glob(events_dir)}', "
+        "hive_partitioning = false)"
+    )
+    con.execute(
+        """CREATE TABLE snapshots AS
+        SELECT unnest(generate_series(min(date_trunc('day', timestamp)) + INTERVAL 1 DAY,
+                                      max(date_trunc('day', timestamp)) + INTERVAL 1 DAY,
+                                      INTERVAL 1 DAY)) AS snapshot_ts
+        FROM events"""
+    )
+    return con
+
+
+def compute_feature_tables(
+    spec: ModelSpec,
+    events_dir: Path,
+    out_dir: Path,
+    on_table: Callable[[str, int], None] | None = None,
+) -> dict[str, int]:
+    """Write one Parquet table per SQL file (atomically replaced); return rows per table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    con = event_log_connection(events_dir)
+    rows: dict[str, int] = {}
+    for sql_file in feature_sql_files(spec):
+        name = sql_file.stem
+        final = out_dir / f"{name}.parquet"
+        tmp = out_dir / f".{name}.parquet.tmp"
+        query = sql_file.read_text().strip().rstrip(";")
+        try:
+            con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        except duckdb.Error as e:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"feature SQL {sql_file} failed: {e}") from e
+        os.replace(tmp, final)
+        rows[name] = con.execute(f"SELECT count(*) FROM '{final}'").fetchone()[0]
+        if on_table is not None:
+            on_table(name, rows[name])
+    return rows

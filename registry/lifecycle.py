@@ -1,0 +1,197 @@
+"""The model lifecycle on MLflow: log, register as challenger, gate, promote, roll back, load.
+
+Every alias move is recorded as tags on the model version it lands on, so the registry itself
+tells why each version is (or stopped being) the champion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import mlflow
+import mlflow.lightgbm
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+BASELINES = ("mru", "mfu", "mfu_hour")
+log = logging.getLogger(__name__)
+
+
+class RegistryError(RuntimeError):
+    """The registry does not hold what was asked for; the message says what to run first."""
+
+
+def configure(tracking_uri: str, artifacts_uri: str, experiment: str) -> str:
+    """Point MLflow at the tracking store and make sure the experiment exists; return its id."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        experiment_id = client.create_experiment(
+            experiment, artifact_location=f"{artifacts_uri}/{experiment}"
+        )
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version and where its run lives."""
+
+    name: str
+    version: str
+    run_id: str
+
+
+def register_challenger(model_name: str, model_uri: str, run_id: str,
+                        metrics: dict[str, float], tags: dict[str, str]) -> RegisteredVersion:
+    """Register the run's model, tag it with its metrics and tags, and alias it `challenger`."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException:
+        pass  # already exists
+    version = mlflow.register_model(model_uri, model_name).version
+    for key, value in {**tags, **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()}}.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    _record(client, model_name, version, "registered", f"alias {CHALLENGER}")
+    return RegisteredVersion(model_name, str(version), run_id)
+
+
+def version_metrics(model_name: str, version: str) -> dict[str, float]:
+    """The holdout metrics recorded on a version at registration."""
+    tags = MlflowClient().get_model_version(model_name, version).tags
+    return {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    """The version an alias points to, or None."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a challenger may become champion, and the reasons, in words."""
+
+    passed: bool
+    reasons: list[str]
+
+
+def gate(challenger: dict[str, float], champion: dict[str, float] | None,
+         max_top1_drop: float, min_top4_gain: float, must_beat_baselines: bool) -> GateDecision:
+    """The promotion gate: beat every baseline (first model) and not lose to the champion."""
+    reasons: list[str] = []
+    passed = True
+    if must_beat_baselines:
+        for baseline in BASELINES:
+            for metric in ("top1", "top4"):
+                ours, theirs = challenger[metric], challenger[f"{baseline}_{metric}"]
+                ok = ours > theirs
+                passed &= ok
+                reasons.append(f"{metric} {ours:.4f} {'>' if ok else '<='} {baseline} {theirs:.4f}")
+    if champion is not None:
+        top1_ok = challenger["top1"] >= champion["top1"] - max_top1_drop
+        top4_ok = challenger["top4"] >= champion["top4"] + min_top4_gain
+        passed &= top1_ok and top4_ok
+        reasons.append(f"top1 {challenger['top1']:.4f} vs champion {champion['top1']:.4f} "
+                       f"(allowed drop {max_top1_drop}): {'ok' if top1_ok else 'fails'}")
+        reasons.append(f"top4 {challenger['top4']:.4f} vs champion {champion['top4']:.4f} "
+                       f"(needed gain {min_top4_gain}): {'ok' if top4_ok else 'fails'}")
+    return GateDecision(passed, reasons)
+
+
+def promote(model_name: str, gate_spec: Any, version: str | None = None) -> GateDecision:
+    """Move `champion` to the challenger (or `version`) if the gate passes; record the decision."""
+    client = MlflowClient()
+    candidate = version or alias_version(model_name, CHALLENGER)
+    if candidate is None:
+        raise RegistryError(f"{model_name} has no {CHALLENGER}: run `feastflow train` first")
+    current = alias_version(model_name, CHAMPION)
+    if current == candidate:
+        return GateDecision(True, [f"version {candidate} is already {CHAMPION}"])
+    champion_metrics = version_metrics(model_name, current) if current else None
+    decision = gate(version_metrics(model_name, candidate), champion_metrics,
+                    gate_spec.max_top1_drop, gate_spec.min_top4_gain,
+                    gate_spec.must_beat_baselines)
+    detail = json.dumps({"passed": decision.passed, "reasons": decision.reasons,
+                         "previous_champion": current})
+    if decision.passed:
+        client.set_registered_model_alias(model_name, CHAMPION, candidate)
+        if current:
+            client.set_model_version_tag(model_name, candidate, "previous_champion", current)
+        _record(client, model_name, candidate, "promoted", detail)
+    else:
+        _record(client, model_name, candidate, "rejected", detail)
+    return decision
+
+
+def rollback(model_name: str) -> str:
+    """Move `champion` back to the version it replaced; return that version."""
+    client = MlflowClient()
+    current = alias_version(model_name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"{model_name} has no {CHAMPION} to roll back")
+    previous = client.get_model_version(model_name, current).tags.get("previous_champion")
+    if not previous:
+        raise RegistryError(f"{model_name} v{current} replaced no earlier champion; nothing to "
+                            "roll back to")
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    _record(client, model_name, current, "rolled_back", f"{CHAMPION} moved back to v{previous}")
+    _record(client, model_name, previous, "restored", f"{CHAMPION} restored from v{current}")
+    return previous
+
+
+def _record(client: MlflowClient, model_name: str, version: str, event: str, detail: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    client.set_model_version_tag(model_name, version, f"lifecycle.{stamp}.{event}", detail)
+    client.set_model_version_tag(model_name, version, "lifecycle.last", f"{event}: {detail}")
+
+
+@dataclass
+class LoadedModel:
+    """A booster loaded from the registry, with its version and the run's metadata."""
+
+    booster: lgb.Booster
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+
+def load_by_alias(model_name: str, alias: str = CHAMPION, local_dir: Path | None = None
+                  ) -> LoadedModel:
+    """Load the aliased version in LightGBM's native format (never a pickle)."""
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as e:
+        raise RegistryError(f"{model_name}@{alias} does not exist: train and promote first") from e
+    booster = mlflow.lightgbm.load_model(f"models:/{model_name}/{mv.version}", dst_path=
+                                         str(local_dir) if local_dir else None)
+    if not isinstance(booster, lgb.Booster):
+        raise RegistryError(f"{model_name} v{mv.version} is not a LightGBM Booster")
+    _warn_on_version_mismatch(mv.tags)
+    return LoadedModel(booster, str(mv.version), mv.run_id, dict(mv.tags))
+
+
+def _warn_on_version_mismatch(tags: dict[str, str]) -> None:
+    import feast
+
+    for lib, installed in (("lightgbm", lgb.__version__), ("feast", feast.__version__)):
+        trained = tags.get(f"lib.{lib}")
+        if trained and trained != installed:
+            log.warning("model trained with %s %s, serving with %s", lib, trained, installed)
