@@ -47,6 +47,22 @@ class Settings(BaseSettings):
             _warn_dev_secret_once()
         return self
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables, for child processes."""
+        env = {
+            "FEASTFLOW_ENV": self.env,
+            "FEASTFLOW_HOME": str(self.home),
+            "FEASTFLOW_PROFILE": self.profile,
+            "REDIS_URL": self.redis_url,
+            "FEASTFLOW_USER_HASH_SECRET": self.user_hash_secret,
+            "FEASTFLOW_FEATURE_REPO": str(self.feature_repo),
+        }
+        if self.mlflow_tracking_uri:
+            env["FEASTFLOW_MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        if self.api_key:
+            env["FEASTFLOW_API_KEY"] = self.api_key
+        return env
+
     @property
     def events_dir(self) -> Path:
         """Raw event log: Parquet partitioned by date and hour."""

@@ -66,11 +66,15 @@ class ModelAlgoSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    """Time-based split: the last `holdout_days` are never seen by training."""
+    """Time-based split: the last `holdout_days` are never seen by training.
+
+    Training labels start `warmup_days` after the first event, so that their features have
+    some history behind them (a 28-day window computed over one day of data is noise).
+    """
 
     holdout_days: int = 14
     train_days: int = 28
-    validation_days: int = 4
+    warmup_days: int = 7
     max_train_events: int = 8000
     max_holdout_events: int = 3000
     seed: int = 13

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +25,14 @@ console = Console(stderr=True)
 UseCase = Annotated[str, typer.Option("--use-case", "-u", help="folder under feature_repo/")]
 
 
+def _quiet_third_party_warnings() -> None:
+    # Deprecation notices from ibis/SQLAlchemy/MLflow internals and Feast's "experimental" note
+    # on on-demand views say nothing a user of this CLI can act on.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def _settings(ctx: typer.Context) -> Settings:
     return ctx.obj
 
@@ -35,6 +45,7 @@ def main(
     = None,
 ) -> None:
     """Global options override the environment for this command and the processes it starts."""
+    _quiet_third_party_warnings()
     if home is not None:
         os.environ["FEASTFLOW_HOME"] = str(home.resolve())
     if profile is not None:
@@ -46,7 +57,7 @@ def main(
         raise typer.Exit(2) from e
 
 
-def _spec(settings: Settings, use_case: str):  # noqa: ANN202 - ModelSpec, imported lazily
+def _spec(settings: Settings, use_case: str):
     try:
         return load_spec(use_case, settings.feature_repo)
     except SpecError as e:

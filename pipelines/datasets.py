@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from feastflow.spec import ModelSpec
 from pipelines.features import event_log_connection
 
 ROW_ID = "row_id"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,17 @@ def split_window(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> SplitWindow
     ).fetchone()
     holdout_end = pd.Timestamp(last).tz_convert("UTC") + pd.Timedelta(days=1)
     holdout_start = holdout_end - pd.Timedelta(days=spec.split.holdout_days)
-    train_start = max(pd.Timestamp(first).tz_convert("UTC"),
-                      holdout_start - pd.Timedelta(days=spec.split.train_days))
-    if holdout_start <= train_start:
+    earliest = pd.Timestamp(first).tz_convert("UTC") + pd.Timedelta(days=spec.split.warmup_days)
+    train_start = max(earliest, holdout_start - pd.Timedelta(days=spec.split.train_days))
+    if holdout_start - train_start < pd.Timedelta(days=7):
         raise ValueError(
-            f"the event log spans {first:%Y-%m-%d}..{last:%Y-%m-%d}: too short for a "
-            f"{spec.split.holdout_days}-day holdout after a training window; generate more days"
+            f"the event log spans {first:%Y-%m-%d}..{last:%Y-%m-%d}: too short for "
+            f"{spec.split.warmup_days} warm-up days, a week of training and a "
+            f"{spec.split.holdout_days}-day holdout; generate more days"
         )
+    if holdout_start - train_start < pd.Timedelta(days=spec.split.train_days):
+        log.warning("training window shortened to %s by the length of the event log",
+                    holdout_start - train_start)
     return SplitWindow(train_start, holdout_start, holdout_end)
 
 

@@ -34,8 +34,7 @@ def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0
                    ) -> Iterator[str]:
     """Start `feastflow serve` in a child process; yield its base URL once /healthz has a model."""
     port = free_port()
-    env = {**os.environ, "FEASTFLOW_HOME": str(settings.home),
-           "FEASTFLOW_PROFILE": settings.profile, "REDIS_URL": settings.redis_url}
+    env = {**os.environ, **settings.as_env()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port),
          "--use-case", use_case], env=env,

@@ -318,11 +318,11 @@ def _simulate_user(user: UserModel, start: pd.Timestamp, days: int, catalog: App
                 session = float(np.clip(rng.lognormal(np.log(session_median[choice]), 0.9), 1, 20000))
                 rows.append((
                     ts_us, catalog.names[apps[choice]], gap, round(session, 1), LOCATIONS[location],
-                    int(round(battery)), bool(charging), network, os_version,
+                    round(battery), bool(charging), network, os_version,
                 ))
                 battery = battery + 8 if charging else battery - session / 600 - 0.3
                 battery = float(np.clip(battery, 2, 100))
-                recent = (recent + [choice])[-3:]
+                recent = [*recent, choice][-3:]
                 prev_us = ts_us
     return rows
 

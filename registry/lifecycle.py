@@ -6,6 +6,7 @@ tells why each version is (or stopped being) the champion.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -58,10 +59,8 @@ def register_challenger(model_name: str, model_uri: str, run_id: str,
                         metrics: dict[str, float], tags: dict[str, str]) -> RegisteredVersion:
     """Register the run's model, tag it with its metrics and tags, and alias it `challenger`."""
     client = MlflowClient()
-    try:
+    with contextlib.suppress(MlflowException):  # it already exists
         client.create_registered_model(model_name)
-    except MlflowException:
-        pass  # already exists
     version = mlflow.register_model(model_uri, model_name).version
     for key, value in {**tags, **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()}}.items():
         client.set_model_version_tag(model_name, version, key, str(value))

@@ -1,0 +1,110 @@
+"""Ingestion: bad rows named, good rows all-or-nothing, ids hashed, re-ingest idempotent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from feastflow.privacy import hash_user_id
+from pipelines import ingest as ingest_module
+from pipelines.cli import app
+from pipelines.ingest import events_glob, ingest_file, ingest_frame
+
+SECRET = "test-secret"
+
+
+def log_rows(events_dir: Path) -> pd.DataFrame:
+    return duckdb.sql(f"SELECT * FROM read_parquet('{events_glob(events_dir)}')").df()
+
+
+def test_ingest_writes_hashed_partitions_and_is_idempotent(
+    small_events: pd.DataFrame, tmp_path: Path
+) -> None:
+    events = small_events.head(3000)
+    report = ingest_frame(events, tmp_path / "events", SECRET)
+    assert report.rows_written == 3000 and report.errors == []
+    stored = log_rows(tmp_path / "events")
+    assert len(stored) == 3000
+    assert set(stored["user_id"]) == {hash_user_id(u, SECRET) for u in events["user_id"]}
+    assert str(stored["timestamp"].dtype).startswith("datetime64[us")
+    # raw ids never reach disk: no byte of any written file contains one
+    raw_ids = set(events["user_id"])
+    for path in (tmp_path / "events").rglob("*.parquet"):
+        blob = path.read_bytes()
+        assert not any(raw.encode() in blob for raw in raw_ids)
+    # partitions by date and hour, named like Hive partitions
+    first = events["timestamp"].iloc[0]
+    assert (tmp_path / "events" / f"date={first:%Y-%m-%d}" / f"hour={first:%H}").is_dir()
+
+    again = ingest_frame(small_events.head(4000), tmp_path / "events", SECRET)
+    assert again.duplicates_skipped == 3000 and again.rows_written == 1000
+    assert len(log_rows(tmp_path / "events")) == 4000
+
+
+def test_bad_rows_are_reported_and_good_rows_still_land(
+    small_events: pd.DataFrame, tmp_path: Path
+) -> None:
+    raw = small_events.head(50).astype({"battery": object}).copy()
+    raw.loc[3, "battery"] = 140
+    raw.loc[7, "location"] = "moon"
+    report = ingest_frame(raw, tmp_path / "events", SECRET)
+    assert [(e.row, e.field) for e in report.errors] == [(4, "battery"), (8, "location")]
+    assert "out of range" in report.errors[0].reason
+    assert report.rows_written == 48
+    strict = ingest_frame(raw.assign(event_id=raw["event_id"] + "-b"), tmp_path / "strict",
+                          SECRET, strict=True)
+    assert strict.rows_written == 0 and not (tmp_path / "strict").exists()
+
+
+def test_a_failure_mid_write_leaves_no_partition_behind(
+    small_events: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = small_events.head(2000)  # spans many hour partitions
+    real_replace, calls = os.replace, {"n": 0}
+
+    def failing_replace(src: str, dst: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ingest_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        ingest_frame(events, tmp_path / "events", SECRET)
+    assert list((tmp_path / "events").rglob("*.parquet")) == []
+    monkeypatch.setattr(ingest_module.os, "replace", real_replace)
+    assert ingest_frame(events, tmp_path / "events", SECRET).rows_written == 2000
+
+
+def test_csv_input_round_trips(small_events: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    small_events.head(200).to_csv(path, index=False)
+    report = ingest_file(path, tmp_path / "events", SECRET)
+    assert report.errors == [] and report.rows_written == 200
+    stored = log_rows(tmp_path / "events").sort_values("event_id", ignore_index=True)
+    expected = small_events.head(200).sort_values("event_id", ignore_index=True)
+    assert (stored["app"] == expected["app"]).all()
+    assert (stored["charging"] == expected["charging"]).all()
+    assert (stored["timestamp"] == expected["timestamp"]).all()
+
+
+def test_cli_ingest_names_bad_rows_and_exits_nonzero(
+    small_events: pd.DataFrame, tmp_path: Path
+) -> None:
+    raw = small_events.head(10).copy()
+    raw["app"] = raw["app"].astype(object)
+    raw.loc[2, "app"] = "Bad App"
+    path = tmp_path / "in.csv"
+    raw.to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "ingest", str(path)])
+    assert result.exit_code == 1
+    assert "row 3: app:" in result.output
+    assert "wrote 9" in result.output
+    missing = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "ingest",
+                                       str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "no such input file" in missing.output

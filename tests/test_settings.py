@@ -1,0 +1,53 @@
+"""Settings and the Feast store configuration built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feastflow.settings import FEATURE_REPO, PROJECT_ROOT, Settings
+from feastflow.store import redis_connection_string, repo_config
+
+
+def test_production_refuses_the_development_secret() -> None:
+    with pytest.raises(ValueError, match="FEASTFLOW_USER_HASH_SECRET"):
+        Settings(env="production")
+    assert Settings(env="production", user_hash_secret="s3cret").env == "production"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost:6379/0", "localhost:6379,db=0"),
+        ("redis://:pw@cache:6380/3", "cache:6380,db=3,password=pw"),
+        ("rediss://cache", "cache:6379,db=0,ssl=true"),
+    ],
+)
+def test_redis_url_becomes_feast_connection_string(url: str, expected: str) -> None:
+    assert redis_connection_string(url) == expected
+
+
+def test_redis_url_must_be_redis() -> None:
+    with pytest.raises(ValueError, match="REDIS_URL"):
+        redis_connection_string("http://localhost:6379")
+
+
+def test_yaml_defaults_match_the_settings_defaults() -> None:
+    # `feast` run in feature_repo/ and feastflow with no environment must use the same files.
+    raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())
+    registry = (FEATURE_REPO / raw["registry"]["path"].removeprefix("sqlite:///")).resolve()
+    online = (FEATURE_REPO / raw["online_store"]["path"]).resolve()
+    home = PROJECT_ROOT / "var"
+    assert registry == home / "feast" / "registry.db"
+    assert online == home / "feast" / "online.db"
+
+
+def test_repo_config_follows_home_and_profile(tmp_path: Path) -> None:
+    embedded = repo_config(Settings(home=tmp_path))
+    assert embedded.online_store.path == str(tmp_path / "feast" / "online.db")
+    redis = repo_config(Settings(home=tmp_path, profile="redis",
+                                 redis_url="redis://example:7000/2"))
+    assert redis.online_store.connection_string == "example:7000,db=2"
+    assert str(tmp_path / "feast" / "registry.db") in redis.registry.path
