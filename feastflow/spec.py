@@ -23,6 +23,9 @@ class EventLogSpec(_Strict):
     item: str
     timestamp: str = "timestamp"
     context: list[str] = Field(default_factory=list, description="request-time columns")
+    example_context: dict[str, Any] = Field(
+        default_factory=dict, description="a typical request context (server warm-up, docs)"
+    )
 
 
 class FeatureSpec(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
@@ -25,7 +26,9 @@ def build_predictor(settings: ServingSettings) -> Predictor:
     lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
     model = lifecycle.load_by_alias(spec.registered_model_name, settings.model_alias,
                                     local_dir=None)
-    return Predictor(open_store(settings), spec, model)
+    predictor = Predictor(open_store(settings), spec, model)
+    predictor.warm_up(datetime.now(UTC))
+    return predictor
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:

@@ -60,25 +60,40 @@ class Predictor:
                 frame[name] = frame[name].astype(object).where(~stale, None)
         return frame
 
-    def predict(self, user_hash: str, timestamp: datetime, context: dict[str, Any], k: int
-                ) -> Prediction:
-        """Rank candidate items for one request; unknown users get what is popular at the hour."""
+    def _enrich(self, user_hash: str, timestamp: datetime, context: dict[str, Any]
+                ) -> pd.DataFrame:
+        """The request as a one-row frame with its stage-1 (per-entity) features."""
         log = self.spec.event_log
         request = pd.DataFrame([{
             REQUEST_ID: 0, log.entity: user_hash,
             log.timestamp: pd.Timestamp(timestamp).tz_convert("UTC"), **context,
         }])
-        now_unix = pd.Timestamp(timestamp).timestamp()
         stage1_keys = entity_rows(request, self.spec).drop(columns=[REQUEST_ID, "event_timestamp"])
-        stage1 = self._online(self.entity_service, stage1_keys, now_unix)
-        enriched = pd.concat([request, stage1.drop(columns=stage1_keys.columns)], axis=1)
-        own_lists = [n for n in self.spec.candidates.lists if n != self.spec.candidates.fallback_list]
-        known = any(_non_empty(enriched.at[0, n]) for n in own_lists)
-        if not known:
-            popular = enriched.at[0, self.spec.candidates.fallback_list]
+        stage1 = self._online(self.entity_service, stage1_keys, timestamp.timestamp())
+        return pd.concat([request, stage1.drop(columns=stage1_keys.columns)], axis=1)
+
+    def predict(self, user_hash: str, timestamp: datetime, context: dict[str, Any], k: int
+                ) -> Prediction:
+        """Rank candidate items for one request; unknown users get what is popular at the hour."""
+        enriched = self._enrich(user_hash, timestamp, context)
+        fallback_list = self.spec.candidates.fallback_list
+        own_lists = [n for n in self.spec.candidates.lists if n != fallback_list]
+        if not any(_non_empty(enriched.at[0, n]) for n in own_lists):
+            popular = enriched.at[0, fallback_list]
             items = list(popular)[:k] if _non_empty(popular) else []
             scored = [(item, 1.0 / (rank + 1)) for rank, item in enumerate(items)]
             return Prediction(scored, known_user=False, fallback="popular_at_hour")
+        return self._rank(enriched, k, timestamp.timestamp())
+
+    def warm_up(self, timestamp: datetime) -> None:
+        """Score one synthetic request so the first real one does not pay Feast's cold caches."""
+        enriched = self._enrich("warm-up", timestamp, self.spec.event_log.example_context)
+        for name in self.spec.candidates.lists:
+            enriched[name] = [["warm-up"]]
+        self._rank(enriched, 1, timestamp.timestamp())
+
+    def _rank(self, enriched: pd.DataFrame, k: int, now_unix: float) -> Prediction:
+        log = self.spec.event_log
         candidates = candidate_rows(enriched, self.spec)
         stage2_keys = candidates[list(self.spec.features.join_keys)
                                  + list(self.spec.features.request_fields)]
