@@ -61,10 +61,13 @@ def split_window(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> SplitWindow
 
 def sample_requests(con: duckdb.DuckDBPyConnection, start: pd.Timestamp, end: pd.Timestamp,
                     n: int, seed: int) -> pd.DataFrame:
-    """A reproducible uniform sample of up to n events in [start, end), as prediction requests."""
+    """A reproducible uniform sample of up to n events in [start, end), as prediction requests.
+
+    Ordered by md5 of the event id and the seed: stable across DuckDB versions, unlike hash().
+    """
     events = con.execute(
         """SELECT * FROM events WHERE timestamp >= ? AND timestamp < ?
-           ORDER BY hash(event_id || ?::VARCHAR), event_id LIMIT ?""",
+           ORDER BY md5(event_id || ?::VARCHAR), event_id LIMIT ?""",
         [start.to_pydatetime(), end.to_pydatetime(), seed, n],
     ).df()
     events = events.sort_values(["timestamp", "event_id"], ignore_index=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 
 from feastflow.spec import ModelSpec
-from pipelines.ingest import events_glob
+from pipelines.ingest import events_glob, sql_string
 
 
 def feature_sql_files(spec: ModelSpec) -> list[Path]:
@@ -27,7 +27,7 @@ def event_log_connection(events_dir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(
-        f"CREATE VIEW events AS SELECT * FROM read_parquet('{events_glob(events_dir)}', "
+        f"CREATE VIEW events AS SELECT * FROM read_parquet({sql_string(events_glob(events_dir))}, "
         "hive_partitioning = false)"
     )
     con.execute(
@@ -56,12 +56,12 @@ def compute_feature_tables(
         tmp = out_dir / f".{name}.parquet.tmp"
         query = sql_file.read_text().strip().rstrip(";")
         try:
-            con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({query}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)")
         except duckdb.Error as e:
             tmp.unlink(missing_ok=True)
             raise RuntimeError(f"feature SQL {sql_file} failed: {e}") from e
         os.replace(tmp, final)
-        rows[name] = con.execute(f"SELECT count(*) FROM '{final}'").fetchone()[0]
+        rows[name] = con.execute(f"SELECT count(*) FROM {sql_string(final)}").fetchone()[0]
         if on_table is not None:
             on_table(name, rows[name])
     return rows

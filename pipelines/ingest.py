@@ -60,7 +60,7 @@ def existing_event_ids(events_dir: Path, candidate_ids: pd.Series) -> set[str]:
     con = duckdb.connect()
     con.register("incoming", pa.table({"event_id": candidate_ids.astype(str).to_numpy()}))
     found = con.execute(
-        f"""SELECT DISTINCT l.event_id FROM read_parquet('{events_dir}/date=*/hour=*/*.parquet',
+        f"""SELECT DISTINCT l.event_id FROM read_parquet({sql_string(events_glob(events_dir))},
             hive_partitioning = false) l JOIN incoming i USING (event_id)"""
     ).fetchall()
     return {row[0] for row in found}
@@ -120,6 +120,11 @@ def ingest_frame(raw: pd.DataFrame, events_dir: Path, secret: str, strict: bool 
 def ingest_file(path: Path, events_dir: Path, secret: str, strict: bool = False) -> IngestReport:
     """Ingest one CSV or Parquet file of raw events into the event log."""
     return ingest_frame(read_raw(path), events_dir, secret, strict=strict)
+
+
+def sql_string(value: str | Path) -> str:
+    """A SQL string literal (quotes doubled), for paths spliced into DuckDB statements."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def events_glob(events_dir: Path) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 
 import feast
 import lightgbm as lgb
-import matplotlib
 import mlflow
 import numpy as np
 import pandas as pd
@@ -32,7 +31,6 @@ from pipelines.datasets import (
 from pipelines.evaluate import baseline_metrics, hit_rates
 from registry import lifecycle
 
-matplotlib.use("Agg")
 Progress = Callable[[str], None]
 
 
@@ -132,20 +130,21 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def _plots(booster: lgb.Booster, report: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend, nothing to close
 
     importance = pd.Series(booster.feature_importance("gain"), index=booster.feature_name())
     importance = importance.sort_values().tail(25)
-    fig, ax = plt.subplots(figsize=(7, 7))
+    fig = Figure(figsize=(7, 7))
+    ax = fig.subplots()
     importance.plot.barh(ax=ax, color="#3b75af")
     ax.set_title("Feature importance (total gain)")
     fig.tight_layout()
     fig.savefig(out / "feature_importance.png", dpi=110)
-    plt.close(fig)
     names = ["model", *report["baselines"]]
     top1 = [report["top1"], *(b["top1"] for b in report["baselines"].values())]
     top4 = [report["top4"], *(b["top4"] for b in report["baselines"].values())]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     x = np.arange(len(names))
     ax.bar(x - 0.2, top1, 0.4, label="top-1")
     ax.bar(x + 0.2, top4, 0.4, label="top-4")
@@ -155,7 +154,6 @@ def _plots(booster: lgb.Booster, report: dict[str, Any], out: Path) -> list[Path
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "holdout_vs_baselines.png", dpi=110)
-    plt.close(fig)
     return [out / "feature_importance.png", out / "holdout_vs_baselines.png"]
 
 
