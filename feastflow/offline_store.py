@@ -1,33 +1,44 @@
 """A Feast offline store whose point-in-time joins are DuckDB ASOF joins over Parquet files.
 
 Feast's DuckDB store (ibis) joins each feature table to the entity rows on keys and a time range,
-ranks the matches with a window and left-joins them back on a string row id. A point-in-time join
-is exactly what DuckDB's `ASOF LEFT JOIN` computes, so this store writes one SQL query: each
-feature view is read from its Parquet file, trimmed to the entity frame's time span and
-deduplicated on (keys, event time) by created time; the entity rows are ASOF-joined to every view
-in turn (latest row at or before the entity time); a value older than the view's TTL is nulled;
-rows come back in entity-frame order.
+ranks every match with a window and left-joins the winners back on a string row id: its work
+grows with the number of feature rows each entity row can see. The latest row at or before a
+time is what DuckDB's `ASOF JOIN` finds directly, so for each feature view this store:
 
-Configure it in feature_store.yaml with `offline_store: type: feastflow.offline_store.AsofDuckDBOfflineStore`.
-Anything it does not read directly (non-Parquet or remote sources, `filter_by_created_timestamp`,
-substrait on-demand views, retrieval without an entity frame) is handed to the stock store.
+1. dictionary-encodes the entity frame's join keys into one exact integer per row;
+2. reads the view's Parquet file: the rows some entity row can see (event time within
+   [first entity time - TTL, last entity time]), their keys turned into the same integers;
+3. ASOF-joins (entity row, key code, time) to (feature row, key code, time), keeping per
+   (keys, event time) the latest created row, and drops matches older than the TTL: DuckDB
+   sorts and moves only integers, never strings or feature values;
+4. takes each matched row's feature values by position, in entity-frame order.
+
+The entity columns never pass through DuckDB: the result is the entity frame (as Arrow) with the
+feature columns beside it; on-demand views are then applied by Feast's RetrievalJob. Configure
+with `offline_store: type: feastflow.offline_store.AsofDuckDBOfflineStore`. What this store
+does not read directly (non-Parquet or remote sources, `filter_by_created_timestamp`, substrait
+on-demand views, retrieval without an entity frame) it hands to Feast's DuckDB store.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import cast
 from urllib.parse import urlparse
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
+from feast.errors import FeastEntityDFMissingColumnsError
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.duckdb import (
     DuckDBOfflineStore,
@@ -43,9 +54,15 @@ from feast.repo_config import RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictStr
 
-ROW_ID = "__feastflow_row"  # the entity row's position: rows are returned in the caller's order
-ENTITY_TABLE = "__feastflow_entity"
+__all__ = ["AsofDuckDBOfflineStore", "AsofDuckDBOfflineStoreConfig", "AsofDuckDBRetrievalJob"]
+
+ROW = "__row"  # an entity row's position in the entity frame
+MATCH = "__match"  # a feature row's position in the rows read for a view
 UTC_MICROS = pa.timestamp("us", tz="UTC")
+PARTITION_ROWS = 2_500_000  # larger joins are split by key hash to bound DuckDB's memory
+PARALLEL_ROWS = 6_000_000  # entity rows x views up to which views are joined side by side
+PARALLEL_VIEWS = 2  # views joined at once then: one reads or copies values while another joins
+TAKE_ROWS = 1 << 20  # feature values are copied out in slices of this many rows
 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -56,9 +73,9 @@ class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
 
 @dataclass(frozen=True)
 class _ViewJoin:
-    """One feature view's part of the join, with every name already resolved."""
+    """One feature view's part of the join, with every name resolved."""
 
-    parquet: str  # absolute path (or glob) of the Parquet source
+    parquet: str  # read_parquet(...) of the source
     keys: list[tuple[str, str]]  # (source column, entity-frame column)
     timestamp: str  # source column of the event time
     created: str | None  # source column of the created time, the tie breaker
@@ -67,20 +84,20 @@ class _ViewJoin:
 
 
 class AsofDuckDBRetrievalJob(RetrievalJob):
-    """A DuckDB query over Parquet files and Arrow tables, run on a fresh connection when asked."""
+    """A retrieval computed by DuckDB when asked for, on a fresh in-memory connection."""
 
     def __init__(
         self,
-        query: str,
-        tables: Mapping[str, pa.Table] | None = None,
+        run: Callable[[], pa.Table],
+        sql: str,
         on_demand_feature_views: list[OnDemandFeatureView] | None = None,
         full_feature_names: bool = False,
         metadata: RetrievalMetadata | None = None,
         repo_path: str | None = None,
     ) -> None:
         super().__init__()
-        self._query = query
-        self._tables = dict(tables or {})
+        self._run = run
+        self._sql = sql
         self._on_demand_feature_views = on_demand_feature_views or []
         self._full_feature_names = full_feature_names
         self._metadata = metadata
@@ -93,7 +110,7 @@ class AsofDuckDBRetrievalJob(RetrievalJob):
 
     @property
     def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
-        """On-demand views that Feast's RetrievalJob.to_arrow applies after the query."""
+        """On-demand views, applied by Feast's RetrievalJob.to_arrow after the join."""
         return self._on_demand_feature_views
 
     @property
@@ -102,17 +119,14 @@ class AsofDuckDBRetrievalJob(RetrievalJob):
         return self._metadata
 
     def to_sql(self) -> str:
-        """The DuckDB query (its tables are the Parquet files and the registered entity frame)."""
-        return self._query
+        """The DuckDB queries of this job (for a join: each view's rows and ASOF join)."""
+        return self._sql
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        with _connection() as con:
-            for name, table in self._tables.items():
-                con.register(name, table)
-            return con.sql(self._query).to_arrow_table()
+        return self._run()
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return self._to_arrow_internal(timeout).to_pandas()
+        return self._run().to_pandas()
 
     def persist(
         self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None
@@ -143,7 +157,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         full_feature_names: bool = False,
         filter_by_created_timestamp: bool = False,
     ) -> RetrievalJob:
-        """Feature values as of each entity row's time: an ASOF LEFT JOIN per feature view."""
+        """Feature values as of each entity row's time, one ASOF join per feature view."""
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
         if (
             entity_df is None
@@ -156,11 +170,13 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 full_feature_names, filter_by_created_timestamp,
             )
         entity, timestamp_col = _entity_table(entity_df)
-        first, last = _time_span(entity[timestamp_col])
         views = [_view_join(config, fv, feature_refs, full_feature_names) for fv in feature_views]
+        _check_columns(entity, timestamp_col, views)
+        first, last = _time_span(entity[timestamp_col])
         return AsofDuckDBRetrievalJob(
-            _point_in_time_sql(views, list(entity.column_names), timestamp_col, first, last),
-            {ENTITY_TABLE: entity.append_column(ROW_ID, pa.array(range(entity.num_rows), pa.int64()))},
+            functools.partial(_point_in_time_join, entity, timestamp_col, views, first, last),
+            ";\n".join(f"{_rows_sql(v, first, last)};\n{_asof_sql(len(v.keys), bool(v.created), v.ttl)}"
+                      for v in views),
             on_demand_feature_views=odfvs,
             full_feature_names=full_feature_names,
             metadata=RetrievalMetadata(
@@ -190,14 +206,13 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 created_timestamp_column, start_date, end_date,
             )
         order = [timestamp_field, *([created_timestamp_column] if created_timestamp_column else [])]
+        rows = _pull_sql(config, data_source, [*join_key_columns, *feature_name_columns, *order],
+                         timestamp_field, start_date, end_date)
         partition = f"PARTITION BY {_names(join_key_columns)} " if join_key_columns else ""
-        query = (
-            _pull_sql(config, data_source, join_key_columns, feature_name_columns, order, start_date, end_date)
-            + f"\nQUALIFY row_number() OVER ({partition}ORDER BY "
-            + ", ".join(f"{_q(c)} DESC NULLS LAST" for c in order)
-            + ") = 1"
-        )
-        return AsofDuckDBRetrievalJob(query, repo_path=str(config.repo_path))
+        latest = ", ".join(f"{_q(c)} DESC NULLS LAST" for c in order)
+        query = f"{rows}\nQUALIFY row_number() OVER ({partition}ORDER BY {latest}) = 1"
+        return AsofDuckDBRetrievalJob(functools.partial(_run_sql, query), query,
+                                      repo_path=str(config.repo_path))
 
     @staticmethod
     def pull_all_from_table_or_query(
@@ -217,109 +232,126 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 created_timestamp_column, start_date, end_date,
             )
         timestamps = [timestamp_field, *([created_timestamp_column] if created_timestamp_column else [])]
-        query = _pull_sql(
-            config, data_source, join_key_columns, feature_name_columns, timestamps, start_date, end_date
-        )
-        return AsofDuckDBRetrievalJob(query, repo_path=str(config.repo_path))
+        query = _pull_sql(config, data_source, [*join_key_columns, *feature_name_columns, *timestamps],
+                          timestamp_field, start_date, end_date)
+        return AsofDuckDBRetrievalJob(functools.partial(_run_sql, query), query,
+                                      repo_path=str(config.repo_path))
 
 
 # --- reading sources --------------------------------------------------------------------------
 
 
 def _reads_directly(source: DataSource | None) -> bool:
-    # Local Parquet files only, read exactly as Feast's store reads them; anything else goes to it.
+    # Local Parquet files only, read as Feast's store reads them; anything else goes to that store.
     if type(source) is not FileSource or urlparse(source.path).scheme:
         return False
     fmt = source.file_format
     return isinstance(fmt, ParquetFormat) or (fmt is None and source.path.endswith(".parquet"))
 
 
-def _parquet_sql(config: RepoConfig, source: FileSource) -> str:
-    path = FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=source.path)
-    return _parquet_path_sql(path)
-
-
-def _parquet_path_sql(path: str) -> str:
+def _parquet_sql(config: RepoConfig, source: DataSource) -> str:
+    # A relative path is relative to the feature repo, as feature_store.yaml paths are.
+    path = FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=cast(FileSource, source).path)
     return "read_parquet('" + path.replace("'", "''") + "')"
 
 
 def _pull_sql(
     config: RepoConfig,
     source: DataSource,
-    join_keys: list[str],
-    features: list[str],
-    timestamps: list[str],
+    columns: list[str],
+    timestamp_field: str,
     start: datetime | None,
     end: datetime | None,
 ) -> str:
     # Feast compares the event time as a naive UTC timestamp with bounds converted the same way.
-    ts = f"CAST({_q(timestamps[0])} AS TIMESTAMP)"
+    ts = f"CAST({_q(timestamp_field)} AS TIMESTAMP)"
     bounds = [f"{ts} >= {_naive_utc_sql(start)}"] if start else []
     bounds += [f"{ts} <= {_naive_utc_sql(end)}"] if end else []
     where = f"\nWHERE {' AND '.join(bounds)}" if bounds else ""
-    assert isinstance(source, FileSource)
-    return f"SELECT {_names([*join_keys, *features, *timestamps])}\nFROM {_parquet_sql(config, source)}{where}"
+    return f"SELECT {_names(columns)}\nFROM {_parquet_sql(config, source)}{where}"
 
 
 def _naive_utc_sql(moment: datetime) -> str:
-    # As Feast does: naive bounds are local time (astimezone), then both sides are naive UTC.
-    return f"TIMESTAMP '{moment.astimezone(tz=timezone.utc).replace(tzinfo=None).isoformat(sep=' ')}'"
+    # As Feast does it: a naive bound is local time (astimezone), then both sides are naive UTC.
+    return f"TIMESTAMP '{moment.astimezone(tz=UTC).replace(tzinfo=None).isoformat(sep=' ')}'"
+
+
+def _run_sql(query: str) -> pa.Table:
+    with _connection() as con:
+        return con.sql(query).to_arrow_table()
 
 
 # --- the entity frame -------------------------------------------------------------------------
 
 
 def _entity_table(entity_df: pd.DataFrame | str) -> tuple[pa.Table, str]:
-    """The entity rows as Arrow with a microsecond UTC event time, and that column's name."""
+    """The entity rows as Arrow, typed as Feast's store returns them, and the event time column."""
     if isinstance(entity_df, str):
-        with _connection() as con:
-            table = con.sql(entity_df).to_arrow_table()
+        table = _run_sql(entity_df)
         dtypes = dict(zip(table.column_names, table.schema.empty_table().to_pandas().dtypes, strict=True))
     else:
-        table = pa.Table.from_pandas(entity_df, preserve_index=False)  # a copy: the caller's frame is untouched
+        table = pa.Table.from_pandas(entity_df, preserve_index=False)  # the caller's frame is untouched
         dtypes = dict(zip(entity_df.columns, entity_df.dtypes, strict=True))
     timestamp_col = infer_event_timestamp_from_entity_df(dtypes)
-    index = table.column_names.index(timestamp_col)
-    return table.set_column(index, timestamp_col, _utc_micros(table[timestamp_col])), timestamp_col
+    if not pa.types.is_timestamp(table.schema.field(timestamp_col).type):  # strings: parsed as Feast does
+        parsed = pd.to_datetime(table[timestamp_col].to_pandas(), utc=True)
+        table = table.set_column(table.column_names.index(timestamp_col), timestamp_col, pa.array(parsed))
+    return _as_feast_types(table), timestamp_col
 
 
-def _utc_micros(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    # DuckDB cannot compare nanosecond time zone aware times, and Feast returns timestamp[us, UTC].
-    if not pa.types.is_timestamp(column.type):  # strings: parsed as Feast parses them
-        column = pa.chunked_array([pa.array(pd.to_datetime(column.to_pandas(), utc=True))])
+def _as_feast_types(table: pa.Table) -> pa.Table:
+    # Feast's store passes the frame through ibis and DuckDB: times come back in microseconds
+    # (DuckDB 2 cannot even compare nanosecond zoned times) and categoricals as plain values.
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.unit != "us":
+            table = table.set_column(i, field.name, _to_micros(table[i], field.type.tz))
+        elif pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table[i].cast(field.type.value_type))
+    return table
+
+
+def _to_micros(column: pa.ChunkedArray, tz: str | None) -> pa.ChunkedArray:
     try:
-        return column.cast(UTC_MICROS)  # a naive time is taken as UTC, as Feast takes it
+        return column.cast(pa.timestamp("us", tz=tz))
     except pa.ArrowInvalid as e:
         raise ValueError(
-            "the entity frame's event timestamps have sub-microsecond parts, which Feast's "
-            "DuckDB store refuses too; round them, e.g. `ts.dt.floor('us')`"
+            "the entity frame has timestamps with sub-microsecond parts, which Feast's DuckDB "
+            "store refuses too; round them first, e.g. `df[col] = df[col].dt.floor('us')`"
         ) from e
 
 
+def _check_columns(entity: pa.Table, timestamp_col: str, views: list[_ViewJoin]) -> None:
+    expected = {timestamp_col, *(col for view in views for _, col in view.keys)}
+    missing = expected - set(entity.column_names)
+    if missing:
+        raise FeastEntityDFMissingColumnsError(sorted(expected), sorted(missing))
+
+
 def _time_span(column: pa.ChunkedArray) -> tuple[datetime | None, datetime | None]:
-    span = pc.min_max(column)
+    # A naive event time is UTC, as in Feast.
+    span = pc.min_max(column.cast(UTC_MICROS))
     return span["min"].as_py(), span["max"].as_py()
 
 
-# --- the point-in-time query ------------------------------------------------------------------
+# --- the point-in-time join -------------------------------------------------------------------
 
 
 def _view_join(
     config: RepoConfig, fv: FeatureView, feature_refs: list[str], full_feature_names: bool
 ) -> _ViewJoin:
     """Resolve a view's field mapping, join key map, requested features and output names."""
-    source = fv.batch_source
-    assert isinstance(source, FileSource)  # checked by _reads_directly
+    source = cast(FileSource, fv.batch_source)  # checked by _reads_directly
     to_source = {feature_name: source_name for source_name, feature_name in source.field_mapping.items()}
     prefix = f"{fv.projection.name_to_use()}:"
     requested = [ref.split(":", 1)[1] for ref in feature_refs if ref.startswith(prefix)]
     alias = fv.projection.name_alias or fv.name  # Feast names columns without the version
     key_map = fv.projection.join_key_map or {c.name: c.name for c in fv.entity_columns}
+    created = source.created_timestamp_column
     return _ViewJoin(
         parquet=_parquet_sql(config, source),
         keys=[(to_source.get(key, key), entity_col) for key, entity_col in key_map.items()],
         timestamp=to_source.get(source.timestamp_field, source.timestamp_field),
-        created=to_source.get(source.created_timestamp_column, source.created_timestamp_column) or None,
+        created=to_source.get(created, created) if created else None,
         features=[
             (to_source.get(name, name), f"{alias}__{name}" if full_feature_names else name)
             for name in requested
@@ -328,53 +360,194 @@ def _view_join(
     )
 
 
-def _point_in_time_sql(
-    views: list[_ViewJoin],
-    entity_columns: list[str],
+def _point_in_time_join(
+    entity: pa.Table,
     timestamp_col: str,
+    views: list[_ViewJoin],
     first: datetime | None,
     last: datetime | None,
-) -> str:
-    """The entity rows ASOF LEFT JOINed to each view, in entity-frame order."""
-    ctes = [f"v{i} AS (\n{_view_sql(view, i, first, last)}\n)" for i, view in enumerate(views)]
-    columns = [f"e.{_q(c)}" for c in entity_columns]
-    joins = []
-    for i, view in enumerate(views):
-        columns += [_feature_sql(view, i, out, timestamp_col) for _, out in view.features]
-        on = [f"e.{_q(entity_col)} = v{i}.__k{k}" for k, (_, entity_col) in enumerate(view.keys)]
-        on.append(f"e.{_q(timestamp_col)} >= v{i}.__ts")
-        joins.append(f"ASOF LEFT JOIN v{i} ON {' AND '.join(on)}")
-    with_clause = f"WITH {', '.join(ctes)}\n" if ctes else ""
-    return (
-        f"{with_clause}SELECT {', '.join(columns)}\nFROM {ENTITY_TABLE} AS e\n"
-        + "".join(f"{join}\n" for join in joins)
-        + f"ORDER BY e.{ROW_ID}"
-    )
+) -> pa.Table:
+    """The entity table with every view's features beside it, in entity-frame order."""
+    probe = {ROW: pa.array(np.arange(entity.num_rows, dtype=np.int64)),
+             "__ts": entity[timestamp_col].cast(UTC_MICROS)}  # a naive time is UTC, as in Feast
+    key_columns = {col for view in views for _, col in view.keys}
+    encoded = {col: _dictionary_encode(entity[col]) for col in key_columns  # -> (indices, values)
+               if _kind(entity.schema.field(col).type) != "other"}
+    # Small joins run views side by side; large ones one by one, to bound the memory.
+    workers = PARALLEL_VIEWS if entity.num_rows * len(views) <= PARALLEL_ROWS else 1
+    with ThreadPoolExecutor(workers) as pool:
+        features = list(pool.map(lambda v: _view_features(v, entity, probe, encoded, first, last), views))
+    names = [*entity.column_names, *(out for view in views for _, out in view.features)]
+    return pa.Table.from_arrays([*entity.columns, *(c for cols in features for c in cols)], names=names)
 
 
-def _view_sql(view: _ViewJoin, i: int, first: datetime | None, last: datetime | None) -> str:
-    # Only rows that some entity row can see; one row per (keys, event time): the latest created.
-    ts = f"CAST({_q(view.timestamp)} AS TIMESTAMPTZ)"
-    keys = [_q(source_col) for source_col, _ in view.keys]
-    select = [f"{k} AS __k{n}" for n, k in enumerate(keys)] + [f"{ts} AS __ts"]
-    select += [f"{_q(src)} AS {_q(out)}" for src, out in view.features]
-    where = [f"{ts} <= {_timestamptz_sql(last)}"] if last else [f"{ts} IS NOT NULL"]
-    if first and view.ttl:
-        where.append(f"{ts} >= {_timestamptz_sql(first - view.ttl)}")
-    sql = f"SELECT {', '.join(select)}\nFROM {view.parquet}\nWHERE {' AND '.join(where)}"
+def _view_features(
+    view: _ViewJoin,
+    entity: pa.Table,
+    probe: dict[str, pa.Array],
+    encoded: dict[str, tuple[np.ndarray, pa.Array]],
+    first: datetime | None,
+    last: datetime | None,
+) -> list[pa.ChunkedArray]:
+    """One view's feature columns for the entity rows; DuckDB's memory is freed on return."""
+    with _connection() as con:
+        coded = _entity_code(con, view, entity, encoded)
+        rows = _read_rows(con, _rows_sql(view, first, last, coded[1] if coded else None))
+        if coded:
+            keys = ([coded[0]], [rows["__k0"]])
+        else:
+            keys = ([entity[col] for _, col in view.keys], [rows[f"__k{k}"] for k in range(len(view.keys))])
+        matches = _matches(con, view, probe, keys, rows)
+    features = rows.select([out for _, out in view.features])
+    del rows, keys  # keys and times: freed before the feature values are copied out
+    columns = []
+    for out in list(features.column_names):
+        column = features[out]
+        # Arrow concatenates a chunked array at every take: take from one contiguous array.
+        values = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        features, column = features.drop_columns([out]), None
+        columns.append(_take(values, matches))
+    return columns
+
+
+def _read_rows(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    # One thread reads the rows into a single Arrow chunk per column, so nothing is concatenated.
+    con.execute("SET threads = 1")
+    try:
+        return con.sql(sql).to_arrow_table(batch_size=1 << 40)
+    finally:
+        con.execute("RESET threads")
+
+
+def _take(values: pa.Array, positions: pa.Array) -> pa.ChunkedArray:
+    # In slices: taking lists allocates an index per list element of the whole result. The
+    # positions come from the rows' own numbering, so bounds checks (slow for lists) are skipped.
+    slices = range(0, len(positions), TAKE_ROWS)
+    return pa.chunked_array([pc.take(values, positions.slice(i, TAKE_ROWS), boundscheck=False)
+                             for i in slices], type=values.type)
+
+
+def _matches(
+    con: duckdb.DuckDBPyConnection,
+    view: _ViewJoin,
+    probe: dict[str, pa.Array],
+    keys: tuple[list[pa.Array], list[pa.Array]],
+    rows: pa.Table,
+) -> pa.Array:
+    """For each entity row, the position in `rows` of its feature row (null: none in the TTL)."""
+    entity_keys, feature_keys = keys
+    con.register("__e", pa.table({**probe, **{f"__k{k}": key for k, key in enumerate(entity_keys)}}))
+    con.register("__f", pa.table({
+        **{f"__k{k}": key for k, key in enumerate(feature_keys)},
+        **{c: rows[c] for c in ("__ts", "__created") if c in rows.column_names},
+        MATCH: pa.array(np.arange(rows.num_rows, dtype=np.int64)),
+    }))
+    positions = np.full(len(probe[ROW]), -1, dtype=np.int64)
+    # Large joins go by key partitions: DuckDB's memory grows with the rows of one partition.
+    parts = -(-max(len(positions), rows.num_rows) // PARTITION_ROWS) if entity_keys else 1
+    for part in range(parts):
+        sql = _asof_sql(len(entity_keys), view.created is not None, view.ttl, part, parts)
+        pairs = con.sql(sql).to_arrow_table()
+        positions[pairs[ROW].to_numpy()] = pairs[MATCH].to_numpy()
+    return pa.array(positions, mask=positions < 0)
+
+
+def _entity_code(
+    con: duckdb.DuckDBPyConnection, view: _ViewJoin, entity: pa.Table,
+    encoded: dict[str, tuple[np.ndarray, pa.Array]],
+) -> tuple[pa.Array, list[int]] | None:
+    """The entity rows' keys as one exact integer (null: a null key), and each key's cardinality.
+
+    DuckDB sorts integers much faster than strings. Each entity key column is dictionary-encoded
+    once and its dictionary registered as `__d{k}` (value, code), through which the feature rows
+    get the same codes. None when a key is not an integer or a string, or codes could overflow.
+    """
+    if not view.keys or not _codable(con, view, entity):
+        return None
+    code, cards = np.zeros(entity.num_rows, np.int64), []
+    for k, (_, entity_col) in enumerate(view.keys):
+        indices, values = encoded[entity_col]
+        cards.append(max(len(values), 1))
+        if np.prod(cards, dtype=float) >= 2.0**62:
+            return None
+        code = np.where((code < 0) | (indices < 0), -1, code * cards[-1] + indices)
+        con.register(f"__d{k}", pa.table({"value": values, "code": np.arange(len(values), dtype=np.int64)}))
+    return pa.array(code, mask=code < 0), cards
+
+
+def _dictionary_encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    return pc.fill_null(encoded.indices, -1).to_numpy(), encoded.dictionary
+
+
+def _codable(con: duckdb.DuckDBPyConnection, view: _ViewJoin, entity: pa.Table) -> bool:
+    # Integers and strings are equal exactly when DuckDB's `=` says so (not floats: 0.0, -0.0).
+    names = ", ".join(_q(src) for src, _ in view.keys)
+    source = con.sql(f"SELECT {names} FROM {view.parquet} LIMIT 0").to_arrow_table().schema
+    return all(_kind(entity.schema.field(col).type) == _kind(source.field(k).type) != "other"
+               for k, (_, col) in enumerate(view.keys))
+
+
+def _kind(dtype: pa.DataType) -> str:
+    if pa.types.is_integer(dtype):
+        return "integer"
+    return "string" if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) else "other"
+
+
+def _rows_sql(view: _ViewJoin, first: datetime | None, last: datetime | None,
+              cards: list[int] | None = None) -> str:
+    """The rows of a view that some entity row can see, keys (or their code) and times as `__*`."""
+    ts = f"CAST(s.{_q(view.timestamp)} AS TIMESTAMPTZ)"
+    joins = ""
+    if cards:  # feature keys without an entity row drop out here
+        code = "d0.code"
+        for k in range(1, len(cards)):
+            code = f"({code} * {cards[k]} + d{k}.code)"
+        select = [f"{code} AS __k0"]
+        joins = "".join(f"\nJOIN __d{k} AS d{k} ON s.{_q(src)} = d{k}.value"
+                        for k, (src, _) in enumerate(view.keys))
+    else:
+        select = [f"s.{_q(src)} AS __k{k}" for k, (src, _) in enumerate(view.keys)]
+    select.append(f"{ts} AS __ts")
     if view.created:
-        created = f"CAST({_q(view.created)} AS TIMESTAMPTZ)"
-        sql += f"\nQUALIFY row_number() OVER (PARTITION BY {', '.join([*keys, ts])} ORDER BY {created} DESC NULLS LAST) = 1"
+        select.append(f"CAST(s.{_q(view.created)} AS TIMESTAMPTZ) AS __created")
+    select += [f"s.{_q(src)} AS {_q(out)}" for src, out in view.features]
+    where = [f"s.{_q(src)} IS NOT NULL" for src, _ in view.keys]  # a null key matches nothing
+    where.append(f"{ts} <= {_timestamptz_sql(last)}" if last else f"{ts} IS NOT NULL")
+    oldest = _minus(first, view.ttl)
+    if oldest:
+        where.append(f"{ts} >= {_timestamptz_sql(oldest)}")
+    return f"SELECT {', '.join(select)}\nFROM {view.parquet} AS s{joins}\nWHERE {' AND '.join(where)}"
+
+
+def _asof_sql(n_keys: int, created: bool, ttl: timedelta | None, part: int = 0, parts: int = 1) -> str:
+    """(entity row, feature row) pairs: the latest row at or before the entity time, within TTL."""
+    keys = [f"__k{k}" for k in range(n_keys)]
+    where = [f"{k} IS NOT NULL" for k in keys]  # a null key matches nothing
+    if parts > 1:
+        where.append(f"hash({', '.join(keys)}) % {parts} = {part}")
+    where_sql = " AND ".join(where) or "true"
+    rows = f"SELECT {', '.join([*keys, '__ts', MATCH])} FROM __f WHERE {where_sql}"
+    if created:  # one row per (keys, event time): the latest created, as Feast ranks them
+        rows += (f"\n  QUALIFY row_number() OVER (PARTITION BY {', '.join([*keys, '__ts'])} "
+                 "ORDER BY __created DESC NULLS LAST) = 1")
+    on = [f"e.{k} = f.{k}" for k in keys] + ["e.__ts >= f.__ts"]
+    sql = (f"SELECT e.{ROW}, f.{MATCH}\n"
+           f"FROM (SELECT {', '.join([*keys, ROW, '__ts'])} FROM __e WHERE {where_sql}) AS e\n"
+           f"ASOF JOIN ({rows}) AS f\nON {' AND '.join(on)}")
+    if ttl:  # the match is the latest row: if it is too old, so are all the others
+        sql += f"\nWHERE f.__ts >= e.__ts - to_microseconds({ttl // timedelta(microseconds=1)})"
     return sql
 
 
-def _feature_sql(view: _ViewJoin, i: int, name: str, timestamp_col: str) -> str:
-    # The ASOF match is the latest row; if it is older than the TTL, every other row is too.
-    value = f"v{i}.{_q(name)}"
-    if view.ttl:
-        micros = view.ttl // timedelta(microseconds=1)
-        value = f"CASE WHEN v{i}.__ts >= e.{_q(timestamp_col)} - to_microseconds({micros}) THEN {value} END"
-    return f"{value} AS {_q(name)}"
+def _minus(moment: datetime | None, ttl: timedelta | None) -> datetime | None:
+    # The oldest event time any entity row can see; None when unbounded (or before year 1).
+    if moment is None or ttl is None:
+        return None
+    try:
+        return moment - ttl
+    except OverflowError:
+        return None
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -392,9 +565,8 @@ def _connection() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _timestamptz_sql(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return f"TIMESTAMPTZ '{moment.astimezone(timezone.utc).isoformat(sep=' ')}'"
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return f"TIMESTAMPTZ '{utc.isoformat(sep=' ')}'"
 
 
 def _q(name: str) -> str:
@@ -403,6 +575,3 @@ def _q(name: str) -> str:
 
 def _names(columns: list[str]) -> str:
     return ", ".join(_q(c) for c in columns)
-
-
-__all__: list[Any] = ["AsofDuckDBOfflineStore", "AsofDuckDBOfflineStoreConfig", "AsofDuckDBRetrievalJob"]
