@@ -19,7 +19,6 @@ from feast import FeatureStore
 
 from feastflow.ranking import LABEL, REQUEST_ID, candidate_rows, entity_rows
 from feastflow.spec import ModelSpec
-from pipelines.features import event_log_connection
 
 ROW_ID = "row_id"
 log = logging.getLogger(__name__)
@@ -80,10 +79,9 @@ def build_ranking_set(store: FeatureStore, requests: pd.DataFrame, spec: ModelSp
                       ) -> pd.DataFrame:
     """Candidates for each request with their point-in-time features and a 0/1 label."""
     stage1_service = store.get_feature_service(spec.features.entity_service)
-    stage1 = store.get_historical_features(
-        entity_df=entity_rows(requests, spec), features=stage1_service
-    ).to_df()
-    stage1_features = [c for c in stage1.columns if c not in entity_rows(requests.head(0), spec)]
+    stage1_entities = entity_rows(requests, spec)
+    stage1 = store.get_historical_features(entity_df=stage1_entities, features=stage1_service).to_df()
+    stage1_features = [c for c in stage1.columns if c not in stage1_entities.columns]
     enriched = requests.merge(stage1[[REQUEST_ID, *stage1_features]], on=REQUEST_ID, how="left")
     candidates = candidate_rows(enriched, spec)
     candidates.insert(0, ROW_ID, range(len(candidates)))
@@ -118,8 +116,3 @@ def data_fingerprint(events_dir: Path, features_dir: Path, window: SplitWindow,
     digest.update(json.dumps(window.as_dict(), sort_keys=True).encode())
     digest.update(spec.model_dump_json(exclude={"source_dir"}).encode())
     return digest.hexdigest()[:16]
-
-
-def open_event_log(events_dir: Path) -> duckdb.DuckDBPyConnection:
-    """The event log as DuckDB view `events` (UTC)."""
-    return event_log_connection(events_dir)

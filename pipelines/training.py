@@ -23,12 +23,12 @@ from pipelines.datasets import (
     SplitWindow,
     build_ranking_set,
     data_fingerprint,
-    open_event_log,
     ranking_feature_names,
     sample_requests,
     split_window,
 )
 from pipelines.evaluate import baseline_metrics, hit_rates
+from pipelines.features import event_log_connection
 from registry import lifecycle
 
 Progress = Callable[[str], None]
@@ -59,7 +59,7 @@ def _cached(path: Path, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
 
 def build_datasets(settings: Settings, spec: ModelSpec, progress: Progress = print) -> Datasets:
     """Sample requests in both windows and join their point-in-time features (cached by input)."""
-    con = open_event_log(settings.events_dir)
+    con = event_log_connection(settings.events_dir)
     window = split_window(con, spec)
     features_dir = settings.features_dir / spec.name
     fingerprint = data_fingerprint(settings.events_dir, features_dir, window, spec)
@@ -107,7 +107,7 @@ def holdout_report(booster: lgb.Booster, data: Datasets, spec: ModelSpec,
     """The evaluate JSON: model and baseline hit rates on the holdout, and its time range."""
     scored = score(booster, data.holdout_rows, spec.model.categorical)
     model = hit_rates(scored, len(data.holdout_requests), ks=(1, spec.top_k))
-    con = open_event_log(settings.events_dir)
+    con = event_log_connection(settings.events_dir)
     baselines = baseline_metrics(con, data.holdout_requests, spec, k=spec.top_k)
     return {
         "top1": model["top1"],
