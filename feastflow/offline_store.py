@@ -13,11 +13,13 @@ time is what DuckDB's `ASOF JOIN` finds directly, so for each feature view this 
    sorts and moves only integers, never strings or feature values;
 4. takes each matched row's feature values by position, in entity-frame order.
 
-The entity columns never pass through DuckDB: the result is the entity frame (as Arrow) with the
-feature columns beside it; on-demand views are then applied by Feast's RetrievalJob. Configure
-with `offline_store: type: feastflow.offline_store.AsofDuckDBOfflineStore`. What this store
-does not read directly (non-Parquet or remote sources, `filter_by_created_timestamp`, substrait
-on-demand views, retrieval without an entity frame) it hands to Feast's DuckDB store.
+Small joins run views side by side; large ones run one view at a time, split by key code, so
+memory stays bounded. The entity columns never pass through DuckDB: the result is the entity
+frame (as Arrow) with the feature columns beside it, and on-demand views are then applied by
+Feast's RetrievalJob. Configure with `offline_store: type:
+feastflow.offline_store.AsofDuckDBOfflineStore`. What this store does not read directly
+(non-Parquet or remote sources, `filter_by_created_timestamp`, substrait on-demand views,
+retrieval without an entity frame) it hands to Feast's DuckDB store.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ __all__ = ["AsofDuckDBOfflineStore", "AsofDuckDBOfflineStoreConfig", "AsofDuckDB
 ROW = "__row"  # an entity row's position in the entity frame
 MATCH = "__match"  # a feature row's position in the rows read for a view
 UTC_MICROS = pa.timestamp("us", tz="UTC")
-PARTITION_ROWS = 2_500_000  # larger joins are split by key hash to bound DuckDB's memory
+PARTITION_ROWS = 2_500_000  # larger joins are split by key-code hash to bound DuckDB's memory
 PARALLEL_ROWS = 6_000_000  # entity rows x views up to which views are joined side by side
 PARALLEL_VIEWS = 2  # views joined at once then: one reads or copies values while another joins
 TAKE_ROWS = 1 << 20  # feature values are copied out in slices of this many rows
@@ -397,7 +399,7 @@ def _view_features(
             keys = ([coded[0]], [rows["__k0"]])
         else:
             keys = ([entity[col] for _, col in view.keys], [rows[f"__k{k}"] for k in range(len(view.keys))])
-        matches = _matches(con, view, probe, keys, rows)
+        matches = _matches(con, view, probe, keys, rows, coded is not None)
     features = rows.select([out for _, out in view.features])
     del rows, keys  # keys and times: freed before the feature values are copied out
     columns = []
@@ -433,6 +435,7 @@ def _matches(
     probe: dict[str, pa.Array],
     keys: tuple[list[pa.Array], list[pa.Array]],
     rows: pa.Table,
+    coded: bool,
 ) -> pa.Array:
     """For each entity row, the position in `rows` of its feature row (null: none in the TTL)."""
     entity_keys, feature_keys = keys
@@ -443,8 +446,9 @@ def _matches(
         MATCH: pa.array(np.arange(rows.num_rows, dtype=np.int64)),
     }))
     positions = np.full(len(probe[ROW]), -1, dtype=np.int64)
-    # Large joins go by key partitions: DuckDB's memory grows with the rows of one partition.
-    parts = -(-max(len(positions), rows.num_rows) // PARTITION_ROWS) if entity_keys else 1
+    # Large joins go by partitions of the key code: DuckDB's memory grows with one partition's
+    # rows. (Not plain keys: equal values of different types, 1 and 1.0, can hash apart.)
+    parts = -(-max(len(positions), rows.num_rows) // PARTITION_ROWS) if coded else 1
     for part in range(parts):
         sql = _asof_sql(len(entity_keys), view.created is not None, view.ttl, part, parts)
         pairs = con.sql(sql).to_arrow_table()
