@@ -8,7 +8,8 @@ these functions, so what the model learned from is what it is served.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,35 +22,52 @@ LABEL = "label"
 MISSING_KEY = ""  # a join key that matches no feature row
 
 
-def time_values(timestamps: pd.Series, name: str) -> pd.Series:
-    """Derive a time key from UTC timestamps: hour_of_day, is_weekend or unix_seconds."""
-    ts = pd.to_datetime(timestamps, utc=True)
+def unix_seconds(timestamps: Any) -> np.ndarray:
+    """Whole Unix seconds (floored) of UTC timestamps: a pandas Series or a datetime64 array."""
+    if isinstance(timestamps, np.ndarray) and timestamps.dtype.kind == "M":
+        micros = timestamps.astype("datetime64[us]").astype(np.int64)
+    else:
+        micros = (pd.to_datetime(timestamps, utc=True).astype("datetime64[us, UTC]")
+                  .astype("int64").to_numpy())
+    return micros // 1_000_000
+
+
+def time_key(seconds: np.ndarray, name: str) -> np.ndarray:
+    """A time key from Unix seconds: hour_of_day (UTC), is_weekend (0/1) or unix_seconds."""
     if name == "hour_of_day":
-        return ts.dt.hour.astype("int64")
+        return (seconds // 3600) % 24
     if name == "is_weekend":
-        return (ts.dt.dayofweek >= 5).astype("int64")
+        return (((seconds // 86400 + 3) % 7) >= 5).astype(np.int64)  # 1970-01-01 was a Thursday
     if name == "unix_seconds":
-        return (ts.astype("datetime64[us, UTC]").astype("int64") // 1_000_000).astype("int64")
+        return seconds
     raise ValueError(f"unknown time source {name!r}: use hour_of_day, is_weekend or unix_seconds")
 
 
-def resolve(source: str, requests: pd.DataFrame, spec: ModelSpec) -> pd.Series:
-    """The values of one declared source (`entity`, `item`, `context:x`, `time:x`, `feature:x`)."""
+def time_values(timestamps: pd.Series, name: str) -> pd.Series:
+    """Derive a time key from UTC timestamps: hour_of_day, is_weekend or unix_seconds."""
+    return pd.Series(time_key(unix_seconds(timestamps), name), index=timestamps.index)
+
+
+def resolve(source: str, columns: Mapping[str, Any], spec: ModelSpec) -> np.ndarray:
+    """The values of one declared source (`entity`, `item`, `context:x`, `time:x`, `feature:x`).
+
+    `columns` is a DataFrame (training) or a mapping of arrays (serving): the same code runs.
+    """
     kind, _, name = source.partition(":")
     log = spec.event_log
     if kind == "entity":
-        return requests[log.entity]
+        return np.asarray(columns[log.entity])
     if kind == "item":
-        return requests[log.item]
+        return np.asarray(columns[log.item])
     if kind in ("context", "feature"):
-        if name not in requests:
+        if name not in columns:
             raise KeyError(f"declared source {source!r} is not a column of the request frame")
-        values = requests[name]
+        values = np.asarray(columns[name])
         if kind == "feature" and values.dtype == object:
-            values = values.where(values.notna(), MISSING_KEY)
+            values = np.where(pd.isna(values), MISSING_KEY, values)
         return values
     if kind == "time":
-        return time_values(requests[log.timestamp], name)
+        return time_key(unix_seconds(columns[log.timestamp]), name)
     raise ValueError(f"unknown source kind in {source!r}")
 
 
@@ -57,7 +75,7 @@ def entity_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     """Stage-1 entity frame: one row per request with its join keys, as of just before it."""
     rows = pd.DataFrame({REQUEST_ID: requests[REQUEST_ID].to_numpy()})
     for key, source in spec.features.entity_join_keys.items():
-        rows[key] = resolve(source, requests, spec).to_numpy()
+        rows[key] = resolve(source, requests, spec)
     rows[EVENT_TIMESTAMP] = as_of(requests[spec.event_log.timestamp]).to_numpy()
     return rows
 
@@ -112,14 +130,26 @@ def candidate_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     ranks = np.vstack(rank_blocks) if rank_blocks else np.empty((0, len(list_names)))
     for j, name in enumerate(list_names):
         expanded[f"rank_in_{name}"] = ranks[:, j]
-    frame = pd.DataFrame({REQUEST_ID: expanded[REQUEST_ID].to_numpy()})
-    for key, source in {**spec.features.join_keys, **spec.features.request_fields}.items():
-        frame[key] = resolve(source, expanded, spec).to_numpy()
-    for name in spec.model.extra_features:
-        if name not in frame:
-            frame[name] = expanded[name].to_numpy() if name in expanded else np.nan
+    frame = pd.DataFrame({REQUEST_ID: expanded[REQUEST_ID].to_numpy(),
+                          **frame_columns(expanded, spec)})
     frame[EVENT_TIMESTAMP] = as_of(expanded[spec.event_log.timestamp]).to_numpy()
     return frame
+
+
+def frame_columns(expanded: Mapping[str, Any], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The stage-2 columns of expanded candidate rows: join keys, request fields, extra inputs.
+
+    `expanded` holds one entry per (request, candidate) row: the request's columns, its stage-1
+    features, the item and its `rank_in_<list>` values.
+    """
+    out: dict[str, np.ndarray] = {}
+    for key, source in {**spec.features.join_keys, **spec.features.request_fields}.items():
+        out[key] = resolve(source, expanded, spec)
+    rows = len(np.asarray(expanded[spec.event_log.item]))
+    for name in spec.model.extra_features:
+        if name not in out:
+            out[name] = np.asarray(expanded[name]) if name in expanded else np.full(rows, np.nan)
+    return out
 
 
 def _as_list(value: object) -> list[str] | None:
@@ -139,6 +169,45 @@ def model_matrix(frame: pd.DataFrame, feature_names: Sequence[str],
         else:
             out[name] = pd.to_numeric(values, errors="coerce").astype("float64")
     return pd.DataFrame(out, index=frame.index)
+
+
+def model_array(columns: Mapping[str, Any], rows: int, feature_names: Sequence[str],
+                categories: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """The model's input as float64 in its order, the numpy twin of `model_matrix`.
+
+    `categories` maps each categorical input to the categories the model was trained with
+    (LightGBM's `pandas_categorical`): a value becomes its index there, unknown values NaN.
+    """
+    missing = [None] * rows
+    data: list[Any] = []
+    for name in feature_names:
+        values = columns.get(name)
+        known = categories.get(name)
+        if values is None:
+            data.append(missing)
+        elif known is not None:
+            codes = {category: float(i) for i, category in enumerate(known)}
+            data.append([codes.get(None if v is None else str(v), np.nan) for v in values])
+        else:
+            data.append(values)
+    try:  # one conversion for the whole matrix (None -> NaN, bool -> 0/1)
+        return np.ascontiguousarray(np.array(data, dtype=np.float64).T)
+    except (TypeError, ValueError):  # strings in a numeric input: coerce like pd.to_numeric
+        out = np.empty((rows, len(feature_names)))
+        for j, values in enumerate(data):
+            out[:, j] = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype(
+                "float64")
+        return out
+
+
+def model_categories(booster: Any, categorical: Sequence[str]) -> dict[str, list[str]]:
+    """Each categorical input of a LightGBM booster with the categories it was trained with."""
+    names = [n for n in booster.feature_name() if n in categorical]
+    stored = getattr(booster, "pandas_categorical", None) or []
+    if len(stored) != len(names):
+        raise ValueError(f"the model stores categories for {len(stored)} inputs, the spec declares "
+                         f"{len(names)} categorical inputs ({names}): retrain the model")
+    return {name: [str(c) for c in cats] for name, cats in zip(names, stored, strict=True)}
 
 
 def top_k(items: Sequence[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:

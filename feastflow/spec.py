@@ -48,6 +48,9 @@ class CandidateSpec(_Strict):
     lists: dict[str, int] = Field(description="list feature -> how many of its first items")
     fallback_list: str = Field(description="the list that answers for an unknown entity")
     max_candidates: int = 20
+    static_default: list[str] = Field(
+        default_factory=list, description="the last fallback: items to answer when nothing else can"
+    )
 
     @model_validator(mode="after")
     def _fallback_is_a_list(self) -> CandidateSpec:

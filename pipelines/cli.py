@@ -262,16 +262,43 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="processes sharing the port")] = 1,
     use_case: UseCase = "next_app",
 ) -> None:
-    """Start the prediction server (loads the champion at start)."""
+    """Start the prediction server (champion and challenger from the registry, hot reload).
+
+    With several workers each process holds its own models and caches; each polls the registry,
+    and POST /admin/reload reaches the one process that answers it.
+    """
     import uvicorn
 
-    from serving.app import create_app
-    from serving.settings import ServingSettings
+    os.environ.update({"FEASTFLOW_USE_CASE": use_case, "FEASTFLOW_HOST": host,
+                       "FEASTFLOW_PORT": str(port)})
+    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers,
+                loop="uvloop", http="httptools", log_level="warning", access_log=False,
+                log_config=None, proxy_headers=False, server_header=False)
 
-    settings = ServingSettings(use_case=use_case, host=host, port=port)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+@app.command()
+def precompute(
+    ctx: typer.Context,
+    use_case: UseCase = "next_app",
+    top: Annotated[int, typer.Option(min=1, help="how many of the busiest users")] = 1000,
+    start: Annotated[datetime | None, typer.Option(help="first hour (UTC); default: now")] = None,
+    k: Annotated[int, typer.Option(min=1, max=20)] = 4,
+) -> None:
+    """Precompute 24 hours of predictions for the busiest users (bundles, user_hour fallback)."""
+    from pipelines.precompute import precompute as run
+
+    settings = _settings(ctx)
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("score", total=None)
+        result = run(settings, _spec(settings, use_case), top, start, k,
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"{result.known_users} of {result.users} users with bundles from "
+                  f"{result.start:%Y-%m-%d %H:00} (model v{result.model_version}) -> {result.path}")
+    console.print("a running server loads them on `POST /admin/reload`")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,18 +17,24 @@ from typing import Any
 
 import lightgbm as lgb
 import mlflow
-import mlflow.lightgbm
+import mlflow.artifacts
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 BASELINES = ("mru", "mfu", "mfu_hour")
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model or alias
 log = logging.getLogger(__name__)
 
 
 class RegistryError(RuntimeError):
     """The registry does not hold what was asked for; the message says what to run first."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry could not be asked (server down, database file missing or locked)."""
 
 
 def configure(tracking_uri: str, artifacts_uri: str, experiment: str) -> str:
@@ -76,11 +83,15 @@ def version_metrics(model_name: str, version: str) -> dict[str, float]:
 
 
 def alias_version(model_name: str, alias: str) -> str | None:
-    """The version an alias points to, or None."""
+    """The version an alias points to, or None; RegistryUnreachable if the registry is down."""
     try:
         return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code in _NOT_FOUND:
+            return None
+        raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
+    except Exception as e:  # a backend that cannot be reached raises its own errors
+        raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -169,22 +180,38 @@ class LoadedModel:
     version: str
     run_id: str
     tags: dict[str, str]
+    model_file: Path | None = None  # the native model file it was read from
 
 
 def load_by_alias(model_name: str, alias: str = CHAMPION, local_dir: Path | None = None
                   ) -> LoadedModel:
-    """Load the aliased version in LightGBM's native format (never a pickle)."""
+    """Load the aliased version from LightGBM's native text file (never a pickle).
+
+    With `local_dir`, the version's files are downloaded there and stay (a last good copy).
+    """
     client = MlflowClient()
     try:
         mv = client.get_model_version_by_alias(model_name, alias)
     except MlflowException as e:
+        if e.error_code not in _NOT_FOUND:
+            raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
         raise RegistryError(f"{model_name}@{alias} does not exist: train and promote first") from e
-    booster = mlflow.lightgbm.load_model(f"models:/{model_name}/{mv.version}", dst_path=
-                                         str(local_dir) if local_dir else None)
-    if not isinstance(booster, lgb.Booster):
-        raise RegistryError(f"{model_name} v{mv.version} is not a LightGBM Booster")
+    except Exception as e:  # a registry that cannot be reached raises whatever its client raises
+        raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
+    with contextlib.ExitStack() as stack:
+        target = local_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        target.mkdir(parents=True, exist_ok=True)
+        folder = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}/{mv.version}", dst_path=str(target)))
+        flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"].get("lightgbm", {})
+        if flavor.get("model_class") != "lightgbm.basic.Booster":
+            raise RegistryError(f"{model_name} v{mv.version} is not a LightGBM Booster "
+                                f"({flavor.get('model_class')}): refusing to unpickle it")
+        model_file = folder / flavor["data"]
+        booster = lgb.Booster(model_file=str(model_file))
     _warn_on_version_mismatch(mv.tags)
-    return LoadedModel(booster, str(mv.version), mv.run_id, dict(mv.tags))
+    return LoadedModel(booster, str(mv.version), mv.run_id, dict(mv.tags),
+                       model_file if local_dir else None)
 
 
 def _warn_on_version_mismatch(tags: dict[str, str]) -> None:

@@ -1,53 +1,216 @@
-"""The prediction server: a FastAPI app whose heavy state is built in the lifespan."""
+"""The prediction server: a Starlette app whose state is built in the lifespan.
+
+Start-up never fails for want of Redis or the registry: the server comes up degraded (last good
+model from disk, answers from fallbacks) and says so on /readyz.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI
+from prometheus_client import disable_created_metrics
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from feastflow.online import FeastReader, OnlineReader, RedisReader
+from feastflow.scoring import FeaturePlan
 from feastflow.spec import load_spec
 from feastflow.store import open_store
-from registry import lifecycle
-from serving.errors import install_handlers
-from serving.predictor import Predictor
-from serving.routes import health, predict
+from serving.logs import RequestIdMiddleware, configure_logging
+from serving.metrics import ServingMetrics
+from serving.models import ModelHolder
+from serving.request_log import PredictionLog
+from serving.routes import admin, health, predict
+from serving.routes.common import AppState, json_response
+from serving.service import PredictionService
 from serving.settings import ServingSettings, get_serving_settings
 
 log = logging.getLogger(__name__)
 
-
-def build_predictor(settings: ServingSettings) -> Predictor:
-    """Load the spec, open the feature store and load the aliased model from the registry."""
-    spec = load_spec(settings.use_case, settings.feature_repo)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    model = lifecycle.load_by_alias(spec.registered_model_name, settings.model_alias,
-                                    local_dir=None)
-    predictor = Predictor(open_store(settings), spec, model)
-    predictor.warm_up(datetime.now(UTC))
-    return predictor
+# A registry that is down must not hold start-up or a reload for minutes of HTTP retries.
+for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+                      ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2"),
+                      ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
+                      ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+    os.environ.setdefault(_name, _value)
 
 
-def create_app(settings: ServingSettings | None = None) -> FastAPI:
-    """The app; settings default to the environment's."""
+def build_state(settings: ServingSettings, reader: OnlineReader | None = None) -> AppState:
+    """Load the spec, the feature plan and the models (blocking: call it off the event loop)."""
+    metrics = ServingMetrics()
+    spec, plan, startup_error, project = None, None, None, "feastflow"
+    try:
+        spec = load_spec(settings.use_case, settings.feature_repo)
+        store = open_store(settings)
+        project = store.project
+        plan = FeaturePlan.from_store(store, spec)
+        if reader is None:
+            reader = (RedisReader(settings.redis_url, project) if settings.profile == "redis"
+                      else FeastReader(store))
+    except Exception as e:  # no feature registry yet: serve static defaults, say why
+        startup_error = f"feature store not usable: {e}: run `feastflow apply` first"
+        log.error(startup_error)
+    if spec is None:
+        spec = load_spec(settings.use_case, settings.feature_repo)
+    holder = ModelHolder(spec, plan, {"champion": settings.model_alias,  # type: ignore[arg-type]
+                                      "challenger": settings.challenger_alias},
+                         settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
+    if plan is not None:
+        holder.load_initial()
+    prediction_log = PredictionLog(settings.served_log_dir, settings.request_log_sample,
+                                   settings.request_log_flush_seconds,
+                                   on_drop=metrics.request_log_dropped)
+    service = PredictionService(settings, spec, holder, reader or _NoStore(), metrics,
+                                prediction_log)
+    for model in holder.models.values():
+        metrics.set_model_version(model.variant, model.version)
+    lock = asyncio.Lock()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings or get_serving_settings()
+    async def reload() -> dict[str, Any]:
+        async with lock:
+            if plan is None:
+                return {"swapped": [], "models": {}, "error": startup_error}
+            changed = await asyncio.to_thread(holder.check_registry)
+            holder.install(changed)
+            service.load_precomputed(settings.precomputed_dir)
+            return {"swapped": [f"{m.variant}:v{m.version}" for m in changed],
+                    "models": {v: m.version for v, m in holder.models.items()},
+                    "registry_error": holder.registry_error}
+
+    return AppState(settings, spec, metrics, holder, service, reload, startup_error)
+
+
+class _NoStore:
+    """The reader when no feature store could be opened: every read fails into the fallbacks."""
+
+    async def read(self, reads: Any) -> Any:
+        from feastflow.online import OnlineStoreError
+
+        raise OnlineStoreError("no feature store")
+
+    async def ping(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
+
+class BodySizeLimit:
+    """413 for bodies over `max_bytes`, announced (content-length) or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
         try:
-            app.state.predictor = build_predictor(app.state.settings)
-            log.info("serving %s v%s", app.state.settings.use_case,
-                     app.state.predictor.model.version)
-        except lifecycle.RegistryError as e:
-            app.state.predictor, app.state.load_error = None, str(e)
-            log.error("no model loaded: %s", e)
-        yield
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._too_large(scope, receive, send)
 
-    app = FastAPI(title="feastflow prediction server", version="0.1.0", lifespan=lifespan)
-    install_handlers(app)
-    app.include_router(health.router)
-    app.include_router(predict.router)
-    return app
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = json_response({"detail": f"request body larger than {self.max_bytes} bytes"}, 413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _periodic(seconds: float, work: Callable[[], Awaitable[Any]], name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()
+        except Exception:  # a failed round is logged; the next one tries again
+            log.exception("%s failed", name)
+
+
+def create_app(settings: ServingSettings | None = None, reader: OnlineReader | None = None
+               ) -> ASGIApp:
+    """The app; settings default to the environment's, the reader to the profile's."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        resolved = settings or get_serving_settings()
+        configure_logging(resolved.log_json)
+        core = await asyncio.to_thread(build_state, resolved, reader)
+        app.state.core = core
+        await core.service.refresh_popular()
+        core.service.load_precomputed(resolved.precomputed_dir)
+        tasks = [asyncio.create_task(_periodic(resolved.popular_refresh_seconds,
+                                               core.service.refresh_popular, "popular refresh"))]
+        if resolved.registry_poll_seconds > 0:
+            tasks.append(asyncio.create_task(
+                _periodic(resolved.registry_poll_seconds, core.reload, "registry poll")))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await core.service.close()
+            await asyncio.to_thread(core.service.prediction_log.close)
+
+    disable_created_metrics()  # halves /metrics: no *_created series
+    resolved_limit = (settings or get_serving_settings()).max_body_bytes
+    predict_endpoint = predict.PredictEndpoint(None)
+    app = Starlette(
+        routes=[
+            Route("/v1/predict", predict_endpoint, methods=["POST"]),
+            Route("/v1/users/{user_id}/bundle", predict.bundle, methods=["GET"]),
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/metrics", health.metrics, methods=["GET"]),
+            Route("/admin/reload", admin.reload, methods=["POST"]),
+            Route("/admin/cache/flush", admin.flush_caches, methods=["POST"]),
+        ],
+        middleware=[Middleware(BodySizeLimit, max_bytes=resolved_limit)],
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    predict_endpoint.starlette_app = app
+    # Outermost, so that even the catch-all 500 carries the request id (header and log line);
+    # POST /v1/predict bypasses the framework entirely (it tags its own request id).
+    return predict.FastPath(app, predict_endpoint, RequestIdMiddleware(app))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # 404, 405 and the like in the same JSON shape as every other error.
+    assert isinstance(exc, HTTPException)
+    response = json_response({"detail": exc.detail}, exc.status_code)
+    response.headers.update(exc.headers or {})  # e.g. `allow` on a 405
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Never echo an unexpected error's text to the client; it is in the log with the request id.
+    log.exception("unhandled error on %s", request.url.path)
+    return json_response({"detail": "internal error"}, 500)

@@ -1,20 +1,68 @@
-"""Settings of the prediction server: the platform settings plus what only the server needs."""
+"""Settings of the prediction server: the platform settings plus what only the server needs.
+
+Every field is an environment variable with the FEASTFLOW_ prefix, e.g.
+FEASTFLOW_CHALLENGER_SHARE=0.05 or FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS=0 (0 disables a cache).
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
 
 from feastflow.settings import Settings
 
 
 class ServingSettings(Settings):
-    """Which use case and model alias to serve, and where to listen."""
+    """Which models to serve and how: routing, caches, fallbacks, logging, limits."""
 
     use_case: str = "next_app"
-    model_alias: str = "champion"
     host: str = "127.0.0.1"
     port: int = 8000
-    max_k: int = 20
+    max_k: int = Field(default=20, ge=1)
+
+    # models and routing
+    model_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    challenger_share: float = Field(default=0.0, ge=0.0, le=1.0,
+                                    description="share of users answered by the challenger")
+    shadow_share: float = Field(default=0.0, ge=0.0, le=1.0,
+                                description="share of requests the challenger also scores, logged only")
+    ab_salt: str = Field(default="ab-1", description="change it to reshuffle the A/B split")
+    registry_poll_seconds: float = Field(default=30.0, ge=0.0, description="0: never poll")
+
+    # caches
+    prediction_cache_ttl_seconds: float = Field(default=300.0, ge=0.0)
+    prediction_cache_size: int = Field(default=200_000, ge=1)
+    feature_cache_ttl_seconds: float = Field(default=5.0, ge=0.0)
+    feature_cache_size: int = Field(default=500_000, ge=1)
+
+    # fallbacks
+    latency_budget_ms: float = Field(default=50.0, gt=0.0)
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
+    breaker_reset_seconds: float = Field(default=2.0, gt=0.0, description="open for this long")
+    popular_refresh_seconds: float = Field(default=300.0, gt=0.0)
+
+    # safety
+    predict_requires_key: bool = False
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+
+    # observability
+    log_json: bool = True
+    request_log_sample: float = Field(default=0.01, ge=0.0, le=1.0,
+                                      description="share of predictions logged to Parquet")
+    request_log_flush_seconds: float = Field(default=5.0, gt=0.0)
+
+    @property
+    def served_log_dir(self) -> Path:
+        """Sampled served features and predictions, Parquet by date/hour (read by monitoring)."""
+        return self.home / "served" / self.use_case
+
+    @property
+    def precomputed_dir(self) -> Path:
+        """Predictions and offline bundles written by `feastflow precompute`."""
+        return self.home / "precomputed" / self.use_case
 
 
 @lru_cache

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import redis
+import yaml
+from mlflow import MlflowClient
 
-from feastflow.settings import Settings
+from feastflow.settings import FEATURE_REPO, Settings
+from feastflow.spec import ModelSpec
 from pipelines.generate import generate_events
 
 REDIS_TEST_URL = os.environ.get("FEASTFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -44,3 +49,59 @@ def redis_url() -> str:
         ) from e
     client.flushdb()
     return REDIS_TEST_URL
+
+
+SERVED_REDIS_URL = REDIS_TEST_URL.rsplit("/", 1)[0] + "/14"  # its own db: e2e writes to db 15
+
+
+@dataclass(frozen=True)
+class ServedWorld:
+    """A trained, promoted and materialized world in a real Redis, for serving tests."""
+
+    settings: Settings
+    spec: ModelSpec
+    raw: pd.DataFrame  # raw events (raw user ids)
+    at: pd.Timestamp  # a request time just after the world's end: online features are fresh
+
+    def users(self, n: int) -> list[str]:
+        """The n busiest raw user ids."""
+        return self.raw["user_id"].value_counts().index[:n].tolist()
+
+
+@pytest.fixture(scope="session")
+def served_world(tmp_path_factory: pytest.TempPathFactory) -> ServedWorld:
+    """30 users x 49 days: ingested, features, applied, trained, promoted, materialized (Redis)."""
+    from feastflow.spec import load_spec
+    from pipelines.feast_ops import apply_repo, materialize
+    from pipelines.features import compute_feature_tables
+    from pipelines.ingest import ingest_frame
+    from pipelines.training import train_use_case
+    from registry import lifecycle
+
+    client = redis.Redis.from_url(SERVED_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        raise RuntimeError(f"the tests need a Redis server at {SERVED_REDIS_URL}") from e
+    client.flushdb()
+    root = tmp_path_factory.mktemp("served")
+    repo = root / "feature_repo"
+    shutil.copytree(FEATURE_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    spec_path = repo / "next_app" / "model.yaml"
+    raw_spec = yaml.safe_load(spec_path.read_text())
+    raw_spec["split"].update(max_train_events=2500, max_holdout_events=400)
+    spec_path.write_text(yaml.safe_dump(raw_spec))
+    settings = Settings(home=root / "var", feature_repo=repo, profile="redis",
+                        redis_url=SERVED_REDIS_URL, user_hash_secret="served-secret")
+    spec = load_spec("next_app", repo)
+    raw = generate_events(users=30, days=49, seed=3)
+    ingest_frame(raw, settings.events_dir, settings.user_hash_secret)
+    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    apply_repo(settings)
+    trained = train_use_case(settings, spec)
+    # Serving tests need a champion, not a gate decision on a world this small.
+    MlflowClient().set_registered_model_alias(spec.registered_model_name, lifecycle.CHAMPION,
+                                              trained.version)
+    materialize(settings)
+    at = pd.Timestamp(raw["timestamp"].max()).tz_convert("UTC").floor("h") + pd.Timedelta(hours=1)
+    return ServedWorld(settings, spec, raw, at)

@@ -5,7 +5,6 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-import pandas as pd
 from feast import (
     Entity,
     FeatureService,
@@ -196,20 +195,26 @@ user_last_app_fv = FeatureView(
         Field(name="low_battery", dtype=Int64),
         Field(name="on_cellular", dtype=Int64),
     ],
-    mode="pandas",
+    mode="python",
 )
-def unlock_context_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Recency relative to the unlock, day of week and device state flags."""
-    import pandas as pd
+def unlock_context_odfv(inputs: dict[str, list]) -> dict[str, list]:
+    """Recency relative to the unlock, day of week and device state flags.
 
-    now = inputs["request_ts_unix"].astype("float64")
-    out = pd.DataFrame(index=inputs.index)
-    out["minutes_since_app_last_opened"] = (now - inputs["last_opened_unix"].astype("float64")) / 60
-    out["minutes_since_last_unlock"] = (now - inputs["last_unlock_unix"].astype("float64")) / 60
-    out["day_of_week"] = ((inputs["request_ts_unix"] // 86400 + 3) % 7).astype("int64")
-    out["low_battery"] = (inputs["battery"] < 20).astype("int64")
-    out["on_cellular"] = (inputs["network"] == "cellular").astype("int64")
-    return out
+    Python mode on lists (a missing input is None): Feast calls it on the joined training set,
+    and the prediction server calls this same function on the rows it scores.
+    """
+    now = inputs["request_ts_unix"]
+
+    def minutes_since(then: list) -> list:
+        return [None if n is None or t is None else (n - t) / 60 for n, t in zip(now, then, strict=True)]
+
+    return {
+        "minutes_since_app_last_opened": minutes_since(inputs["last_opened_unix"]),
+        "minutes_since_last_unlock": minutes_since(inputs["last_unlock_unix"]),
+        "day_of_week": [None if n is None else (n // 86400 + 3) % 7 for n in now],
+        "low_battery": [None if b is None else int(b < 20) for b in inputs["battery"]],
+        "on_cellular": [int(network == "cellular") for network in inputs["network"]],
+    }
 
 
 # --- feature services: one per model version ------------------------------------------------

@@ -1,14 +1,43 @@
-"""GET /healthz: the process is alive and says whether a model is loaded."""
+"""GET /healthz (alive), /readyz (ready or degraded, with reasons), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
+from starlette.responses import Response
 
-router = APIRouter(tags=["health"])
+from serving.routes.common import json_response, state
 
 
-@router.get("/healthz")
-def healthz(request: Request) -> dict[str, object]:
+async def healthz(request: Request) -> Response:
     """Alive; `model_version` is null while no model is loaded."""
-    predictor = getattr(request.app.state, "predictor", None)
-    return {"status": "ok", "model_version": predictor.model.version if predictor else None}
+    champion = state(request).holder.get("champion")
+    return json_response({"status": "ok", "model_version": champion.version if champion else None})
+
+
+async def readyz(request: Request) -> Response:
+    """200 `ready`, 200 `degraded` (answering from fallbacks, reasons listed) or 503 (no model)."""
+    app = state(request)
+    reasons = []
+    champion = app.holder.get("champion")
+    if champion is None:
+        reasons.append(app.startup_error or "no champion model loaded: train and promote first")
+    elif champion.source == "disk":
+        reasons.append(f"registry unreachable at start: serving v{champion.version} from disk")
+    if app.holder.registry_error:
+        reasons.append(f"registry: {app.holder.registry_error}")
+    if not await app.service.features.ping():
+        reasons.append("online store unreachable: answering from fallbacks")
+    breaker = app.service.features.breaker
+    if breaker.state:
+        reasons.append(f"online store circuit {breaker.state.name.lower()}: {breaker.last_error}")
+    models = {v: m.version for v, m in app.holder.models.items()}
+    if champion is None:
+        return json_response({"status": "not_ready", "reasons": reasons, "models": models}, 503)
+    status = "degraded" if reasons else "ready"
+    return json_response({"status": status, "reasons": reasons, "models": models})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of the server's metrics."""
+    body, content_type = state(request).metrics.render()
+    return Response(body, media_type=content_type)

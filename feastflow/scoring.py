@@ -1,0 +1,262 @@
+"""Scoring requests from the online store: the serving hot path, batch-first and pandas-free.
+
+The same functions as training build every row (`feastflow.ranking`: source resolution,
+candidate generation, frame columns) and the on-demand views run their own Feast UDF, so the
+rows scored here are the rows the model learned from. A batch of requests costs two online
+round trips (stage-1 entity features, then stage-2 candidate features) and one model call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from feast import FeatureStore
+from feast.on_demand_feature_view import OnDemandFeatureView
+
+from feastflow.online import OnlineReader, Row, ViewLayout, view_layouts
+from feastflow.ranking import (
+    frame_columns,
+    generate_candidates,
+    model_array,
+    model_categories,
+    resolve,
+    top_k,
+)
+from feastflow.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One request: the hashed entity, its time in Unix microseconds, and its context."""
+
+    entity: str
+    unix_us: int
+    context: Mapping[str, Any]
+
+
+@dataclass
+class Scored:
+    """Ranked items for one request, and the model inputs they were scored with."""
+
+    items: list[str]
+    scores: list[float]
+    known: bool  # False: the entity has none of its own candidates (a new user)
+    inputs: np.ndarray | None = field(default=None, repr=False)  # one row per candidate
+    candidates: list[str] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """What to read for a use case: stage-1 views (entity keys only), stage-2 views, ODFVs."""
+
+    stage1: tuple[ViewLayout, ...]
+    stage2: tuple[ViewLayout, ...]
+    odfvs: tuple[OnDemandFeatureView, ...]
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, spec: ModelSpec) -> FeaturePlan:
+        """Resolve the spec's two feature services against the store's registry."""
+        layouts = view_layouts(store)
+        names: list[str] = []
+        odfvs: list[OnDemandFeatureView] = []
+        for service_name in (spec.features.entity_service, spec.features.ranking_service):
+            service = store.get_feature_service(service_name)
+            for projection in service.feature_view_projections:
+                if projection.name in layouts:
+                    names.append(projection.name)
+                else:
+                    odfv = store.get_on_demand_feature_view(projection.name)
+                    odfvs.append(odfv)
+                    names += [p.name for p in odfv.source_feature_view_projections.values()]
+        stage1_keys = set(spec.features.entity_join_keys)
+        unique = [layouts[n] for n in dict.fromkeys(names)]
+        return cls(
+            stage1=tuple(v for v in unique if set(v.join_keys) <= stage1_keys),
+            stage2=tuple(v for v in unique if not set(v.join_keys) <= stage1_keys),
+            odfvs=tuple(dict((o.name, o) for o in odfvs).values()),
+        )
+
+
+class Ranker:
+    """One model scoring batches of requests with features from an online reader."""
+
+    def __init__(self, spec: ModelSpec, plan: FeaturePlan, booster: Any) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.booster = booster
+        self.feature_names: list[str] = booster.feature_name()
+        self.categories = model_categories(booster, spec.model.categorical)
+        lists = spec.candidates.lists
+        self.list_names, self.list_limits = list(lists), list(lists.values())
+        self.own_lists = [n for n in lists if n != spec.candidates.fallback_list]
+        log = spec.event_log
+        self.request_columns = [log.entity, log.timestamp, *log.context]
+        # stage-1 features that stage-2 rows carry (sources `feature:x`, extra inputs)
+        sources = {**spec.features.join_keys, **spec.features.request_fields}.values()
+        self.carried = {s.partition(":")[2] for s in sources if s.startswith("feature:")}
+        self.carried |= set(spec.model.extra_features)
+
+    async def stage1(self, requests: Sequence[ScoreRequest], reader: OnlineReader,
+                     enforce_ttl: bool = True) -> list[dict[str, Any]]:
+        """Each request's stage-1 features (candidate lists and other per-entity values).
+
+        `enforce_ttl=False` keeps values older than their view's TTL (fallback lists, where an
+        old answer beats none).
+        """
+        columns = self._request_columns(requests)
+        keys = {k: resolve(src, columns, self.spec).tolist()
+                for k, src in self.spec.features.entity_join_keys.items()}
+        reads = [(view, list(zip(*(keys[k] for k in view.join_keys), strict=True)))
+                 for view in self.plan.stage1]
+        results = await reader.read(reads)
+        out: list[dict[str, Any]] = [{} for _ in requests]
+        for view, rows in zip(self.plan.stage1, results, strict=True):
+            for request, row, values in zip(requests, rows, out, strict=True):
+                _put(values, view, row, request.unix_us / 1e6 if enforce_ttl else None)
+        return out
+
+    async def score(self, requests: Sequence[ScoreRequest], reader: OnlineReader, k: int,
+                    timings: dict[str, float] | None = None) -> list[Scored]:
+        """Rank candidates for each request; entities without own candidates get the fallback list.
+
+        `timings`, when given, receives the seconds spent in `feature_fetch` and `inference`.
+        """
+        timings = {} if timings is None else timings
+        started = time.perf_counter()
+        stage1 = await self.stage1(requests, reader)
+        timings["feature_fetch"] = time.perf_counter() - started
+        results: list[Scored | None] = [None] * len(requests)
+        ranked: list[int] = []
+        expanded: dict[str, list[Any]] = {}
+        spans: list[tuple[int, int, list[str]]] = []
+        for i, (request, features) in enumerate(zip(requests, stage1, strict=True)):
+            if not any(features.get(name) for name in self.own_lists):
+                popular = list(features.get(self.spec.candidates.fallback_list) or [])[:k]
+                results[i] = Scored(popular, [1.0 / (r + 1) for r in range(len(popular))], False)
+                continue
+            items, ranks = generate_candidates([features.get(n) for n in self.list_names],
+                                               self.list_limits, self.spec.candidates.max_candidates)
+            start = len(expanded.get(self.spec.event_log.item, []))
+            self._expand(expanded, request, features, items, ranks)
+            spans.append((start, start + len(items), items))
+            ranked.append(i)
+        if ranked:
+            scores, inputs = await self._score_rows(expanded, reader, timings)
+            for i, (start, stop, items) in zip(ranked, spans, strict=True):
+                best = top_k(items, scores[start:stop], k)
+                results[i] = Scored([a for a, _ in best], [s for _, s in best], True,
+                                    inputs[start:stop], items)
+        return results  # type: ignore[return-value]
+
+    def _request_columns(self, requests: Sequence[ScoreRequest]) -> dict[str, np.ndarray]:
+        log = self.spec.event_log
+        columns: dict[str, np.ndarray] = {
+            log.entity: _objects([r.entity for r in requests]),
+            log.timestamp: np.array([r.unix_us for r in requests], dtype="datetime64[us]"),
+        }
+        for name in log.context:
+            columns[name] = _objects([r.context.get(name) for r in requests])
+        return columns
+
+    def _expand(self, expanded: dict[str, list[Any]], request: ScoreRequest,
+                features: dict[str, Any], items: list[str], ranks: np.ndarray) -> None:
+        n = len(items)
+        log = self.spec.event_log
+        add = expanded.setdefault
+        add(log.item, []).extend(items)
+        add(log.entity, []).extend([request.entity] * n)
+        add(log.timestamp, []).extend([request.unix_us] * n)
+        add("__now", []).extend([request.unix_us / 1e6] * n)
+        for name in log.context:
+            add(name, []).extend([request.context.get(name)] * n)
+        for name, value in features.items():
+            add(name, []).extend([value] * n)
+        for j, name in enumerate(self.list_names):
+            add(f"rank_in_{name}", []).extend(ranks[:, j].tolist())
+
+    async def _score_rows(self, expanded: dict[str, list[Any]], reader: OnlineReader,
+                          timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        log = self.spec.event_log
+        rows = len(expanded[log.item])
+        arrays: dict[str, Any] = {name: _objects(values) for name, values in expanded.items()
+                                  if name in self.carried or name in (log.entity, log.item)
+                                  or name in log.context or name.startswith("rank_in_")}
+        arrays[log.timestamp] = np.array(expanded[log.timestamp], dtype="datetime64[us]")
+        frame = frame_columns(arrays, self.spec)
+        columns: dict[str, Any] = {name: values for name, values in expanded.items()}
+        now = expanded["__now"]
+        reads = []
+        for view in self.plan.stage2:
+            keys = list(zip(*(frame[k].tolist() for k in view.join_keys), strict=True))
+            unique = list(dict.fromkeys(keys))
+            reads.append((view, unique, keys))
+        started = time.perf_counter()
+        results = await reader.read([(view, unique) for view, unique, _ in reads])
+        timings["feature_fetch"] += time.perf_counter() - started
+        for (view, unique, keys), found in zip(reads, results, strict=True):
+            by_key = dict(zip(unique, found, strict=True))
+            empty = (None,) * len(view.features)
+            per_row = []
+            for r, key in enumerate(keys):
+                stamp, values = by_key[key]
+                per_row.append(empty if values is None or _stale(view, stamp, now[r]) else values)
+            columns.update(zip(view.features, map(list, zip(*per_row, strict=True)), strict=True))
+        for name, values in frame.items():
+            columns[name] = values.tolist()
+        for odfv in self.plan.odfvs:
+            columns.update(_run_odfv(odfv, columns))
+        started = time.perf_counter()
+        matrix = model_array(columns, rows, self.feature_names, self.categories)
+        scores = self.booster.predict(matrix, num_threads=1)
+        timings["inference"] = time.perf_counter() - started
+        return scores, matrix
+
+
+def _put(values: dict[str, Any], view: ViewLayout, row: Row, now: float | None) -> None:
+    stamp, found = row
+    if found is None or (now is not None and _stale(view, stamp, now)):
+        for name in view.features:
+            values[name] = None
+        return
+    values.update(zip(view.features, found, strict=True))
+
+
+def _stale(view: ViewLayout, stamp: float | None, now: float) -> bool:
+    # Feast's online read does not enforce the view's TTL: a value older than it is missing,
+    # as it would be in the point-in-time join.
+    return view.ttl_seconds is not None and stamp is not None and now - stamp > view.ttl_seconds
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    # An object array element by element: numpy would turn a list of lists into a 2-D array.
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def _run_odfv(odfv: OnDemandFeatureView, columns: Mapping[str, Any]) -> dict[str, list[Any]]:
+    inputs: dict[str, list[Any]] = {}
+    for projection in odfv.source_feature_view_projections.values():
+        for feature in projection.features:
+            inputs[feature.name] = columns[feature.name]
+    for source in odfv.source_request_sources.values():
+        for request_field in source.schema:
+            inputs[request_field.name] = [_native(v) for v in columns[request_field.name]]
+    if odfv.mode == "python":
+        return odfv.feature_transformation.udf(inputs)
+    import pandas as pd  # pandas-mode views: correct but slower; prefer mode="python"
+
+    output = odfv.feature_transformation.udf(pd.DataFrame(inputs))
+    return {name: output[name].tolist() for name in output.columns}
+
+
+def _native(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value

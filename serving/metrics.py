@@ -1,0 +1,209 @@
+"""Prometheus metrics of the prediction server, in a registry of its own.
+
+Each app owns a `ServingMetrics` (several apps live in one test process, and the global registry
+refuses a second metric of the same name). The hot path calls the thin methods below; they look up
+label children in plain dicts because prometheus_client's `labels()` costs several microseconds
+(argument validation, a lock, a dict keyed by a tuple of strings) on every call.
+
+Exposed series (all prefixed `feastflow_`):
+
+    requests_total{endpoint,status}        counter
+    request_latency_seconds{endpoint}      histogram
+    stage_latency_seconds{stage}           histogram, stage: feature_fetch | inference | total
+    cache_requests_total{level,result}     counter, level: l1 | l2, result: hit | miss
+    fallbacks_total{level}                 counter
+    variant_requests_total{variant}        counter
+    errors_total{type}                     counter
+    model_version_info{variant,version}    gauge, 1 for the loaded version of each variant
+    shadow_total{outcome}                  counter, outcome: scored | skipped | failed
+    request_log_dropped_total              counter
+    circuit_state{name}                    gauge, 0 closed, 1 open, 2 half-open
+
+Label values must come from code, never from the request (each new value is a new time series).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+STAGES: Final = ("feature_fetch", "inference", "total")
+CACHE_LEVELS: Final = ("l1", "l2")
+SHADOW_OUTCOMES: Final = ("scored", "skipped", "failed")
+CIRCUIT_STATES: Final = {"closed": 0, "open": 1, "half_open": 2, "half-open": 2}
+
+# Sub-millisecond resolution at the bottom: a cache hit answers in ~0.2 ms and the budget is 50 ms.
+LATENCY_BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
+                          0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
+
+
+class ServingMetrics:
+    """The server's metrics with their own CollectorRegistry and cached label children."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("feastflow_requests", "HTTP requests answered, by endpoint and status",
+                                ["endpoint", "status"], registry=r)
+        self.request_latency = Histogram("feastflow_request_latency_seconds", "time to answer a request",
+                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_latency = Histogram("feastflow_stage_latency_seconds", "time spent in a stage of predict",
+                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cache_requests = Counter("feastflow_cache_requests", "cache look-ups by level and result",
+                                      ["level", "result"], registry=r)
+        self.fallbacks = Counter("feastflow_fallbacks", "answers served by a fallback, by level",
+                                 ["level"], registry=r)
+        self.variant_requests = Counter("feastflow_variant_requests", "predictions answered by each variant",
+                                        ["variant"], registry=r)
+        self.errors = Counter("feastflow_errors", "errors by type", ["type"], registry=r)
+        self.model_version_info = Gauge("feastflow_model_version_info", "1 for the loaded model version",
+                                        ["variant", "version"], registry=r)
+        self.shadow = Counter("feastflow_shadow", "shadow scorings by outcome", ["outcome"], registry=r)
+        self.batch_size = Histogram("feastflow_batch_size", "requests scored together in one batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.request_log_dropped_total = Counter("feastflow_request_log_dropped",
+                                                 "sampled predictions the request log could not keep",
+                                                 registry=r)
+        self.circuit_state = Gauge("feastflow_circuit_state", "0 closed, 1 open, 2 half-open", ["name"],
+                                   registry=r)
+
+        # Children by label values; a miss builds the child once (dict writes are atomic under the GIL,
+        # and labels() returns the same child for the same values, so a race only repeats the lookup).
+        self._requests: dict[tuple[str, int | str], Any] = {}
+        self._request_latency: dict[str, Any] = {}
+        self._stage: dict[str, Any] = {}
+        self._cache: dict[tuple[str, bool], Any] = {}
+        self._fallbacks: dict[str, Any] = {}
+        self._variants: dict[str, Any] = {}
+        self._errors: dict[str, Any] = {}
+        self._shadow: dict[str, Any] = {}
+        self._circuits: dict[str, Any] = {}
+        self._versions: dict[str, str] = {}
+        self._versions_lock = threading.Lock()
+
+        # Create the known series up front so they read 0 from the start (rate() needs a first sample).
+        for stage in STAGES:
+            self._stage[stage] = self.stage_latency.labels(stage)
+        for level in CACHE_LEVELS:
+            for hit in (True, False):
+                self._cache[(level, hit)] = self.cache_requests.labels(level, "hit" if hit else "miss")
+        for outcome in SHADOW_OUTCOMES:
+            self._shadow[outcome] = self.shadow.labels(outcome)
+
+    # -- hot path ---------------------------------------------------------------------------------
+
+    def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
+        """Count a request by endpoint and status and observe its latency."""
+        counter = self._requests.get((endpoint, status))
+        if counter is None:
+            counter = self._requests[(endpoint, status)] = self.requests.labels(endpoint, str(status))
+        counter.inc()
+        hist = self._request_latency.get(endpoint)
+        if hist is None:
+            hist = self._request_latency[endpoint] = self.request_latency.labels(endpoint)
+        hist.observe(seconds)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Observe the latency of a stage: feature_fetch, inference or total."""
+        hist = self._stage.get(stage)
+        if hist is None:
+            hist = self._stage[stage] = self.stage_latency.labels(stage)
+        hist.observe(seconds)
+
+    def cache(self, level: str, hit: bool) -> None:
+        """Count a cache look-up at level l1 or l2 as a hit or a miss."""
+        counter = self._cache.get((level, hit))
+        if counter is None:
+            counter = self._cache[(level, hit)] = self.cache_requests.labels(level, "hit" if hit else "miss")
+        counter.inc()
+
+    def cache_many(self, level: str, hits: int, misses: int) -> None:
+        """Count a batch of look-ups at one level: `hits` hits and `misses` misses."""
+        if hits:
+            counter = self._cache.get((level, True))
+            if counter is None:
+                counter = self._cache[(level, True)] = self.cache_requests.labels(level, "hit")
+            counter.inc(hits)
+        if misses:
+            counter = self._cache.get((level, False))
+            if counter is None:
+                counter = self._cache[(level, False)] = self.cache_requests.labels(level, "miss")
+            counter.inc(misses)
+
+    def fallback(self, level: str) -> None:
+        """Count an answer served by the fallback at this level."""
+        counter = self._fallbacks.get(level)
+        if counter is None:
+            counter = self._fallbacks[level] = self.fallbacks.labels(level)
+        counter.inc()
+
+    def variant(self, name: str) -> None:
+        """Count a prediction answered by this variant (champion, challenger, ...)."""
+        counter = self._variants.get(name)
+        if counter is None:
+            counter = self._variants[name] = self.variant_requests.labels(name)
+        counter.inc()
+
+    def error(self, type: str) -> None:
+        """Count an error of this type (keep the set of types small and fixed)."""
+        counter = self._errors.get(type)
+        if counter is None:
+            counter = self._errors[type] = self.errors.labels(type)
+        counter.inc()
+
+    def shadow_outcome(self, outcome: str) -> None:
+        """Count a shadow scoring as scored, skipped or failed."""
+        counter = self._shadow.get(outcome)
+        if counter is None:
+            counter = self._shadow[outcome] = self.shadow.labels(outcome)
+        counter.inc()
+
+    def observe_batch(self, size: int) -> None:
+        """Observe how many requests one micro-batch scored."""
+        self.batch_size.observe(size)
+
+    def request_log_dropped(self, n: int = 1) -> None:
+        """Count sampled predictions the request log had to drop (fits PredictionLog's on_drop)."""
+        self.request_log_dropped_total.inc(n)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def set_model_version(self, variant: str, version: str | int) -> None:
+        """Mark `version` as the one loaded for `variant`, removing the variant's previous version."""
+        version = str(version)
+        with self._versions_lock:  # two reloads racing must not leave two versions at 1
+            old = self._versions.get(variant)
+            if old is not None and old != version:
+                self.model_version_info.remove(variant, old)
+            self.model_version_info.labels(variant, version).set(1)
+            self._versions[variant] = version
+
+    def clear_model_version(self, variant: str) -> None:
+        """Forget the variant's version (e.g. the challenger was unloaded)."""
+        with self._versions_lock:
+            old = self._versions.pop(variant, None)
+            if old is not None:
+                self.model_version_info.remove(variant, old)
+
+    def set_circuit_state(self, name: str, state: int | str) -> None:
+        """Set a circuit breaker's state: 0/"closed", 1/"open", 2/"half_open"."""
+        value = CIRCUIT_STATES[state] if isinstance(state, str) else int(state)
+        if value not in (0, 1, 2):
+            raise ValueError(f"circuit state must be 0, 1 or 2, got {state!r}")
+        gauge = self._circuits.get(name)
+        if gauge is None:
+            gauge = self._circuits[name] = self.circuit_state.labels(name)
+        gauge.set(value)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text of this registry and its content type, for GET /metrics."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,159 @@
+"""The models the server holds: champion (and challenger), hot-swapped from the registry.
+
+A swap builds the new ranker completely (download, load, warm) off the event loop, then
+replaces one reference: requests already scoring finish on the old model, later ones use the
+new one, none fails or waits. Every loaded version is also kept on local disk
+(`<home>/models/<model>/<alias>/`), so a restart while the registry is down still serves the
+last good model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+
+from feastflow.scoring import FeaturePlan, Ranker
+from feastflow.spec import ModelSpec
+from registry import lifecycle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded variant: its alias, registry version and ranker."""
+
+    variant: str  # champion | challenger
+    version: str
+    run_id: str
+    ranker: Ranker
+    source: str  # registry | disk
+    loaded_at: float
+
+
+class ModelHolder:
+    """Loads, keeps and swaps the served variants; the registry is asked only off the hot path."""
+
+    def __init__(self, spec: ModelSpec, plan: FeaturePlan, aliases: dict[str, str],
+                 models_dir: Path, tracking_uri: str, artifacts_uri: str) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.aliases = aliases  # variant -> registry alias
+        self.models_dir = models_dir / spec.registered_model_name
+        self.tracking_uri = tracking_uri
+        self.artifacts_uri = artifacts_uri
+        self.models: dict[str, ServedModel] = {}
+        self.registry_error: str | None = None
+        self.on_swap: list[Callable[[ServedModel, ServedModel | None], None]] = []
+
+    def get(self, variant: str) -> ServedModel | None:
+        """The served model of a variant, if any."""
+        return self.models.get(variant)
+
+    def load_initial(self) -> None:
+        """At start: every variant from the registry, or from its last good copy on disk."""
+        for variant in self.aliases:
+            try:
+                candidate = self._from_registry(variant, known=None)
+            except lifecycle.RegistryUnreachable as e:
+                self.registry_error = str(e)
+                candidate = self._from_disk(variant)
+            except lifecycle.RegistryError as e:
+                log.warning("no %s model: %s", variant, e)
+                candidate = None
+            if candidate is not None:
+                self._install(candidate)
+
+    def check_registry(self) -> list[ServedModel]:
+        """Blocking (run it in a thread): load every variant whose alias moved; do not swap yet."""
+        changed = []
+        for variant in self.aliases:
+            current = self.models.get(variant)
+            try:
+                candidate = self._from_registry(variant, known=current.version if current else None)
+            except lifecycle.RegistryUnreachable as e:
+                self.registry_error = str(e)
+                log.warning("registry unreachable, keeping the loaded models: %s", e)
+                return changed
+            except lifecycle.RegistryError:  # the alias is gone: a challenger stops being served
+                if variant != "champion" and self.models.pop(variant, None) is not None:
+                    log.info("%s alias removed: no longer served", variant)
+                continue
+            if candidate is not None:  # None: the alias still points at the loaded version
+                changed.append(candidate)
+        self.registry_error = None
+        return changed
+
+    def install(self, models: list[ServedModel]) -> None:
+        """Swap the given models in (call on the event loop)."""
+        for model in models:
+            self._install(model)
+
+    def _install(self, model: ServedModel) -> None:
+        old = self.models.get(model.variant)
+        self.models[model.variant] = model
+        log.info("serving %s v%s (from %s)", model.variant, model.version, model.source)
+        for callback in self.on_swap:
+            callback(model, old)
+
+    def _from_registry(self, variant: str, known: str | None) -> ServedModel | None:
+        alias = self.aliases[variant]
+        name = self.spec.registered_model_name
+        try:
+            lifecycle.configure(self.tracking_uri, self.artifacts_uri, self.spec.name)
+            version = lifecycle.alias_version(name, alias)
+        except Exception as e:  # the registry's client raises whatever its backend raises
+            raise lifecycle.RegistryUnreachable(f"the model registry did not answer: {e}") from e
+        if version is None:
+            raise lifecycle.RegistryError(f"{name}@{alias} does not exist")
+        if version == known:
+            return None
+        with tempfile.TemporaryDirectory(dir=self._ensure_dir()) as tmp:
+            loaded = lifecycle.load_by_alias(name, alias, local_dir=Path(tmp))
+            assert loaded.model_file is not None
+            model = self._build(variant, loaded.version, loaded.run_id, loaded.booster, "registry")
+            self._save(variant, loaded.model_file, loaded.version, loaded.run_id)
+        return model
+
+    def _from_disk(self, variant: str) -> ServedModel | None:
+        folder = self.models_dir / self.aliases[variant]
+        meta_path = folder / "meta.json"
+        if not meta_path.exists():
+            log.error("registry unreachable and no last good %s model under %s", variant, folder)
+            return None
+        meta = json.loads(meta_path.read_text())
+        booster = lgb.Booster(model_file=str(folder / "model.lgb"))
+        log.warning("registry unreachable: serving %s v%s from %s", variant, meta["version"], folder)
+        return self._build(variant, meta["version"], meta["run_id"], booster, "disk")
+
+    def _build(self, variant: str, version: str, run_id: str, booster: Any, source: str
+               ) -> ServedModel:
+        ranker = Ranker(self.spec, self.plan, booster)
+        return ServedModel(variant, version, run_id, ranker, source, time.time())
+
+    def _save(self, variant: str, model_file: Path, version: str, run_id: str) -> None:
+        # Write a complete folder next to the old one, then swap names: never a half copy.
+        target = self.models_dir / self.aliases[variant]
+        staging = Path(tempfile.mkdtemp(dir=self._ensure_dir(), prefix=".staging-"))
+        shutil.copyfile(model_file, staging / "model.lgb")
+        (staging / "meta.json").write_text(json.dumps(
+            {"version": version, "run_id": run_id, "saved_at": time.time()}))
+        old = target.with_name(f".old-{target.name}")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _ensure_dir(self) -> Path:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        return self.models_dir

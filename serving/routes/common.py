@@ -1,0 +1,60 @@
+"""What every route shares: the app's state, JSON responses, the API key check."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from feastflow.spec import ModelSpec
+    from serving.metrics import ServingMetrics
+    from serving.models import ModelHolder
+    from serving.service import PredictionService
+    from serving.settings import ServingSettings
+
+API_KEY_HEADER = "x-api-key"
+
+
+@dataclass
+class AppState:
+    """Everything the lifespan built; routes read it from `request.app.state.core`."""
+
+    settings: ServingSettings
+    spec: ModelSpec | None
+    metrics: ServingMetrics
+    holder: ModelHolder
+    service: PredictionService
+    reload: Any  # async () -> dict: ask the registry now and swap what moved
+    startup_error: str | None = None
+
+
+def state(request: Request) -> AppState:
+    """The app's state."""
+    return request.app.state.core
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    """orjson-encoded JSON."""
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def error_response(loc: list[str | int], msg: str, status: int = 422) -> Response:
+    """A 4xx in FastAPI's error shape: the field (`loc`) and the reason (`msg`)."""
+    return json_response({"detail": [{"loc": loc, "msg": msg, "type": "value_error"}]}, status)
+
+
+def require_key(request: Request) -> Response | None:
+    """None when the request carries the API key; else the 401/403 to answer."""
+    expected = state(request).settings.api_key
+    if not expected:
+        return json_response({"detail": "this endpoint needs FEASTFLOW_API_KEY set on the server"},
+                             403)
+    given = request.headers.get(API_KEY_HEADER, "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return json_response({"detail": f"missing or wrong {API_KEY_HEADER} header"}, 401)
+    return None

@@ -1,0 +1,543 @@
+"""Unit tests of the serving building blocks: the TTL cache, the circuit breaker, the sticky A/B
+router, the shadow sample, and PredictionService's fallback chain. No network, no Redis, no model
+registry: the online reader is a stub (the integration tests read a real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from feastflow.online import OnlineStoreError, Row, ViewLayout
+from feastflow.scoring import Scored, ScoreRequest
+from feastflow.spec import load_spec
+from serving.metrics import ServingMetrics
+from serving.models import ModelHolder, ServedModel
+from serving.request_log import PredictionLog
+from serving.resilience import (
+    CircuitBreaker,
+    CircuitOpen,
+    CircuitState,
+    TTLCache,
+    bucket,
+    in_shadow_sample,
+    variant_for,
+)
+from serving.service import Answer, CachedReader, PredictionService
+from serving.settings import ServingSettings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def random_user_hashes(n: int, seed: int) -> list[str]:
+    """n distinct 32-hex user hashes, shaped like hash_user_id's output."""
+    rng = random.Random(seed)
+    return list(dict.fromkeys(f"{rng.getrandbits(128):032x}" for _ in range(n)))
+
+
+# --- TTLCache ---------------------------------------------------------------------------------
+
+
+def test_ttl_cache_entries_expire_after_their_ttl() -> None:
+    clock = FakeClock()
+    cache: TTLCache[str] = TTLCache(10.0, 100, clock=clock)
+    cache.put("a", "A")
+    clock.now += 9.9
+    assert cache.get("a") == "A"
+    clock.now += 0.2
+    assert cache.get("a") is None
+    assert cache.get("never-put") is None
+
+
+def test_ttl_cache_a_put_may_set_its_own_ttl() -> None:
+    clock = FakeClock()
+    cache: TTLCache[str] = TTLCache(10.0, 100, clock=clock)
+    cache.put("short", "S", ttl_seconds=1.0)
+    cache.put("long", "L", ttl_seconds=60.0)
+    clock.now += 30.0
+    assert cache.get("short") is None
+    assert cache.get("long") == "L"
+
+
+def test_ttl_cache_get_stale_still_returns_expired_entries() -> None:
+    clock = FakeClock()
+    cache: TTLCache[str] = TTLCache(10.0, 100, clock=clock)
+    cache.put("a", "A")
+    clock.now += 3600.0
+    assert cache.get("a") is None
+    assert cache.get_stale("a") == "A"
+    assert cache.get_stale("never-put") is None
+
+
+def test_ttl_cache_a_fresh_put_replaces_a_stale_entry() -> None:
+    clock = FakeClock()
+    cache: TTLCache[str] = TTLCache(10.0, 100, clock=clock)
+    cache.put("a", "old")
+    clock.now += 20.0
+    cache.put("a", "new")
+    assert cache.get("a") == "new" and len(cache) == 1
+
+
+def test_ttl_cache_evicts_the_least_recently_put_entry_when_full() -> None:
+    cache: TTLCache[str] = TTLCache(10.0, 3, clock=FakeClock())
+    for key in "abc":
+        cache.put(key, key.upper())
+    cache.put("a", "A2")  # put again: now the most recent
+    cache.put("d", "D")  # over max_size: "b" is the least recently put
+    assert len(cache) == 3
+    assert cache.get_stale("b") is None  # gone, not merely stale
+    assert [cache.get(k) for k in "acd"] == ["A2", "C", "D"]
+
+
+def test_ttl_cache_with_ttl_0_is_disabled_and_stores_nothing() -> None:
+    cache: TTLCache[str] = TTLCache(0.0, 100, clock=FakeClock())
+    assert cache.enabled is False
+    cache.put("a", "A")
+    assert len(cache) == 0
+    assert cache.get("a") is None and cache.get_stale("a") is None
+    assert TTLCache(0.001, 1).enabled is True
+
+
+def test_ttl_cache_clear_empties_it_and_returns_the_count() -> None:
+    clock = FakeClock()
+    cache: TTLCache[int] = TTLCache(10.0, 100, clock=clock)
+    for i in range(7):
+        cache.put(i, i)
+    clock.now += 100.0  # expired entries are still held, and counted
+    assert cache.clear() == 7
+    assert len(cache) == 0 and cache.get_stale(3) is None
+    assert cache.clear() == 0
+
+
+# --- CircuitBreaker ---------------------------------------------------------------------------
+
+
+def make_breaker(failures: int = 3, reset_seconds: float = 2.0
+                 ) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, CircuitState]]]:
+    clock = FakeClock()
+    changes: list[tuple[str, CircuitState]] = []
+    breaker = CircuitBreaker("store", failures, reset_seconds, clock=clock,
+                             on_change=lambda name, state: changes.append((name, state)))
+    return breaker, clock, changes
+
+
+def test_breaker_opens_after_n_consecutive_failures_not_before() -> None:
+    breaker, _, changes = make_breaker(failures=3)
+    breaker.failure(OSError("refused"))
+    breaker.failure(OSError("refused"))
+    assert breaker.state == CircuitState.CLOSED and breaker.allow()
+    assert changes == []
+    breaker.failure(OSError("connection refused"))
+    assert breaker.state == CircuitState.OPEN
+    assert not breaker.allow()
+    assert "connection refused" in breaker.last_error
+    assert changes == [("store", CircuitState.OPEN)]
+
+
+def test_breaker_a_success_in_between_resets_the_count() -> None:
+    breaker, _, changes = make_breaker(failures=3)
+    breaker.failure("e1")
+    breaker.failure("e2")
+    breaker.success()
+    breaker.failure("e3")
+    breaker.failure("e4")
+    assert breaker.state == CircuitState.CLOSED and breaker.allow()
+    assert changes == []
+    breaker.failure("e5")
+    assert breaker.state == CircuitState.OPEN
+
+
+def test_breaker_refuses_while_open_then_lets_exactly_one_trial_through() -> None:
+    breaker, clock, changes = make_breaker(failures=1, reset_seconds=2.0)
+    breaker.failure(TimeoutError())
+    assert breaker.last_error == "TimeoutError"  # an exception without text is named
+    clock.now += 1.9
+    assert [breaker.allow() for _ in range(5)] == [False] * 5
+    assert breaker.state == CircuitState.OPEN
+    clock.now += 0.1
+    assert breaker.allow() is True  # the trial
+    assert breaker.state == CircuitState.HALF_OPEN
+    assert [breaker.allow() for _ in range(5)] == [False] * 5  # the trial is still out
+    clock.now += 1.9
+    assert breaker.allow() is False  # the trial gets reset_seconds to report back ...
+    clock.now += 0.1
+    assert breaker.allow() is True  # ... then it counts as lost and another trial goes
+    assert [breaker.allow() for _ in range(3)] == [False] * 3
+    assert changes == [("store", CircuitState.OPEN), ("store", CircuitState.HALF_OPEN)]
+
+
+def test_breaker_a_successful_trial_closes_it() -> None:
+    breaker, clock, changes = make_breaker(failures=2, reset_seconds=2.0)
+    breaker.failure("down")
+    breaker.failure("down")
+    clock.now += 2.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == CircuitState.CLOSED
+    assert all(breaker.allow() for _ in range(10))
+    assert changes == [("store", CircuitState.OPEN), ("store", CircuitState.HALF_OPEN),
+                       ("store", CircuitState.CLOSED)]
+    breaker.failure("again")  # the count restarted at the close: one failure does not reopen
+    assert breaker.state == CircuitState.CLOSED
+
+
+def test_breaker_a_failed_trial_reopens_it_for_another_full_wait() -> None:
+    breaker, clock, changes = make_breaker(failures=3, reset_seconds=2.0)
+    for _ in range(3):
+        breaker.failure("down")
+    clock.now += 2.5
+    assert breaker.allow()
+    breaker.failure("still down")  # one failure is enough in half-open
+    assert breaker.state == CircuitState.OPEN
+    assert breaker.last_error == "still down"
+    clock.now += 1.9  # the wait restarts at the failed trial, not at the first opening
+    assert not breaker.allow()
+    clock.now += 0.1
+    assert breaker.allow() and breaker.state == CircuitState.HALF_OPEN
+    assert changes == [("store", CircuitState.OPEN), ("store", CircuitState.HALF_OPEN),
+                       ("store", CircuitState.OPEN), ("store", CircuitState.HALF_OPEN)]
+
+
+def test_breaker_feeds_the_circuit_state_gauge() -> None:
+    metrics = ServingMetrics()
+    clock = FakeClock()
+    breaker = CircuitBreaker("online_store", 1, 2.0, clock=clock, on_change=metrics.set_circuit_state)
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value("feastflow_circuit_state", {"name": "online_store"})
+
+    breaker.failure("down")
+    assert gauge() == 1
+    clock.now += 2.0
+    breaker.allow()
+    assert gauge() == 2
+    breaker.success()
+    assert gauge() == 0
+
+
+# --- variant_for, in_shadow_sample -----------------------------------------------------------
+
+
+def test_variant_for_is_deterministic_for_a_user_and_salt() -> None:
+    users = random_user_hashes(500, seed=1)
+    first = [variant_for(u, 0.3, "ab-1") for u in users]
+    assert first == [variant_for(u, 0.3, "ab-1") for u in users]
+    assert set(first) == {"champion", "challenger"}
+
+
+def test_variant_for_share_0_is_all_champion_and_share_1_all_challenger() -> None:
+    users = random_user_hashes(5000, seed=2)
+    assert {variant_for(u, 0.0, "ab-1") for u in users} == {"champion"}
+    assert {variant_for(u, 1.0, "ab-1") for u in users} == {"challenger"}
+
+
+def test_variant_for_gives_the_challenger_its_share_of_users() -> None:
+    users = random_user_hashes(20_000, seed=3)
+    share = sum(variant_for(u, 0.05, "ab-1") == "challenger" for u in users) / len(users)
+    # binomial sd = sqrt(0.05 * 0.95 / 20000) = 0.0015: +-0.006 is ~4 sd
+    assert share == pytest.approx(0.05, abs=0.006)
+
+
+def test_variant_for_raising_the_share_keeps_the_challengers_users() -> None:
+    users = random_user_hashes(5000, seed=4)
+    at_5 = {u for u in users if variant_for(u, 0.05, "ab-1") == "challenger"}
+    at_20 = {u for u in users if variant_for(u, 0.20, "ab-1") == "challenger"}
+    assert at_5 and at_5 < at_20  # a ramp-up never moves a user back to the champion
+
+
+def test_variant_for_a_new_salt_reshuffles_the_users() -> None:
+    users = random_user_hashes(20_000, seed=5)
+    a = {u for u in users if variant_for(u, 0.05, "ab-1") == "challenger"}
+    b = {u for u in users if variant_for(u, 0.05, "ab-2") == "challenger"}
+    # independent splits: ~5% of a's ~1000 users are also in b (sd ~0.007); same split: 100%
+    assert len(a & b) / len(a) == pytest.approx(0.05, abs=0.025)
+    agree = sum(variant_for(u, 0.5, "ab-1") == variant_for(u, 0.5, "ab-2") for u in users)
+    assert agree / len(users) == pytest.approx(0.5, abs=0.02)
+
+
+def test_variant_for_is_stable_across_processes() -> None:
+    users = random_user_hashes(50, seed=6)
+    here = [repr(bucket(u, "ab-1")) for u in users]
+    code = ("import sys; from serving.resilience import bucket; "
+            "print('\\n'.join(repr(bucket(u, 'ab-1')) for u in sys.argv[1:]))")
+    # A different hash seed: the split must not depend on Python's per-process hash().
+    env = {"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code, *users], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, env=env, timeout=60, check=True)
+    assert done.stdout.split() == here
+    variants = [variant_for(u, 0.3, "ab-1") for u in users]
+    assert variants == ["challenger" if float(b) < 0.3 else "champion" for b in done.stdout.split()]
+
+
+def test_in_shadow_sample_share_0_never_share_1_always() -> None:
+    keys = [f"req-{i}" for i in range(5000)]
+    assert not any(in_shadow_sample(k, 0.0) for k in keys)
+    assert all(in_shadow_sample(k, 1.0) for k in keys)
+
+
+def test_in_shadow_sample_takes_its_share_of_requests() -> None:
+    keys = [f"{random.Random(7).getrandbits(64):016x}-{i}" for i in range(20_000)]
+    share = sum(in_shadow_sample(k, 0.2) for k in keys) / len(keys)
+    assert share == pytest.approx(0.2, abs=0.012)  # sd 0.0028
+    assert [in_shadow_sample(k, 0.2) for k in keys[:200]] == [in_shadow_sample(k, 0.2)
+                                                              for k in keys[:200]]
+
+
+# --- PredictionService: the fallback chain ---------------------------------------------------
+
+USER = "a" * 32
+AT_0805_UTC = 1_772_438_700_000_000  # 2026-03-02T08:05:00Z: hour_of_day 8
+HOUR = 8
+CONTEXT = {"location": "home", "battery": 80, "charging": False, "network": "wifi",
+           "secs_since_prev_unlock": 30.0}
+VIEW = ViewLayout(name="user_stats", join_keys=("user_id",), key_types=(), features=("n",),
+                  ttl_seconds=None, realtime=False, key_prefix=b"", hmget_fields=b"")
+
+
+class StubReader:
+    """The online store: fails with OnlineStoreError while `down`, else one row per key."""
+
+    def __init__(self, down: bool = True) -> None:
+        self.down = down
+        self.calls = 0
+
+    async def read(self, reads: Sequence[tuple[ViewLayout, Sequence[Sequence[Any]]]]
+                   ) -> list[list[Row]]:
+        self.calls += 1
+        if self.down:
+            raise OnlineStoreError("connection refused")
+        return [[(0.0, (1,)) for _ in keys] for _, keys in reads]
+
+    async def ping(self) -> bool:
+        return not self.down
+
+    async def close(self) -> None:
+        return None
+
+
+class FakeRanker:
+    """Reads the store through the service's reader, then ranks a fixed list (known user)."""
+
+    feature_names: ClassVar[list[str]] = []
+
+    async def score(self, requests: Sequence[ScoreRequest], reader: Any, k: int,
+                    timings: dict[str, float] | None = None) -> list[Scored]:
+        await reader.read([(VIEW, [(r.entity,) for r in requests])])
+        return [Scored(["mail", "maps", "chat"][:k], [0.9, 0.5, 0.1][:k], True) for _ in requests]
+
+
+def make_service(home: Path, reader: StubReader, **overrides: Any) -> PredictionService:
+    settings = ServingSettings(home=home, user_hash_secret="unit-secret", log_json=False,
+                               registry_poll_seconds=0, request_log_sample=0.0,
+                               latency_budget_ms=5000.0, **overrides)  # no timeouts on a busy CI box
+    spec = load_spec(settings.use_case, settings.feature_repo)
+    holder = ModelHolder(spec, None, {"champion": "champion", "challenger": "challenger"},  # type: ignore[arg-type]
+                         settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
+    metrics = ServingMetrics()
+    prediction_log = PredictionLog(settings.served_log_dir, 0.0, 5.0, on_drop=metrics.request_log_dropped)
+    return PredictionService(settings, spec, holder, reader, metrics, prediction_log)
+
+
+@pytest.fixture()
+def reader() -> StubReader:
+    return StubReader(down=True)
+
+
+@pytest.fixture()
+def service(tmp_path: Path, reader: StubReader) -> Iterator[PredictionService]:
+    svc = make_service(tmp_path, reader, breaker_failures=3)
+    yield svc
+    svc.prediction_log.close()
+
+
+def install_fake_model(service: PredictionService, version: str = "7") -> ServedModel:
+    model = ServedModel("champion", version, "run-1", FakeRanker(), "registry", 0.0)  # type: ignore[arg-type]
+    service.holder.install([model])
+    return model
+
+
+def fallback_counts(metrics: ServingMetrics) -> dict[str, float]:
+    """feastflow_fallbacks_total by level, parsed from the /metrics text."""
+    body, _ = metrics.render()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name == "feastflow_fallbacks":
+            for sample in family.samples:
+                if sample.name == "feastflow_fallbacks_total":
+                    counts[sample.labels["level"]] = sample.value
+    return counts
+
+
+def hour_lists(first_hour: int) -> list[list[str]]:
+    """A precomputed bundle whose list i names the hour it is for: first_hour + i."""
+    return [[f"for-{(first_hour + i) % 24}", "x", "y"] for i in range(24)]
+
+
+def test_fallback_chain_goes_cache_then_user_hour_then_popular_then_static(
+        service: PredictionService) -> None:
+    clock = FakeClock()
+    service.l1.clock = clock
+    key = (USER, "7", HOUR, "home")
+    service.l1.put(key, Answer(["stale-1", "stale-2"], [0.8, 0.4], "champion", "7", True))
+    clock.now += 10 * service.l1.ttl_seconds  # expired: a miss for get, still there for get_stale
+    assert service.l1.get(key) is None
+    service.bundles[USER] = (20, hour_lists(20))  # hour 8 is list 12 of a bundle starting at 20:00
+    service.popular[HOUR] = ["pop-8a", "pop-8b"]
+    service.popular[HOUR + 1] = ["pop-9"]
+
+    answer = service._fallback(None, "champion", USER, HOUR, key, "store down")
+    assert (answer.fallback, answer.items) == ("cache", ["stale-1", "stale-2"])
+    assert answer.scores == [0.8, 0.4] and answer.known_user is True
+
+    service.l1.clear()
+    answer = service._fallback(None, "champion", USER, HOUR, key, "store down")
+    assert (answer.fallback, answer.items[0]) == ("user_hour", "for-8")
+    assert answer.known_user is True
+    assert answer.scores == sorted(answer.scores, reverse=True)
+    assert service._fallback(None, "champion", USER, 19, key, "").items[0] == "for-19"  # wraps
+
+    service.bundles[USER][1][12] = []  # no list precomputed for this hour: next level
+    answer = service._fallback(None, "champion", USER, HOUR, key, "store down")
+    assert (answer.fallback, answer.items) == ("popular_at_hour", ["pop-8a", "pop-8b"])
+    assert answer.known_user is False
+
+    del service.bundles[USER]
+    assert service._fallback(None, "champion", USER, HOUR + 1, key, "").items == ["pop-9"]
+    service.popular.clear()
+    answer = service._fallback(None, "champion", USER, HOUR, key, "store down")
+    assert answer.fallback == "static_default"
+    assert answer.items == list(service.spec.candidates.static_default)
+    assert answer.model_version is None and answer.variant == "champion"
+
+
+def test_predict_without_a_model_answers_from_the_fallbacks_and_counts_them(
+        service: PredictionService) -> None:
+    static = list(service.spec.candidates.static_default)
+
+    async def run() -> list[Any]:
+        out = [await service.predict(USER, AT_0805_UTC, CONTEXT, 3, "r1")]  # static_default
+        service.popular[HOUR] = ["pop-1", "pop-2", "pop-3", "pop-4"]
+        out += [await service.predict(USER, AT_0805_UTC, CONTEXT, 2, f"r{i}") for i in (2, 3)]
+        service.bundles[USER] = (5, hour_lists(5))  # hour 8 is list 3
+        out += [await service.predict(USER, AT_0805_UTC, CONTEXT, 4, f"r{i}") for i in (4, 5, 6)]
+        out.append(await service.predict("b" * 32, AT_0805_UTC + 3_600_000_000, CONTEXT, 4, "r7"))
+        return out
+
+    answers = asyncio.run(run())
+    assert [a.fallback for a in answers] == (["static_default"] + ["popular_at_hour"] * 2
+                                             + ["user_hour"] * 3 + ["static_default"])
+    assert answers[0].items == static[:3] and len(answers[0].scores) == 3
+    assert answers[1].items == ["pop-1", "pop-2"]
+    assert answers[3].items == ["for-8", "x", "y"]
+    assert answers[6].items == static[:4]  # another user at 09:00: no bundle, no popular list
+    assert all(a.model_version is None and a.variant == "champion" for a in answers)
+    assert fallback_counts(service.metrics) == {"static_default": 2, "popular_at_hour": 2,
+                                                "user_hour": 3}
+
+
+def test_predict_with_the_store_down_serves_a_stale_prediction_then_the_chain(
+        service: PredictionService, reader: StubReader) -> None:
+    install_fake_model(service, "7")
+    clock = FakeClock()
+    service.l1.clock = service.features.cache.clock = clock  # L1 predictions and L2 features
+    service.popular[HOUR] = ["pop-1", "pop-2"]
+
+    async def run() -> list[Any]:
+        reader.down = False
+        out = [await service.predict(USER, AT_0805_UTC, CONTEXT, 2, "r1")]  # scored, cached
+        reader.down = True
+        out.append(await service.predict(USER, AT_0805_UTC, CONTEXT, 2, "r2"))  # a fresh L1 hit
+        clock.now += service.l1.ttl_seconds + 1
+        out.append(await service.predict(USER, AT_0805_UTC, CONTEXT, 2, "r3"))  # store down: stale
+        out.append(await service.predict("b" * 32, AT_0805_UTC, CONTEXT, 2, "r4"))  # never cached
+        return out
+
+    scored, hit, stale, other = asyncio.run(run())
+    assert (scored.fallback, scored.items, scored.model_version) == (None, ["mail", "maps"], "7")
+    assert hit.cached is True and hit.items == ["mail", "maps"] and hit.fallback is None
+    assert (stale.fallback, stale.items, stale.model_version) == ("cache", ["mail", "maps"], "7")
+    assert (other.fallback, other.items) == ("popular_at_hour", ["pop-1", "pop-2"])
+    assert fallback_counts(service.metrics) == {"cache": 1, "popular_at_hour": 1}
+    errors = service.metrics.registry.get_sample_value("feastflow_errors_total",
+                                                       {"type": "OnlineStoreError"})
+    assert errors == 2
+
+
+def test_predict_never_raises_and_an_open_circuit_stops_calling_the_store(
+        service: PredictionService, reader: StubReader) -> None:
+    install_fake_model(service, "7")
+    failures = service.settings.breaker_failures
+
+    async def run() -> list[Any]:
+        return [await service.predict(f"{i:032x}", AT_0805_UTC, CONTEXT, 4, f"r{i}")
+                for i in range(failures + 5)]
+
+    answers = asyncio.run(run())
+    assert all(a.fallback == "static_default" and a.model_version == "7" for a in answers)
+    assert reader.calls == failures  # once open, the breaker refuses without trying the store
+    assert service.features.breaker.state == CircuitState.OPEN
+    assert fallback_counts(service.metrics) == {"static_default": failures + 5}
+    assert service.metrics.registry.get_sample_value(
+        "feastflow_errors_total", {"type": "CircuitOpen"}) == 5
+    assert service.metrics.registry.get_sample_value(
+        "feastflow_circuit_state", {"name": "online_store"}) == 1
+
+
+def test_a_cancelled_half_open_trial_does_not_wedge_the_store_breaker() -> None:
+    """The half-open breaker lets one trial through and then refuses everything until that trial
+    reports. A trial cancelled while it reads (the bundle endpoint's outer `wait_for`, shutdown)
+    reports neither success nor failure, so the breaker must not wait for it forever."""
+    hanging = StubReader(down=False)
+
+    async def never(reads: Any) -> Any:
+        await asyncio.sleep(3600)
+
+    hanging.read = never  # type: ignore[method-assign]
+    clock = FakeClock()
+    breaker = CircuitBreaker("online_store", 1, 2.0, clock=clock)
+    cached = CachedReader(hanging, TTLCache(0.0, 1), breaker, 60.0, ServingMetrics())  # type: ignore[arg-type]
+    breaker.failure("down")
+    clock.now += 2.0
+
+    async def run() -> None:
+        trial = asyncio.ensure_future(cached.read([(VIEW, [("u",)])]))
+        await asyncio.sleep(0.01)
+        assert breaker.state == CircuitState.HALF_OPEN
+        trial.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await trial
+
+    asyncio.run(run())
+    clock.now += 60.0  # long after: the store would be tried again by now
+    assert breaker.allow(), f"breaker stuck {breaker.state.name} after its trial was cancelled"
+
+
+def test_the_circuit_open_error_names_the_last_store_error() -> None:
+    breaker = CircuitBreaker("online_store", 1, 2.0, clock=FakeClock())
+    cached = CachedReader(StubReader(down=True), TTLCache(0.0, 1), breaker, 60.0,  # type: ignore[arg-type]
+                          ServingMetrics())
+
+    async def run() -> None:
+        with pytest.raises(OnlineStoreError):
+            await cached.read([(VIEW, [("u",)])])
+        with pytest.raises(CircuitOpen, match="connection refused"):
+            await cached.read([(VIEW, [("u",)])])
+
+    asyncio.run(run())
