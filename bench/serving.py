@@ -1,0 +1,1197 @@
+"""Serving benchmark: our prediction server against Feast's own `feast serve`, side by side, and faults.
+
+    python bench/serving.py [--home DIR [--keep]] [--connections 8 --threads 2 --duration 20 --warmup 5]
+                            [--rate 500] [--faults] [--tool auto|wrk|python] [--no-feature-cache]
+
+Setup. A private redis-server on a free port, its data in <home>/bench_redis/dump.rdb (stopped with
+`redis-cli shutdown save`, so the data outlives a restart and, with --home, the run). The home is a
+Redis-profile FEASTFLOW_HOME built by `feastflow demo --users 150 --days 56` (generate, ingest,
+features, apply, train, promote, materialize; 2-3 min), or --home DIR when it is already built
+(champion in <home>/mlflow.db, Feast registry at <home>/feast/registry.db): then `feastflow apply`
+brings the registry to this checkout's definitions (an on-demand view's mode changes how fast Feast
+serves it) and an empty Redis is refilled with `feastflow materialize`.
+
+Requests. The last day of the generated world (the event log under <home>/events, user ids hashed
+at ingest; raw ids are recovered by hashing the simulator's ids `user_NNNNN` with the same secret,
+or read from <home>/raw/ when raw files are there), replayed one day later: the day the served
+daily features are fresh for. Each unlock's own context (location, battery, charging, network,
+seconds since the previous unlock) and time of day; --unknown-share of the requests (5%) come
+from users the store has never seen. --pool different bodies in all.
+
+Servers, one at a time on the 2 cores: Feast first, then ours.
+- `feast serve` (one gunicorn/uvicorn worker, access log off, --feast-max-requests 0: no worker
+  recycling; Feast's default 1000 restarts the worker every ~1,000 requests, dropping connections)
+  over the same feature repo, registry (a temporary feature_store.yaml points at
+  <home>/feast/registry.db, never a copy) and Redis. Two workloads over POST /get-online-features:
+  `feast_serve`, the stage-2 read one of our predictions needs (feature service
+  next_app_ranker_v1 for the request's candidate rows, up to 22: join keys and request fields as
+  the model spec declares them, candidates from the user's online candidate lists as
+  feastflow.ranking generates them), and `feast_serve_one_entity`, the stage-1 read
+  (next_app_user_v1 for one user and hour), Feast's cheapest request. Known users only; our server
+  does the stage-1 read, the stage-2 read and the scoring for each of its answers.
+- `feastflow serve` (--server-root: from another source tree) with
+  FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS=0 (no L1 prediction cache; --no-feature-cache also sets
+  FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0), FEASTFLOW_API_KEY and FEASTFLOW_REQUEST_LOG_SAMPLE=0.01;
+  ready when GET /readyz is 200 (or, without /readyz, GET /healthz names a model version).
+  Workload: POST /v1/predict.
+
+Load. The same tool and concurrency for every workload: wrk with bench/serving_load.lua (rotates
+through the bodies, checks every answer: 2xx and a body with values) or, without wrk, a
+keep-alive asyncio generator. A --warmup run, then a --duration run; `rps` counts good answers;
+`errors` are non-2xx, socket errors, timeouts and bad bodies. Our good answers include fallbacks
+(unknown users always get one; known users when the server sheds load or a dependency fails):
+`fallback`, `fallback_known_users` and `full_model_rps` say how many. Then an open-loop run
+against ours only: --rate requests/s for --duration s over --open-loop-connections keep-alive
+connections, each latency measured from the request's scheduled send time (no coordinated
+omission); requests still unanswered 10 s after the schedule ends count as errors.
+
+--faults: an asyncio load of at least --fault-duration (36) s against ours; at 8 s Redis is
+stopped (shutdown save), at 18 s restarted, at 24 s the champion's model source is registered
+again as a new MLflow version (in a child that imported MLflow before the load started),
+`champion` moves to it and POST /admin/reload is called with X-API-Key; the load goes on until
+5 s after the reload. Known users' answers say which fallback answered (`fallback`, null = the
+full model); recovery is measured from the restart to the first full-model answer and to the
+50th of 50 consecutive ones. This leaves a new champion version in the home's registry.
+
+Progress goes to stderr; stdout gets one JSON object. Everything started here (servers, Redis,
+the temporary folder unless --keep) is stopped and removed at exit, also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
+
+from feastflow.privacy import hash_user_id  # noqa: E402
+from feastflow.settings import DEV_HASH_SECRET, FEATURE_REPO  # noqa: E402
+from feastflow.spec import ModelSpec, load_spec  # noqa: E402
+
+LUA = Path(__file__).resolve().with_name("serving_load.lua")
+VENV_BIN = Path(sys.executable).parent
+PREDICT_PATH, FEAST_PATH = "/v1/predict", "/get-online-features"
+RAW_ID_FORMAT = "user_{:05d}"  # pipelines/generate.py names its simulated users so
+REQUEST_TIMEOUT_S = 10.0
+OPEN_LOOP_DRAIN_S = 10.0
+FAULT_STOP_S, FAULT_RESTART_S, FAULT_RELOAD_S = 8.0, 18.0, 24.0
+STABLE_RUN = 50  # consecutive full-model answers that count as recovered
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    """Progress, to stderr, with the seconds since start."""
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+class Process:
+    """A child in its own session (Ctrl-C reaches us, not it), its output in a log file."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name, self.cmd, self.log_path, self.env, self.cwd = name, cmd, log_path, env, cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                         cwd=self.cwd, start_new_session=True)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM to the child's process group (gunicorn forks workers), SIGKILL if it lingers."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(timeout=timeout_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        with contextlib.suppress(ProcessLookupError):  # workers left behind by a killed master
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+class RedisServer:
+    """A private redis-server whose data survives `shutdown save` and a restart."""
+
+    def __init__(self, port: int, data_dir: Path, log_path: Path) -> None:
+        self.port, self.data_dir = port, data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = Process("redis", [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+            "--dbfilename", "dump.rdb", "--appendonly", "no", "--daemonize", "no"], log_path)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cli(self, *args: str, timeout_s: float = 60.0) -> str:
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
+                             timeout=timeout_s)
+        return out.stdout.strip()
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start it and wait until it answers PING (it loads dump.rdb first)."""
+        self.process.start()
+        deadline = time.monotonic() + timeout_s
+        while self.cli("ping", timeout_s=5) != "PONG":
+            if not self.process.running():
+                raise RuntimeError(f"redis-server exited:\n{self.process.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-server did not answer PING")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SHUTDOWN SAVE (writes dump.rdb), then wait for the process; kill it if that fails."""
+        proc = self.process.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                self.cli("shutdown", "save")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+        self.process.stop()
+
+    def dbsize(self) -> int:
+        return int(self.cli("dbsize") or 0)
+
+
+# --- the home ---------------------------------------------------------------------------------
+
+
+def feastflow_cmd() -> list[str]:
+    exe = VENV_BIN / "feastflow"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipelines.cli"]
+
+
+def home_env(home: Path, redis_url: str) -> dict[str, str]:
+    """The environment of every feastflow process of the run."""
+    return {**os.environ, "FEASTFLOW_HOME": str(home), "FEASTFLOW_PROFILE": "redis", "REDIS_URL": redis_url}
+
+
+def champion_version(home: Path, model_name: str) -> str | None:
+    """The champion's version from <home>/mlflow.db, read without importing MLflow."""
+    db = home / "mlflow.db"
+    if not db.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            row = con.execute("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?",
+                              (model_name, "champion")).fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
+
+
+def ensure_home(home: Path, redis: RedisServer, spec: ModelSpec, users: int, days: int) -> None:
+    """Build the home with `feastflow demo` unless it is built; refill an empty Redis."""
+    env = home_env(home, redis.url)
+    built = (champion_version(home, spec.registered_model_name) is not None
+             and (home / "feast" / "registry.db").exists() and (home / "events").is_dir())
+    if not built:
+        log(f"building the home {home}: feastflow demo --users {users} --days {days} (2-3 min)")
+        subprocess.run([*feastflow_cmd(), "demo", "--users", str(users), "--days", str(days)],
+                       env=env, cwd=PROJECT_ROOT, stdout=sys.stderr, stderr=sys.stderr, check=True)
+    else:
+        # The registry must hold this checkout's definitions (e.g. an on-demand view's mode
+        # decides how fast Feast serves it): apply them again, as `feast apply` would.
+        log(f"reusing the built home {home}: feastflow apply")
+        subprocess.run([*feastflow_cmd(), "apply"], env=env, cwd=PROJECT_ROOT, stdout=sys.stderr,
+                       stderr=sys.stderr, check=True)
+        if redis.dbsize() == 0:
+            log("its Redis is empty: feastflow materialize")
+            subprocess.run([*feastflow_cmd(), "materialize"], env=env, cwd=PROJECT_ROOT,
+                           stdout=sys.stderr, stderr=sys.stderr, check=True)
+    log(f"Redis holds {redis.dbsize():,} keys; champion is v{champion_version(home, spec.name)}")
+
+
+# --- the request pool -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unlock:
+    """One prediction request and what a feature server needs to know about it."""
+
+    body: dict[str, Any]
+    user_hash: str
+    known: bool
+    when: pd.Timestamp
+
+
+def last_day_events(home: Path, secret: str) -> pd.DataFrame:
+    """The last day's unlocks with raw user ids: from <home>/raw/ if there, else the event log."""
+    raw_files = sorted((home / "raw").glob("*.parquet")) + sorted((home / "raw").glob("*.csv"))
+    if raw_files:
+        frame = pd.concat([pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f)
+                           for f in raw_files], ignore_index=True)
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+        last = frame["timestamp"].dt.floor("D").max()
+        return frame[frame["timestamp"] >= last].reset_index(drop=True)
+    days = sorted((home / "events").glob("date=*"))
+    if not days:
+        raise FileNotFoundError(f"no event log under {home / 'events'}")
+    frame = pd.concat([pd.read_parquet(f) for f in sorted(days[-1].glob("hour=*/*.parquet"))],
+                      ignore_index=True)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    raw_of = raw_ids_of(set(frame["user_id"]), secret)
+    if not raw_of:
+        raise RuntimeError("no hashed user id of the event log matches user_NNNNN: was the home "
+                           "built with another FEASTFLOW_USER_HASH_SECRET?")
+    frame = frame[frame["user_id"].isin(raw_of)].copy()
+    frame["user_id"] = frame["user_id"].map(raw_of)
+    return frame.reset_index(drop=True)
+
+
+def raw_ids_of(hashes: set[str], secret: str, limit: int = 100_000) -> dict[str, str]:
+    """hash -> raw id, by hashing the simulator's ids until every hash is found (or `limit`)."""
+    found: dict[str, str] = {}
+    for i in range(limit):
+        raw = RAW_ID_FORMAT.format(i)
+        hashed = hash_user_id(raw, secret)
+        if hashed in hashes:
+            found[hashed] = raw
+            if len(found) == len(hashes):
+                break
+    return found
+
+
+def build_pool(events: pd.DataFrame, size: int, unknown_share: float, secret: str, seed: int
+               ) -> list[Unlock]:
+    """`size` requests from the day's unlocks replayed a day later; some from never-seen users."""
+    rng = np.random.default_rng(seed)
+    rows = events.iloc[rng.choice(len(events), size, replace=size > len(events))].reset_index(drop=True)
+    unknown = rng.random(size) < unknown_share
+    pool = []
+    for i, row in enumerate(rows.itertuples(index=False)):
+        when = (pd.Timestamp(row.timestamp) + pd.Timedelta(days=1)).floor("s")
+        user = f"bench-new-{i:05d}" if unknown[i] else str(row.user_id)
+        secs = row.secs_since_prev_unlock
+        body = {
+            "user_id": user, "timestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "context": {"location": str(row.location), "battery": int(row.battery),
+                        "charging": as_bool(row.charging), "network": str(row.network),
+                        "secs_since_prev_unlock": 1800.0 if pd.isna(secs) else round(float(secs), 1)},
+            "k": 4,
+        }
+        pool.append(Unlock(body, hash_user_id(user, secret), not unknown[i], when))
+    return pool
+
+
+def as_bool(value: Any) -> bool:
+    """A raw file's boolean (CSV has strings)."""
+    return str(value).strip().lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
+
+
+def compact(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def write_bodies(path: Path, bodies: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(bodies) + b"\n")
+    return path
+
+
+# --- Feast's feature server -------------------------------------------------------------------
+
+
+def feast_yaml(home: Path, redis_url: str, folder: Path) -> Path:
+    """What feastflow.store.repo_config does for the redis profile, as a file with absolute paths."""
+    import yaml
+
+    from feastflow.store import PROFILE_YAML, redis_connection_string
+
+    raw = yaml.safe_load(os.path.expandvars((FEATURE_REPO / PROFILE_YAML["redis"]).read_text()))
+    raw["registry"]["path"] = f"sqlite:///{home / 'feast' / 'registry.db'}"  # the home's own registry
+    raw["online_store"]["connection_string"] = redis_connection_string(redis_url)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "feature_store.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def feast_rows(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """Feast's column-wise JSON answer as one dict per entity row (values and `<name>__ts`)."""
+    names = response["metadata"]["feature_names"]
+    results = response["results"]
+    rows = [{} for _ in results[0]["values"]] if results else []
+    for name, result in zip(names, results, strict=True):
+        for row, value, stamp in zip(rows, result["values"], result["event_timestamps"], strict=True):
+            row[name], row[name + "__ts"] = value, stamp
+    return rows
+
+
+def stage1_features(client: httpx.Client, spec: ModelSpec, keys: list[tuple[Any, ...]], batch: int = 256
+                    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The entity service's features of each stage-1 key (user hash, hour), read from Feast's server."""
+    names = list(spec.features.entity_join_keys)
+    out = {}
+    for start in range(0, len(keys), batch):
+        chunk = keys[start:start + batch]
+        response = client.post(FEAST_PATH, json={
+            "feature_service": spec.features.entity_service,
+            "entities": {name: [key[j] for key in chunk] for j, name in enumerate(names)}})
+        response.raise_for_status()
+        out.update(zip(chunk, feast_rows(response.json()), strict=True))
+    return out
+
+
+def time_value(when: pd.Timestamp, name: str) -> int:
+    """hour_of_day, is_weekend or unix_seconds of a UTC time (feastflow.ranking.time_values)."""
+    if name == "hour_of_day":
+        return when.hour
+    if name == "is_weekend":
+        return int(when.dayofweek >= 5)
+    if name == "unix_seconds":
+        return int(when.timestamp())
+    raise ValueError(f"unknown time source {name!r}")
+
+
+def source_value(source: str, unlock: Unlock, stage1: dict[str, Any] | None = None,
+                 item: str | None = None) -> Any:
+    """The value of a declared source (`entity`, `item`, `feature:x`, `context:x`, `time:x`)."""
+    from feastflow.ranking import MISSING_KEY
+
+    kind, _, name = source.partition(":")
+    if kind == "entity":
+        return unlock.user_hash
+    if kind == "item":
+        return item
+    if kind == "feature":
+        return (stage1 or {}).get(name) or MISSING_KEY
+    if kind == "context":
+        return unlock.body["context"][name]
+    if kind == "time":
+        return time_value(unlock.when, name)
+    raise ValueError(f"unknown source kind in {source!r}")
+
+
+def stage1_key(spec: ModelSpec, unlock: Unlock) -> tuple[Any, ...]:
+    return tuple(source_value(s, unlock) for s in spec.features.entity_join_keys.values())
+
+
+def one_entity_body(spec: ModelSpec, unlock: Unlock) -> dict[str, Any]:
+    """The stage-1 request: the entity service for one user and hour."""
+    return {"feature_service": spec.features.entity_service,
+            "entities": {k: [v] for k, v in zip(spec.features.entity_join_keys, stage1_key(spec, unlock),
+                                                strict=True)}}
+
+
+def ranker_body(spec: ModelSpec, unlock: Unlock, stage1: dict[str, Any]) -> dict[str, Any]:
+    """The stage-2 request one prediction makes: a row per candidate, keys as the spec declares."""
+    from feastflow.ranking import generate_candidates
+
+    lists = [stage1.get(name) for name in spec.candidates.lists]
+    limits = list(spec.candidates.lists.values())
+    items, _ = generate_candidates(lists, limits, spec.candidates.max_candidates)
+    sources = {**spec.features.join_keys, **spec.features.request_fields}
+    return {"feature_service": spec.features.ranking_service,
+            "entities": {key: [source_value(source, unlock, stage1, item) for item in items]
+                         for key, source in sources.items()}}
+
+
+def check_feast_answers(client: httpx.Client, bodies: list[bytes], keys: set[str]) -> dict[str, Any]:
+    """Send a sample of the bodies once: every answer 200, and the share of null feature values."""
+    values = nulls = 0
+    for body in bodies:
+        response = client.post(FEAST_PATH, content=body, headers={"Content-Type": "application/json"})
+        if response.status_code != 200:
+            raise RuntimeError(f"feast serve answered {response.status_code}: {response.text[:500]}")
+        for row in feast_rows(response.json()):
+            for name, value in row.items():
+                if name not in keys and not name.endswith("__ts"):
+                    values, nulls = values + 1, nulls + (value is None)
+    if values == 0 or nulls == values:
+        raise RuntimeError("feast serve answered without any feature value")
+    return {"responses": len(bodies), "null_value_share": round(nulls / values, 4)}
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """Pre-built bodies for one endpoint, and the string every good answer contains."""
+
+    name: str
+    port: int
+    path: str
+    bodies: list[bytes]
+    must_contain: str
+    headers: dict[str, str] = field(default_factory=dict)
+    known: list[bool] | None = None  # per body: a known user? (the server's own known_user is false
+    #                                  whenever a fallback answers, so the answer cannot tell)
+
+    def raw_requests(self) -> list[bytes]:
+        """Whole HTTP/1.1 requests, serialized once."""
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        return [(f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n{extra}\r\n").encode() + b
+                for b in self.bodies]
+
+
+def summarize(requests: int, ok: int, seconds: float, latencies_ms: list[float] | np.ndarray,
+              **errors: int) -> dict[str, Any]:
+    lat = np.asarray(latencies_ms, dtype=float)
+    return {
+        "rps": round(ok / seconds, 1) if seconds > 0 else 0.0,
+        "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+        "errors": int(sum(errors.values())),
+        "requests": requests,
+        **{k: int(v) for k, v in errors.items()},
+    }
+
+
+def run_wrk(work: Workload, folder: Path, connections: int, threads: int, seconds: float
+            ) -> dict[str, Any]:
+    """One wrk run; the Lua script's done() prints the counts and percentiles."""
+    bodies = write_bodies(folder / f"{work.name}.bodies", work.bodies)
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+           "--timeout", f"{REQUEST_TIMEOUT_S:.0f}s", "-s", str(LUA), f"http://127.0.0.1:{work.port}", "--",
+           str(bodies), work.path, work.must_contain, *(f"{k}: {v}" for k, v in work.headers.items())]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr[-1000:]} {out.stdout[-1000:]}")
+    w = json.loads(lines[-1].removeprefix("BENCH_JSON "))
+    e = w["errors"]
+    socket_errors = e["connect"] + e["read"] + e["write"]
+    result = summarize(w["requests"], w["ok_bodies"], w["duration_us"] / 1e6, [],
+                       non_2xx=e["status"], socket_errors=socket_errors, timeouts=e["timeout"],
+                       bad_bodies=w["bad_bodies"])
+    lat = w["latency_us"]
+    result.update(p50_ms=round(lat["p50"] / 1000, 2), p99_ms=round(lat["p99"] / 1000, 2),
+                  p999_ms=round(lat["p999"] / 1000, 2))
+    if work.path == PREDICT_PATH:
+        seconds = w["duration_us"] / 1e6
+        with_fallbacks(result, w["fallback"], None, w["ok_bodies"], seconds)
+    return result
+
+
+def with_fallbacks(result: dict[str, Any], fallback: int, fallback_known: int | None, ok: int, seconds: float
+                   ) -> dict[str, Any]:
+    """Good answers that came from a fallback (unknown users always get one; known users when the
+    server sheds load or a dependency fails; wrk cannot tell which) and the rate of the others."""
+    result.update(fallback=fallback, fallback_share=round(fallback / ok, 4) if ok else None,
+                  full_model_rps=round((ok - fallback) / seconds, 1) if seconds > 0 else 0.0)
+    if fallback_known is not None:
+        result["fallback_known_users"] = fallback_known
+    return result
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends whole pre-serialized requests."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def roundtrip(self, raw: bytes) -> tuple[int, bytes]:
+        """Send, read the answer (Content-Length or chunked); reconnect first if needed."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                self.writer.write(raw)
+                head = await self.reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length, chunked, close = None, False, False
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    name, value = name.strip().lower(), value.strip().lower()
+                    if name == b"content-length":
+                        length = int(value)
+                    elif name == b"transfer-encoding":
+                        chunked = b"chunked" in value
+                    elif name == b"connection":
+                        close = value == b"close"
+                if chunked:
+                    body = await self._chunked()
+                elif length is not None:
+                    body = await self.reader.readexactly(length)
+                else:
+                    body, close = await self.reader.read(), True
+        except BaseException:
+            self.close()
+            raise
+        if close:
+            self.close()
+        return status, body
+
+    async def _chunked(self) -> bytes:
+        assert self.reader is not None
+        parts = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            data = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return b"".join(parts)
+            parts.append(data[:-2])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+FALLBACK, FALLBACK_NULL = re.compile(rb'"fallback"\s*:'), re.compile(rb'"fallback"\s*:\s*null')
+
+
+def is_fallback(body: bytes) -> bool:
+    """The answer names a fallback (`fallback` present and not null)."""
+    return FALLBACK.search(body) is not None and FALLBACK_NULL.search(body) is None
+
+
+OnAnswer = Callable[[int, float, int, bytes], None]  # request index, seconds since start, status, body
+
+
+async def closed_loop(work: Workload, connections: int, seconds: float, on_answer: OnAnswer | None = None,
+                      stop: asyncio.Event | None = None) -> dict[str, Any]:
+    """Each connection sends the next body as soon as its previous answer arrived, for `seconds`
+    (or, given `stop`, until it is set)."""
+    raw = work.raw_requests()
+    must = work.must_contain.encode()
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    counts: Counter[str] = Counter()
+    start = loop.time()
+    end = start + seconds
+
+    async def client(c: int) -> None:
+        conn = Connection(work.port)
+        i = c * 7919
+        while not stop.is_set() if stop is not None else loop.time() < end:
+            index = i % len(raw)
+            i += 1
+            sent = loop.time()
+            try:
+                status, body = await conn.roundtrip(raw[index])
+            except TimeoutError:
+                counts["timeouts"] += 1
+                continue
+            except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                counts["socket_errors"] += 1
+                await asyncio.sleep(0.01)  # the server may be gone: do not spin
+                continue
+            done = loop.time()
+            counts["requests"] += 1
+            if on_answer is not None:
+                on_answer(index, done - start, status, body)
+            tally(counts, latencies, status, body, must, (done - sent) * 1000,
+                  bool(work.known and work.known[index]))
+        conn.close()
+
+    await asyncio.gather(*(client(c) for c in range(connections)))
+    elapsed = loop.time() - start
+    result = summarize(counts["requests"] + counts["socket_errors"] + counts["timeouts"], counts["ok"],
+                       elapsed, latencies, non_2xx=counts["non_2xx"],
+                       socket_errors=counts["socket_errors"], timeouts=counts["timeouts"],
+                       bad_bodies=counts["bad_bodies"])
+    if work.path == PREDICT_PATH:
+        with_fallbacks(result, counts["fallback"], counts["fallback_known"] if work.known else None,
+                       counts["ok"], elapsed)
+    return result
+
+
+def tally(counts: Counter[str], latencies: list[float], status: int, body: bytes, must: bytes,
+          latency_ms: float, known: bool) -> None:
+    """Count one answer: non-2xx, a body without values, or good (with its latency, fallback or not)."""
+    if not 200 <= status < 300:
+        counts["non_2xx"] += 1
+    elif must not in body:
+        counts["bad_bodies"] += 1
+    else:
+        counts["ok"] += 1
+        latencies.append(latency_ms)
+        if is_fallback(body):
+            counts["fallback"] += 1
+            counts["fallback_known"] += known
+
+
+async def open_loop(work: Workload, rate: float, seconds: float, connections: int) -> dict[str, Any]:
+    """`rate` requests/s on a fixed schedule; latency from each request's scheduled send time."""
+    raw = work.raw_requests()
+    must = work.must_contain.encode()
+    loop = asyncio.get_running_loop()
+    total = int(rate * seconds)
+    queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
+    latencies: list[float] = []
+    counts: Counter[str] = Counter()
+    start = loop.time() + 0.1
+    last_done = start
+
+    async def schedule() -> None:
+        for i in range(total):
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            queue.put_nowait((i, due))
+        for _ in range(connections):
+            queue.put_nowait(None)
+
+    async def client() -> None:
+        nonlocal last_done
+        conn = Connection(work.port)
+        while (item := await queue.get()) is not None:
+            i, due = item
+            try:
+                status, body = await conn.roundtrip(raw[i % len(raw)])
+            except TimeoutError:
+                counts["timeouts"] += 1
+                continue
+            except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                counts["socket_errors"] += 1
+                continue
+            last_done = loop.time()
+            tally(counts, latencies, status, body, must, (last_done - due) * 1000,
+                  bool(work.known and work.known[i % len(raw)]))
+        conn.close()
+
+    tasks = [asyncio.create_task(schedule()), *(asyncio.create_task(client()) for _ in range(connections))]
+    _, pending = await asyncio.wait(tasks, timeout=seconds + 0.1 + OPEN_LOOP_DRAIN_S)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    answered = sum(counts[k] for k in ("ok", "non_2xx", "bad_bodies", "socket_errors", "timeouts"))
+    result = summarize(total, counts["ok"], max(last_done - start, seconds), latencies,
+                       non_2xx=counts["non_2xx"], socket_errors=counts["socket_errors"],
+                       timeouts=counts["timeouts"], bad_bodies=counts["bad_bodies"],
+                       unfinished=total - answered)
+    result.update(target_rps=rate, connections=connections)
+    seconds_run = max(last_done - start, seconds)
+    return with_fallbacks(result, counts["fallback"], counts["fallback_known"] if work.known else None,
+                          counts["ok"], seconds_run)
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine on uvloop when it is installed (a faster client leaves more CPU to servers)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def measure(work: Workload, tool: str, folder: Path, args: argparse.Namespace,
+            after_warmup: Callable[[], None] | None = None) -> dict[str, Any]:
+    """A warm-up run (discarded), then the measured run, with the same tool and concurrency."""
+    def one(seconds: float) -> dict[str, Any]:
+        if tool == "wrk":
+            return run_wrk(work, folder, args.connections, args.threads, seconds)
+        return run_async(closed_loop(work, args.connections, seconds))
+
+    if args.warmup > 0:
+        log(f"{work.name}: warm-up {args.warmup:g} s")
+        one(args.warmup)
+    if after_warmup is not None:
+        after_warmup()
+    log(f"{work.name}: measured run {args.duration:g} s, {tool}, {args.connections} connections")
+    load = os.getloadavg()[0]  # other work on the machine skews a side: say how busy it was
+    result = one(args.duration)
+    result["loadavg_1m_before"] = round(load, 2)
+    log(f"{work.name}: {json.dumps(result)}")
+    return result
+
+
+# --- our server -------------------------------------------------------------------------------
+
+
+def wait_ours_ready(process: Process, base: str, timeout_s: float = 180.0) -> str:
+    """Ready when GET /readyz is 200; a server without /readyz when /healthz names a model."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not process.running():
+            raise RuntimeError(f"feastflow serve exited:\n{process.tail()}")
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            ready = httpx.get(f"{base}/readyz", timeout=2)
+            if ready.status_code == 200:
+                return "/readyz"
+            healthz = httpx.get(f"{base}/healthz", timeout=2) if ready.status_code == 404 else None
+            if healthz is not None and healthz.json().get("model_version"):
+                return "/healthz"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"feastflow serve was not ready within {timeout_s:.0f} s:\n{process.tail()}")
+        time.sleep(0.25)
+
+
+def check_ours(base: str, pool: list[Unlock], api_key: str, n: int = 40) -> None:
+    """A few answers by hand: 200, apps, and who got a fallback."""
+    fallbacks: Counter[str] = Counter()
+    with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S, headers={"X-API-Key": api_key}) as client:
+        for unlock in pool[:n]:
+            response = client.post(PREDICT_PATH, json=unlock.body)
+            if response.status_code != 200:
+                raise RuntimeError(f"POST {PREDICT_PATH} answered {response.status_code}: "
+                                   f"{response.text[:500]}")
+            answer = response.json()
+            if not answer.get("apps"):
+                raise RuntimeError(f"POST {PREDICT_PATH} answered no apps: {answer}")
+            fallbacks[f"{'known' if unlock.known else 'unknown'}:{answer.get('fallback')}"] += 1
+    log(f"our server answers {n} checks: {dict(fallbacks)} (model v{answer.get('model_version')})")
+
+
+CACHE_METRIC = "feastflow_cache_requests_total"
+
+
+def cache_counts(base: str) -> dict[tuple[str, str], float] | None:
+    """feastflow_cache_requests_total by (level, result) from /metrics; None without the metric."""
+    try:
+        response = httpx.get(f"{base}/metrics", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return parse_cache_counts(response.text) if response.status_code == 200 else None
+
+
+def parse_cache_counts(text: str) -> dict[tuple[str, str], float] | None:
+    """The cache counter's samples in Prometheus' text format, summed by (level, result)."""
+    counts: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if not line.startswith(CACHE_METRIC + "{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line[line.index("{"):line.rindex("}")]))
+        value = float(line[line.rindex("}") + 1:].split()[0])
+        level = labels.get("level") or labels.get("cache") or "?"
+        result = labels.get("result") or labels.get("outcome") or labels.get("status") or "?"
+        counts[(level, result)] = counts.get((level, result), 0.0) + value
+    return counts or None
+
+
+def cache_hit_rate(before: dict | None, after: dict | None) -> dict[str, Any]:
+    """Hits / lookups per cache level over the measured run (the counters' difference)."""
+    if after is None:
+        return {}
+    before = before or {}
+    out: dict[str, Any] = {}
+    for level in sorted({lv for lv, _ in after}):
+        delta = {r: after[(lv, r)] - before.get((lv, r), 0.0) for lv, r in after if lv == level}
+        lookups = sum(delta.values())
+        hits = sum(v for r, v in delta.items() if r.lower() in ("hit", "hits"))
+        out[level] = {"hit_rate": round(hits / lookups, 4) if lookups else None, "hits": int(hits),
+                      "lookups": int(lookups)}
+    return out
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def register_champion_again(home: Path, model_name: str) -> None:
+    """Child of the fault run: import MLflow, print `ready`, and on a line from stdin register the
+    champion's model source as a new version, move `champion` to it and print what moved as JSON.
+    (Importing MLflow takes seconds: done before the load starts, not at the moment of the fault.)"""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    client.get_registered_model(model_name)  # connect to the registry now
+    print("ready", flush=True)
+    sys.stdin.readline()
+    current = client.get_model_version_by_alias(model_name, "champion")
+    new = mlflow.register_model(current.source, model_name)
+    tags = {k: v for k, v in current.tags.items() if not k.startswith(("lifecycle.", "previous_champion"))}
+    for key, value in {**tags, "previous_champion": str(current.version),
+                       "bench.registered_again_from": str(current.version)}.items():
+        client.set_model_version_tag(model_name, new.version, key, value)
+    client.set_registered_model_alias(model_name, "champion", new.version)
+    print(json.dumps({"from": str(current.version), "to": str(new.version)}), flush=True)
+
+
+async def read_line_starting(stream: asyncio.StreamReader, prefix: bytes) -> bytes:
+    """The first line that starts with `prefix` (libraries may print first); b"" at end of stream."""
+    while line := await stream.readline():
+        if line.startswith(prefix):
+            return line
+    return b""
+
+
+@dataclass
+class FaultLog:
+    """What the fault run saw: answers in arrival order and when each fault happened."""
+
+    answers: list[tuple[float, int, str | None, str | None, bool]] = field(default_factory=list)
+    events: dict[str, float] = field(default_factory=dict)
+    reload: dict[str, Any] = field(default_factory=dict)
+
+
+async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base: str, api_key: str,
+                    home: Path, use_case: str, child_log: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Load ours while Redis goes away and comes back and the model is reloaded; see the module doc."""
+    faults = FaultLog()
+    loop = asyncio.get_running_loop()
+    start = loop.time()  # set again when the load starts
+
+    def on_answer(index: int, at: float, status: int, body: bytes) -> None:
+        fallback = version = None
+        if 200 <= status < 300:
+            with contextlib.suppress(ValueError):
+                answer = json.loads(body)
+                fallback, version = answer.get("fallback"), answer.get("model_version")
+        faults.answers.append((at, status, fallback, version, pool[index].known))
+
+    async def at(second: float) -> None:
+        await asyncio.sleep(max(0.0, start + second - loop.time()))
+
+    async def inject() -> None:
+        await at(FAULT_STOP_S)
+        log("faults: stopping Redis (shutdown save)")
+        await asyncio.to_thread(redis.stop)
+        faults.events["redis_down"] = loop.time() - start
+        await at(FAULT_RESTART_S)
+        log("faults: restarting Redis")
+        faults.events["redis_restart"] = loop.time() - start
+        await asyncio.to_thread(redis.start)
+        faults.events["redis_ready"] = loop.time() - start
+        await at(FAULT_RELOAD_S)
+        log("faults: champion registered again, alias moved, POST /admin/reload")
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+        line = await asyncio.wait_for(read_line_starting(child.stdout, b"{"), 120)
+        try:
+            faults.reload["registered"] = json.loads(line)
+        except ValueError:
+            faults.reload["register_error"] = child_log.read_text(errors="replace")[-500:]
+        faults.events["alias_moved"] = loop.time() - start
+        async with httpx.AsyncClient(timeout=60) as client:
+            try:
+                response = await client.post(f"{base}/admin/reload", headers={"X-API-Key": api_key})
+                faults.reload["status"] = response.status_code
+                faults.reload["answer"] = response.text[:300]
+            except httpx.HTTPError as e:
+                faults.reload["error"] = repr(e)
+        faults.events["reload"] = loop.time() - start
+
+    async def control() -> None:
+        try:
+            await inject()
+            await at(max(args.fault_duration, faults.events["reload"] + 5))  # see the reloaded model
+        finally:
+            stop.set()
+            faults.events["load_end"] = loop.time() - start
+
+    with open(child_log, "ab") as err:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--register-again", "--home", str(home), "--use-case", use_case,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err)
+    try:
+        assert child.stdout is not None
+        ready = await asyncio.wait_for(read_line_starting(child.stdout, b"ready"), 180)
+        if not ready:
+            raise RuntimeError(f"the MLflow child failed:\n{child_log.read_text(errors='replace')[-1000:]}")
+        stop = asyncio.Event()
+        start = loop.time()
+        controller = asyncio.create_task(control())
+        load = await closed_loop(work, args.connections, args.fault_duration, on_answer, stop=stop)
+        await controller
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+    return analyse_faults(faults, load)
+
+
+def analyse_faults(faults: FaultLog, load: dict[str, Any]) -> dict[str, Any]:
+    """Fallback share while Redis was down, recovery times after its restart, versions seen."""
+    down, restart = faults.events.get("redis_down"), faults.events.get("redis_restart")
+    known_ok = [(t, fb) for t, status, fb, _, known in faults.answers if known and 200 <= status < 300]
+    during = [fb for t, fb in known_ok if down is not None and restart is not None and down <= t < restart]
+    before = [fb for t, fb in known_ok if down is None or t < down]
+    first = stable = None
+    streak = 0
+    if restart is not None:
+        for t, status, fb, _, known in faults.answers:
+            if t < restart or not known:
+                continue
+            streak = streak + 1 if (200 <= status < 300 and fb is None) else 0
+            if streak == 1 and first is None:
+                first = round(t - restart, 3)
+            if streak == STABLE_RUN:
+                stable = round(t - restart, 3)
+                break
+    versions: list[str] = []
+    for _, _, _, version, _ in faults.answers:
+        if version is not None and version not in versions:
+            versions.append(version)
+    non_2xx_down = sum(1 for t, status, *_ in faults.answers
+                       if down is not None and restart is not None and down <= t < restart
+                       and not 200 <= status < 300)
+
+    def share(values: list[str | None]) -> float | None:
+        return round(sum(v is not None for v in values) / len(values), 4) if values else None
+
+    return {
+        "errors_non_2xx": load["non_2xx"], "requests": load["requests"],
+        "socket_errors": load["socket_errors"], "timeouts": load["timeouts"], "rps": load["rps"],
+        "fallback_share_while_redis_down": share(during),
+        "answers_while_redis_down": len(during),
+        "fallbacks_while_redis_down": dict(Counter(str(v) for v in during if v is not None)),
+        "non_2xx_while_redis_down": non_2xx_down,
+        "fallback_share_before_fault": share(before),
+        "fallbacks_before_fault": dict(Counter(str(v) for v in before if v is not None)),
+        "recovery_seconds": {"first_non_fallback": first, f"run_of_{STABLE_RUN}_non_fallback": stable},
+        "model_versions_seen": versions,
+        "reload": faults.reload,
+        "timeline_s": {k: round(v, 2) for k, v in faults.events.items()},
+    }
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run_feast(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: RedisServer, work: Path,
+              pool: list[Unlock], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Start `feast serve`, build its two workloads from the pool, measure both, stop it."""
+    port = free_port()
+    yaml_path = feast_yaml(home, redis.url, work / "feast_repo")
+    cmd = [str(VENV_BIN / "feast"), "-c", str(FEATURE_REPO), "-f", str(yaml_path), "serve", "--host",
+           "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", "1",
+           "--max-requests", str(args.feast_max_requests)]
+    env = home_env(home, redis.url)
+    env.pop("FEATURE_STORE_YAML_BASE64", None)  # it would win over -f
+    process = Process("feast serve", cmd, work / "feast_serve.log", env=env, cwd=FEATURE_REPO).start()
+    stack.callback(process.stop)
+    base = f"http://127.0.0.1:{port}"
+    log(f"feast serve on {base}: {' '.join(cmd[1:])}")
+    deadline = time.monotonic() + 120
+    while True:
+        if not process.running():
+            raise RuntimeError(f"feast serve exited:\n{process.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"feast serve was not ready within 120 s:\n{process.tail()}")
+        time.sleep(0.25)
+    known = [u for u in pool if u.known]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        keys = sorted({stage1_key(spec, u) for u in known})
+        stage1 = stage1_features(client, spec, keys)
+        log(f"feast serve: stage-1 features of {len(keys):,} (user, hour) pairs read")
+        ranker = [compact(ranker_body(spec, u, stage1[stage1_key(spec, u)])) for u in known]
+        one = [compact(one_entity_body(spec, u)) for u in known]
+        rows = [len(json.loads(b)["entities"][next(iter(spec.features.join_keys))]) for b in ranker]
+        log(f"feast_serve bodies: {len(ranker):,}, {np.mean(rows):.1f} candidate rows each "
+            f"(min {min(rows)}, max {max(rows)}); feast_serve_one_entity bodies: {len(one):,}")
+        join_keys = set(spec.features.join_keys) | set(spec.features.request_fields)
+        checked = {"feast_serve": check_feast_answers(client, ranker[:100], join_keys),
+                   "feast_serve_one_entity": check_feast_answers(client, one[:100],
+                                                                 set(spec.features.entity_join_keys))}
+    log(f"feast serve answers checked: {checked}")
+    # Every good answer carries the latest daily snapshot's timestamp: the values were found.
+    stamps = Counter(row.get(spec.candidates.fallback_list + "__ts") for row in stage1.values())
+    latest = max(s for s in stamps if s and not s.startswith("1970"))
+    results = {}
+    for name, bodies in (("feast_serve", ranker), ("feast_serve_one_entity", one)):
+        results[name] = measure(Workload(name, port, FEAST_PATH, bodies, f'"{latest}"'), tool, work, args)
+        results[name]["sample_check"] = checked[name]
+        results[name]["rows_per_request"] = round(float(np.mean(rows)), 1) if name == "feast_serve" else 1
+    process.stop()
+    return results
+
+
+def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: RedisServer, work: Path,
+             pool: list[Unlock], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Start `feastflow serve`, the headline run, the open loop, the faults; stop it."""
+    port = free_port()
+    api_key = secrets.token_urlsafe(24)
+    env = {**home_env(home, redis.url), "FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS": "0",
+           "FEASTFLOW_API_KEY": api_key, "FEASTFLOW_REQUEST_LOG_SAMPLE": "0.01"}
+    if args.no_feature_cache:
+        env["FEASTFLOW_FEATURE_CACHE_TTL_SECONDS"] = "0"
+    root = args.server_root.resolve() if args.server_root else PROJECT_ROOT
+    if root != PROJECT_ROOT:  # another source tree (e.g. an older commit's): its packages first
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    cli = feastflow_cmd() if root == PROJECT_ROOT else [sys.executable, "-m", "pipelines.cli"]
+    cmd = [*cli, "serve", "--port", str(port), "--use-case", args.use_case]
+    process = Process("feastflow serve", cmd, work / "feastflow_serve.log", env=env, cwd=root).start()
+    stack.callback(process.stop)
+    base = f"http://127.0.0.1:{port}"
+    log(f"feastflow serve on {base} from {root}")
+    probe = wait_ours_ready(process, base)
+    log(f"feastflow serve is ready ({probe})")
+    check_ours(base, pool, api_key)
+    work_ours = Workload("ours", port, PREDICT_PATH, [compact(u.body) for u in pool], '"app"',
+                         {"X-API-Key": api_key}, [u.known for u in pool])
+    results: dict[str, Any] = {}
+    scraped: dict[str, Any] = {}
+    results["ours"] = measure(work_ours, tool, work, args,
+                              after_warmup=lambda: scraped.update(before=cache_counts(base)))
+    results["cache_hit_rate"] = cache_hit_rate(scraped.get("before"), cache_counts(base))
+    if args.rate > 0:
+        log(f"ours: open loop, {args.rate:g} requests/s for {args.duration:g} s over "
+            f"{args.open_loop_connections} connections")
+        results["open_loop"] = run_async(open_loop(work_ours, args.rate, args.duration,
+                                                   args.open_loop_connections))
+        log(f"ours open loop: {json.dumps(results['open_loop'])}")
+    if args.faults:
+        log(f"ours: fault run, {args.fault_duration:g} s")
+        results["faults"] = run_async(fault_run(work_ours, pool, redis, base, api_key, home, args.use_case,
+                                                work / "register_again.log", args))
+        log(f"faults: {json.dumps(results['faults'])}")
+    process.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, help="reuse this FEASTFLOW_HOME (built there if it is not)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, bodies)")
+    parser.add_argument("--users", type=int, default=150)
+    parser.add_argument("--days", type=int, default=56)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of each measured run")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up before each run")
+    parser.add_argument("--rate", type=float, default=500.0, help="open-loop requests/s (0: skip)")
+    parser.add_argument("--open-loop-connections", type=int, default=16)
+    parser.add_argument("--faults", action="store_true", help="also the fault run against our server")
+    parser.add_argument("--fault-duration", type=float, default=36.0)
+    parser.add_argument("--pool", type=int, default=4000, help="different request bodies")
+    parser.add_argument("--unknown-share", type=float, default=0.05)
+    parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--feast-max-requests", type=int, default=0,
+                        help="feast serve --max-requests (its default, 1000, recycles the worker)")
+    parser.add_argument("--skip-feast", action="store_true", help="measure our server only")
+    parser.add_argument("--no-feature-cache", action="store_true",
+                        help="also disable our feature cache: FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0")
+    parser.add_argument("--server-root", type=Path,
+                        help="run `feastflow serve` from this source tree (default: this checkout)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--use-case", default="next_app", help="folder under feature_repo/")
+    parser.add_argument("--register-again", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.register_again:
+        model_name = load_spec(args.use_case, FEATURE_REPO).registered_model_name
+        register_champion_again(args.home.resolve(), model_name)
+        return
+    if args.connections < args.threads:
+        parser.error("--connections must be at least --threads")
+    if args.faults and args.fault_duration <= FAULT_RELOAD_S + 2:
+        parser.error(f"--fault-duration must exceed {FAULT_RELOAD_S + 2:g} s")
+    tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    if tool == "wrk" and not shutil.which("wrk"):
+        parser.error("wrk is not installed")
+    for binary in ("redis-server", "redis-cli"):
+        if not shutil.which(binary):
+            parser.error(f"{binary} is not installed")
+
+    def stop_on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGHUP, stop_on_signal)
+    try:
+        report = run(args, tool)
+    except KeyboardInterrupt:
+        log("interrupted: everything started was stopped")
+        sys.exit(130)
+    print(json.dumps(report))
+
+
+def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
+    """Everything between setup and cleanup; the ExitStack stops what was started, in reverse."""
+    spec = load_spec(args.use_case, FEATURE_REPO)
+    secret = os.environ.get("FEASTFLOW_USER_HASH_SECRET", DEV_HASH_SECRET)
+    with contextlib.ExitStack() as stack:
+        work = Path(tempfile.mkdtemp(prefix="bench_serving_"))
+        stack.callback(remove_folder, work, args.keep)
+        home = args.home.resolve() if args.home else work / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        redis = RedisServer(free_port(), home / "bench_redis", work / "redis.log")
+        stack.callback(redis.stop)
+        redis.start()
+        log(f"private redis-server on port {redis.port}, data in {redis.data_dir}")
+        ensure_home(home, redis, spec, args.users, args.days)
+        events = last_day_events(home, secret)
+        pool = build_pool(events, args.pool, args.unknown_share, secret, args.seed)
+        log(f"{len(pool):,} request bodies from {len(events):,} unlocks of "
+            f"{events['timestamp'].min():%Y-%m-%d} (replayed a day later), "
+            f"{sum(not u.known for u in pool)} from unknown users")
+        feast = {} if args.skip_feast else run_feast(args, spec, home, redis, work, pool, tool, stack)
+        ours = run_ours(args, spec, home, redis, work, pool, tool, stack)
+
+    def ratio(a: dict[str, Any], b: dict[str, Any] | None) -> float | None:
+        return round(a["rps"] / b["rps"], 2) if b and b.get("rps") else None
+
+    report: dict[str, Any] = {
+        "ours": ours["ours"],
+        "feast_serve": feast.get("feast_serve"),
+        "feast_serve_one_entity": feast.get("feast_serve_one_entity"),
+        "rps_ratio": ratio(ours["ours"], feast.get("feast_serve")),
+        "rps_ratio_one_entity": ratio(ours["ours"], feast.get("feast_serve_one_entity")),
+        "cache_hit_rate": ours["cache_hit_rate"],
+        "unknown_user_share": round(sum(not u.known for u in pool) / len(pool), 4),
+        "feature_cache": not args.no_feature_cache,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "tool": tool,
+    }
+    if args.rate > 0:
+        report[f"open_loop_{args.rate:g}"] = ours["open_loop"]
+    if args.faults:
+        report["faults"] = ours["faults"]
+    return report
+
+
+def remove_folder(folder: Path, keep: bool) -> None:
+    if keep:
+        log(f"kept {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
