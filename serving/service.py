@@ -214,13 +214,14 @@ class PredictionService:
         self.batcher = MicroBatcher(self.features, settings.max_k, metrics)
         self.model_breaker = CircuitBreaker("model", settings.breaker_failures,
                                             settings.breaker_reset_seconds,
-                                 on_change=metrics.set_circuit_state)
+                                            on_change=metrics.set_circuit_state)
         self.popular: dict[int, list[str]] = {}
         self.bundles: dict[str, tuple[int, list[list[str]]]] = {}  # user -> (first hour, 24 lists)
         self.static_default = list(spec.candidates.static_default)
         self.context_bucket = [n for n in ("location",) if n in spec.event_log.context]
         holder.on_swap.append(self._on_swap)
         self._background: set[asyncio.Task[Any]] = set()
+        self._static_warned_at = float("-inf")
 
     # --- the request path ---------------------------------------------------------------
     async def predict(self, user_hash: str, unix_us: int, context: Mapping[str, Any], k: int,
@@ -291,7 +292,11 @@ class PredictionService:
         popular = self.popular.get(hour)
         if popular:
             return _ranked(popular, variant, version, False, "popular_at_hour")
-        log.warning("static default answered: %s", reason)
+        now = time.monotonic()
+        if now - self._static_warned_at > 10:  # one line per 10 s, not one per request
+            self._static_warned_at = now
+            log.warning("static default answered (counted in feastflow_fallbacks_total): %s",
+                        reason)
         return _ranked(self.static_default, variant, version, False, "static_default")
 
     def _after(self, model: ServedModel | None, answer: Answer, user_hash: str, unix_us: int,
