@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,6 +154,16 @@ async def _periodic(seconds: float, work: Callable[[], Awaitable[Any]], name: st
             log.exception("%s failed", name)
 
 
+def _tune_garbage_collector() -> None:
+    # The caches hold hundreds of thousands of objects; CPython's default thresholds made full
+    # collections stop the loop for ~100 ms (bench/serving.py bodies, wrk -c8: p99 101 ms, 22 ms
+    # with gc disabled, 22 ms with these thresholds). Objects built at start-up (model, Feast
+    # registry) are frozen out of every collection.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
 def create_app(settings: ServingSettings | None = None, reader: OnlineReader | None = None
                ) -> ASGIApp:
     """The app; settings default to the environment's, the reader to the profile's."""
@@ -163,6 +174,7 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
         configure_logging(resolved.log_json)
         core = await asyncio.to_thread(build_state, resolved, reader)
         app.state.core = core
+        _tune_garbage_collector()
         await core.service.refresh_popular()
         core.service.load_precomputed(resolved.precomputed_dir)
         tasks = [asyncio.create_task(_periodic(resolved.popular_refresh_seconds,
