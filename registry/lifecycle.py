@@ -20,6 +20,7 @@ import mlflow
 import mlflow.artifacts
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
@@ -82,16 +83,23 @@ def version_metrics(model_name: str, version: str) -> dict[str, float]:
     return {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
 
 
-def alias_version(model_name: str, alias: str) -> str | None:
-    """The version an alias points to, or None; RegistryUnreachable if the registry is down."""
+def _version_by_alias(model_name: str, alias: str) -> ModelVersion | None:
+    """The aliased model version, None when there is no such model or alias; a registry that
+    cannot be asked raises RegistryUnreachable."""
     try:
-        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+        return MlflowClient().get_model_version_by_alias(model_name, alias)
     except MlflowException as e:
         if e.error_code in _NOT_FOUND:
             return None
         raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
     except Exception as e:  # a backend that cannot be reached raises its own errors
         raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    """The version an alias points to, or None; RegistryUnreachable if the registry is down."""
+    mv = _version_by_alias(model_name, alias)
+    return None if mv is None else str(mv.version)
 
 
 @dataclass(frozen=True)
@@ -189,15 +197,9 @@ def load_by_alias(model_name: str, alias: str = CHAMPION, local_dir: Path | None
 
     With `local_dir`, the version's files are downloaded there and stay (a last good copy).
     """
-    client = MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException as e:
-        if e.error_code not in _NOT_FOUND:
-            raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
-        raise RegistryError(f"{model_name}@{alias} does not exist: train and promote first") from e
-    except Exception as e:  # a registry that cannot be reached raises whatever its client raises
-        raise RegistryUnreachable(f"the model registry did not answer: {e}") from e
+    mv = _version_by_alias(model_name, alias)
+    if mv is None:
+        raise RegistryError(f"{model_name}@{alias} does not exist: train and promote first")
     with contextlib.ExitStack() as stack:
         target = local_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         target.mkdir(parents=True, exist_ok=True)
