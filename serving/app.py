@@ -32,7 +32,7 @@ from serving.metrics import ServingMetrics
 from serving.models import ModelHolder
 from serving.request_log import PredictionLog
 from serving.routes import admin, health, predict
-from serving.routes.common import AppState, json_response
+from serving.routes.common import AppState, json_response, too_large
 from serving.service import PredictionService
 from serving.settings import ServingSettings, get_serving_settings
 
@@ -137,7 +137,7 @@ class BodySizeLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = json_response({"detail": f"request body larger than {self.max_bytes} bytes"}, 413)
+        response = json_response({"detail": too_large(self.max_bytes)}, 413)
         await response(scope, receive, send)
 
 

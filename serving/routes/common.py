@@ -48,13 +48,21 @@ def error_response(loc: list[str | int], msg: str, status: int = 422) -> Respons
     return json_response({"detail": [{"loc": loc, "msg": msg, "type": "value_error"}]}, status)
 
 
+def key_denied(expected: str | None, given: str | None) -> tuple[int, str] | None:
+    """None when `given` is the server's API key; else the status (403/401) and the reason."""
+    if not expected:
+        return 403, "this endpoint needs FEASTFLOW_API_KEY set on the server"
+    if not hmac.compare_digest((given or "").encode(), expected.encode()):
+        return 401, f"missing or wrong {API_KEY_HEADER} header"
+    return None
+
+
+def too_large(max_bytes: int) -> str:
+    """The 413 reason."""
+    return f"request body larger than {max_bytes} bytes"
+
+
 def require_key(request: Request) -> Response | None:
     """None when the request carries the API key; else the 401/403 to answer."""
-    expected = state(request).settings.api_key
-    if not expected:
-        return json_response({"detail": "this endpoint needs FEASTFLOW_API_KEY set on the server"},
-                             403)
-    given = request.headers.get(API_KEY_HEADER, "")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        return json_response({"detail": f"missing or wrong {API_KEY_HEADER} header"}, 401)
-    return None
+    denied = key_denied(state(request).settings.api_key, request.headers.get(API_KEY_HEADER))
+    return None if denied is None else json_response({"detail": denied[1]}, denied[0])

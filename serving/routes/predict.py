@@ -5,7 +5,6 @@ msgspec validates, orjson encodes; the predict endpoint is raw ASGI (see Predict
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from datetime import UTC, datetime
@@ -19,7 +18,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from feastflow.privacy import hash_user_id
 from serving.logs import new_request_id, request_id
-from serving.routes.common import AppState, error_response, json_response, require_key, state
+from serving.routes.common import (
+    API_KEY_HEADER,
+    AppState,
+    error_response,
+    json_response,
+    key_denied,
+    require_key,
+    state,
+    too_large,
+)
 from serving.schemas import PredictRequest, RequestError, decode
 
 log = logging.getLogger(__name__)
@@ -44,7 +52,7 @@ class PredictEndpoint:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 sent_id = value.decode("latin-1")
-            elif name == b"x-api-key":
+            elif name == API_KEY_HEADER.encode():
                 key = value.decode("latin-1")
         rid = new_request_id(sent_id)
         token = request_id.set(rid)
@@ -64,19 +72,15 @@ class PredictEndpoint:
     async def _answer(self, app: AppState, scope: Scope, receive: Receive, key: str | None,
                       rid: str) -> tuple[int, bytes]:
         settings = app.settings
-        if settings.predict_requires_key:
-            if not settings.api_key:
-                return 403, orjson.dumps({"detail": "this endpoint needs FEASTFLOW_API_KEY set"})
-            if not hmac.compare_digest((key or "").encode(), settings.api_key.encode()):
-                return 401, orjson.dumps({"detail": "missing or wrong x-api-key header"})
+        if settings.predict_requires_key and (denied := key_denied(settings.api_key, key)):
+            return denied[0], orjson.dumps({"detail": denied[1]})
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > settings.max_body_bytes:
-                return 413, orjson.dumps(
-                    {"detail": f"request body larger than {settings.max_body_bytes} bytes"})
+                return 413, orjson.dumps({"detail": too_large(settings.max_body_bytes)})
             chunks.append(chunk)
             more = message.get("more_body", False)
         try:
