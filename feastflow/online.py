@@ -36,6 +36,8 @@ from feast.type_map import feast_value_type_to_python_type
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from feastflow.settings import Settings
+
 # One entity key's row: (event time in Unix seconds, values in the view's feature order), or
 # (None, None) when the store holds nothing for the key.
 Row = tuple[float | None, tuple[Any, ...] | None]
@@ -414,3 +416,10 @@ class FeastReader:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def open_reader(settings: Settings, store: FeatureStore) -> OnlineReader:
+    """The profile's reader: Feast's Redis layout read directly, else Feast's provider."""
+    if settings.profile == "redis":
+        return RedisReader(settings.redis_url, store.project)
+    return FeastReader(store)

@@ -25,6 +25,7 @@ from feastflow.ranking import (
     model_array,
     model_categories,
     resolve,
+    time_key,
     top_k,
 )
 from feastflow.spec import ModelSpec
@@ -37,6 +38,20 @@ class ScoreRequest:
     entity: str
     unix_us: int
     context: Mapping[str, Any]
+
+
+HOUR_US = 3_600_000_000
+
+
+def hourly_requests(entity: str, start_us: int, context: Mapping[str, Any], hours: int = 24
+                    ) -> list[ScoreRequest]:
+    """One request per hour from `start_us` in the same context (bundles, popular lists)."""
+    return [ScoreRequest(entity, start_us + h * HOUR_US, context) for h in range(hours)]
+
+
+def hour_of_day(unix_us: int) -> int:
+    """The hour-of-day key (UTC) of a time in Unix microseconds, as training derives it."""
+    return int(time_key(np.array([unix_us // 1_000_000]), "hour_of_day")[0])
 
 
 @dataclass

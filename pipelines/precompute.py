@@ -17,18 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
-from feastflow.online import FeastReader, OnlineReader, RedisReader
-from feastflow.ranking import time_key
-from feastflow.scoring import FeaturePlan, Ranker, ScoreRequest
+from feastflow.online import open_reader
+from feastflow.scoring import FeaturePlan, Ranker, hour_of_day, hourly_requests
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 from feastflow.store import open_store
 from pipelines.features import event_log_connection
 from registry import lifecycle
 
-HOUR_US = 3_600_000_000
 BATCH = 240  # requests per scoring call: 10 users x 24 hours
 
 
@@ -65,12 +61,10 @@ def precompute(settings: Settings, spec: ModelSpec, top: int, start: datetime | 
     model = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
     store = open_store(settings)
     ranker = Ranker(spec, FeaturePlan.from_store(store, spec), model.booster)
-    reader: OnlineReader = (RedisReader(settings.redis_url, store.project)
-                            if settings.profile == "redis" else FeastReader(store))
+    reader = open_reader(settings, store)
     start_us = int(start.timestamp()) * 1_000_000
     context = spec.event_log.example_context
-    requests = [ScoreRequest(user, start_us + h * HOUR_US, context) for user in users
-                for h in range(24)]
+    requests = [r for user in users for r in hourly_requests(user, start_us, context)]
 
     async def score_all() -> list[list[str]]:
         items: list[list[str]] = []
@@ -91,7 +85,7 @@ def precompute(settings: Settings, spec: ModelSpec, top: int, start: datetime | 
     write_json_atomically(path, {
         "model_version": model.version, "generated_at": datetime.now(UTC).isoformat(),
         "start": start.isoformat(),
-        "first_hour": int(time_key(np.array([start_us // 1_000_000]), "hour_of_day")[0]),
+        "first_hour": hour_of_day(start_us),
         "k": k, "context": context, "users": known,
     })
     return PrecomputeResult(path, model.version, len(users), len(known), start)

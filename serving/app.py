@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from feastflow.online import FeastReader, OnlineReader, RedisReader
+from feastflow.online import OnlineReader, OnlineStoreError, open_reader
 from feastflow.scoring import FeaturePlan
 from feastflow.spec import load_spec
 from feastflow.store import open_store
@@ -49,15 +49,12 @@ for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
 def build_state(settings: ServingSettings, reader: OnlineReader | None = None) -> AppState:
     """Load the spec, the feature plan and the models (blocking: call it off the event loop)."""
     metrics = ServingMetrics()
-    spec, plan, startup_error, project = None, None, None, "feastflow"
+    spec, plan, startup_error = None, None, None
     try:
         spec = load_spec(settings.use_case, settings.feature_repo)
         store = open_store(settings)
-        project = store.project
         plan = FeaturePlan.from_store(store, spec)
-        if reader is None:
-            reader = (RedisReader(settings.redis_url, project) if settings.profile == "redis"
-                      else FeastReader(store))
+        reader = reader or open_reader(settings, store)
     except Exception as e:  # no feature registry yet: serve static defaults, say why
         startup_error = f"feature store not usable: {e}: run `feastflow apply` first"
         log.error(startup_error)
@@ -95,8 +92,6 @@ class _NoStore:
     """The reader when no feature store could be opened: every read fails into the fallbacks."""
 
     async def read(self, reads: Any) -> Any:
-        from feastflow.online import OnlineStoreError
-
         raise OnlineStoreError("no feature store")
 
     async def ping(self) -> bool:

@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from feastflow.online import OnlineReader, OnlineStoreError, Row, ViewLayout
-from feastflow.ranking import time_key
-from feastflow.scoring import Ranker, Scored, ScoreRequest
+from feastflow.scoring import Ranker, Scored, ScoreRequest, hour_of_day, hourly_requests
 from feastflow.spec import ModelSpec
 from serving.metrics import ServingMetrics
 from serving.models import ModelHolder, ServedModel
@@ -42,7 +41,6 @@ from serving.resilience import (
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
-HOUR_US = 3_600_000_000
 
 
 @dataclass
@@ -233,7 +231,7 @@ class PredictionService:
         if model is not None:
             variant = model.variant
         self.metrics.variant(variant)
-        hour = int(time_key(np.array([unix_us // 1_000_000]), "hour_of_day")[0])
+        hour = hour_of_day(unix_us)
         cache_key = (user_hash, model.version if model else None, hour,
                      *(context.get(n) for n in self.context_bucket))
         if model is not None and self.l1.enabled:
@@ -355,7 +353,7 @@ class PredictionService:
         """
         model = self.holder.get("champion")
         version = model.version if model else None
-        first_hour = int(time_key(np.array([start_us // 1_000_000]), "hour_of_day")[0])
+        first_hour = hour_of_day(start_us)
         precomputed = self.bundles.get(user_hash)
         if precomputed is not None:
             hours = [precomputed[1][(first_hour + h - precomputed[0]) % 24][:k] for h in range(24)]
@@ -364,7 +362,7 @@ class PredictionService:
         known = False
         if model is not None:
             context = self.spec.event_log.example_context
-            requests = [ScoreRequest(user_hash, start_us + h * HOUR_US, context) for h in range(24)]
+            requests = hourly_requests(user_hash, start_us, context)
             try:
                 scored = await asyncio.wait_for(model.ranker.score(requests, self.features, k),
                                                 self.budget_s * 4)
@@ -388,8 +386,7 @@ class PredictionService:
         if model is None:
             return
         today = int(time.time() // 86400 * 86400 * 1_000_000)
-        requests = [ScoreRequest("", today + h * HOUR_US, self.spec.event_log.example_context)
-                    for h in range(24)]
+        requests = hourly_requests("", today, self.spec.event_log.example_context)
         try:
             stage1 = await model.ranker.stage1(requests, self.features, enforce_ttl=False)
         except Exception as e:  # keep the lists we have
