@@ -78,94 +78,64 @@ class ServingMetrics:
 
         # Children by label values; a miss builds the child once (dict writes are atomic under the GIL,
         # and labels() returns the same child for the same values, so a race only repeats the lookup).
-        self._requests: dict[tuple[str, int | str], Any] = {}
-        self._request_latency: dict[str, Any] = {}
-        self._stage: dict[str, Any] = {}
-        self._cache: dict[tuple[str, bool], Any] = {}
-        self._fallbacks: dict[str, Any] = {}
-        self._variants: dict[str, Any] = {}
-        self._errors: dict[str, Any] = {}
-        self._shadow: dict[str, Any] = {}
-        self._circuits: dict[str, Any] = {}
+        self._requests: dict[tuple[str, ...], Any] = {}
+        self._request_latency: dict[tuple[str, ...], Any] = {}
+        self._stage: dict[tuple[str, ...], Any] = {}
+        self._cache: dict[tuple[str, ...], Any] = {}
+        self._fallbacks: dict[tuple[str, ...], Any] = {}
+        self._variants: dict[tuple[str, ...], Any] = {}
+        self._errors: dict[tuple[str, ...], Any] = {}
+        self._shadow: dict[tuple[str, ...], Any] = {}
+        self._circuits: dict[tuple[str, ...], Any] = {}
         self._versions: dict[str, str] = {}
         self._versions_lock = threading.Lock()
 
         # Create the known series up front so they read 0 from the start (rate() needs a first sample).
         for stage in STAGES:
-            self._stage[stage] = self.stage_latency.labels(stage)
+            _child(self._stage, self.stage_latency, stage)
         for level in CACHE_LEVELS:
-            for hit in (True, False):
-                self._cache[(level, hit)] = self.cache_requests.labels(level, "hit" if hit else "miss")
+            for result in ("hit", "miss"):
+                _child(self._cache, self.cache_requests, level, result)
         for outcome in SHADOW_OUTCOMES:
-            self._shadow[outcome] = self.shadow.labels(outcome)
+            _child(self._shadow, self.shadow, outcome)
 
     # -- hot path ---------------------------------------------------------------------------------
 
     def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
         """Count a request by endpoint and status and observe its latency."""
-        counter = self._requests.get((endpoint, status))
-        if counter is None:
-            counter = self._requests[(endpoint, status)] = self.requests.labels(endpoint, str(status))
-        counter.inc()
-        hist = self._request_latency.get(endpoint)
-        if hist is None:
-            hist = self._request_latency[endpoint] = self.request_latency.labels(endpoint)
-        hist.observe(seconds)
+        _child(self._requests, self.requests, endpoint, str(status)).inc()
+        _child(self._request_latency, self.request_latency, endpoint).observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Observe the latency of a stage: feature_fetch, inference or total."""
-        hist = self._stage.get(stage)
-        if hist is None:
-            hist = self._stage[stage] = self.stage_latency.labels(stage)
-        hist.observe(seconds)
+        _child(self._stage, self.stage_latency, stage).observe(seconds)
 
     def cache(self, level: str, hit: bool) -> None:
         """Count a cache look-up at level l1 or l2 as a hit or a miss."""
-        counter = self._cache.get((level, hit))
-        if counter is None:
-            counter = self._cache[(level, hit)] = self.cache_requests.labels(level, "hit" if hit else "miss")
-        counter.inc()
+        _child(self._cache, self.cache_requests, level, "hit" if hit else "miss").inc()
 
     def cache_many(self, level: str, hits: int, misses: int) -> None:
         """Count a batch of look-ups at one level: `hits` hits and `misses` misses."""
         if hits:
-            counter = self._cache.get((level, True))
-            if counter is None:
-                counter = self._cache[(level, True)] = self.cache_requests.labels(level, "hit")
-            counter.inc(hits)
+            _child(self._cache, self.cache_requests, level, "hit").inc(hits)
         if misses:
-            counter = self._cache.get((level, False))
-            if counter is None:
-                counter = self._cache[(level, False)] = self.cache_requests.labels(level, "miss")
-            counter.inc(misses)
+            _child(self._cache, self.cache_requests, level, "miss").inc(misses)
 
     def fallback(self, level: str) -> None:
         """Count an answer served by the fallback at this level."""
-        counter = self._fallbacks.get(level)
-        if counter is None:
-            counter = self._fallbacks[level] = self.fallbacks.labels(level)
-        counter.inc()
+        _child(self._fallbacks, self.fallbacks, level).inc()
 
     def variant(self, name: str) -> None:
         """Count a prediction answered by this variant (champion, challenger, ...)."""
-        counter = self._variants.get(name)
-        if counter is None:
-            counter = self._variants[name] = self.variant_requests.labels(name)
-        counter.inc()
+        _child(self._variants, self.variant_requests, name).inc()
 
     def error(self, type: str) -> None:
         """Count an error of this type (keep the set of types small and fixed)."""
-        counter = self._errors.get(type)
-        if counter is None:
-            counter = self._errors[type] = self.errors.labels(type)
-        counter.inc()
+        _child(self._errors, self.errors, type).inc()
 
     def shadow_outcome(self, outcome: str) -> None:
         """Count a shadow scoring as scored, skipped or failed."""
-        counter = self._shadow.get(outcome)
-        if counter is None:
-            counter = self._shadow[outcome] = self.shadow.labels(outcome)
-        counter.inc()
+        _child(self._shadow, self.shadow, outcome).inc()
 
     def observe_batch(self, size: int) -> None:
         """Observe how many requests one micro-batch scored."""
@@ -199,11 +169,16 @@ class ServingMetrics:
         value = CIRCUIT_STATES[state] if isinstance(state, str) else int(state)
         if value not in (0, 1, 2):
             raise ValueError(f"circuit state must be 0, 1 or 2, got {state!r}")
-        gauge = self._circuits.get(name)
-        if gauge is None:
-            gauge = self._circuits[name] = self.circuit_state.labels(name)
-        gauge.set(value)
+        _child(self._circuits, self.circuit_state, name).set(value)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this registry and its content type, for GET /metrics."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _child(children: dict[tuple[str, ...], Any], metric: Any, *labels: str) -> Any:
+    """The metric's child for these label values, built by labels() once and then kept."""
+    child = children.get(labels)
+    if child is None:
+        child = children[labels] = metric.labels(*labels)
+    return child
