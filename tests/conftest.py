@@ -51,6 +51,17 @@ def redis_url() -> str:
     return REDIS_TEST_URL
 
 
+def copy_feature_repo(root: Path, **split: int) -> Path:
+    """A copy of the feature repo under `root` whose next_app split is overridden (smaller worlds)."""
+    repo = root / "feature_repo"
+    shutil.copytree(FEATURE_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    spec_path = repo / "next_app" / "model.yaml"
+    raw_spec = yaml.safe_load(spec_path.read_text())
+    raw_spec["split"].update(split)
+    spec_path.write_text(yaml.safe_dump(raw_spec))
+    return repo
+
+
 SERVED_REDIS_URL = REDIS_TEST_URL.rsplit("/", 1)[0] + "/14"  # its own db: e2e writes to db 15
 
 
@@ -85,12 +96,7 @@ def served_world(tmp_path_factory: pytest.TempPathFactory) -> ServedWorld:
         raise RuntimeError(f"the tests need a Redis server at {SERVED_REDIS_URL}") from e
     client.flushdb()
     root = tmp_path_factory.mktemp("served")
-    repo = root / "feature_repo"
-    shutil.copytree(FEATURE_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    spec_path = repo / "next_app" / "model.yaml"
-    raw_spec = yaml.safe_load(spec_path.read_text())
-    raw_spec["split"].update(max_train_events=2500, max_holdout_events=400)
-    spec_path.write_text(yaml.safe_dump(raw_spec))
+    repo = copy_feature_repo(root, max_train_events=2500, max_holdout_events=400)
     settings = Settings(home=root / "var", feature_repo=repo, profile="redis",
                         redis_url=SERVED_REDIS_URL, user_hash_secret="served-secret")
     spec = load_spec("next_app", repo)

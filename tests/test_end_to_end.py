@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,9 +18,9 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-import yaml
+from conftest import copy_feature_repo
 
-from feastflow.settings import FEATURE_REPO, Settings
+from feastflow.settings import Settings
 from pipelines.demo import demo_requests, running_server
 
 pytestmark = pytest.mark.e2e
@@ -41,12 +40,7 @@ def run(args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A copy of the feature repo with a smaller split, its state in ../var as `feast` expects."""
     root = tmp_path_factory.mktemp("e2e")
-    repo = root / "feature_repo"
-    shutil.copytree(FEATURE_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    spec_path = repo / "next_app" / "model.yaml"
-    spec = yaml.safe_load(spec_path.read_text())
-    spec["split"].update(max_train_events=4000, max_holdout_events=700)
-    spec_path.write_text(yaml.safe_dump(spec))
+    repo = copy_feature_repo(root, max_train_events=4000, max_holdout_events=700)
     home = root / "var"
     (home / "feast").mkdir(parents=True)  # as in a fresh clone (var/feast/.gitkeep)
     env = {**os.environ, "FEASTFLOW_HOME": str(home), "FEASTFLOW_FEATURE_REPO": str(repo),

@@ -438,13 +438,18 @@ def test_prediction_log_close_flushes_and_stops_the_thread(tmp_path: Path) -> No
     assert leftovers(tmp_path) == []
 
 
+def wait_until_written(plog: PredictionLog, rows: int, timeout_s: float = 10.0) -> None:
+    """Let the log's background thread write `rows` rows (or give up after the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while plog.written < rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_prediction_log_background_thread_flushes(tmp_path: Path) -> None:
     with PredictionLog(tmp_path / "served", sample=1.0, flush_seconds=0.05) as plog:
         for i in range(5):
             plog.maybe_record(prediction(i))
-        deadline = time.monotonic() + 10
-        while plog.written < 5 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until_written(plog, 5)
         assert plog.written == 5
         assert sum(len(pd.read_parquet(p)) for p in parquet_files(tmp_path / "served")) == 5
 
@@ -453,9 +458,7 @@ def test_prediction_log_flushes_early_when_half_full(tmp_path: Path) -> None:
     with PredictionLog(tmp_path / "served", sample=1.0, flush_seconds=3600, max_buffer=100) as plog:
         for i in range(50):
             plog.maybe_record(prediction(i))
-        deadline = time.monotonic() + 10
-        while plog.written < 50 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until_written(plog, 50)
         assert plog.written == 50
 
 
