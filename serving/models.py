@@ -1,6 +1,6 @@
 """The models the server holds: champion (and challenger), hot-swapped from the registry.
 
-A swap builds the new ranker completely (download, load, warm) off the event loop, then
+A swap builds the new ranker completely (download, load) off the event loop, then
 replaces one reference: requests already scoring finish on the old model, later ones use the
 new one, none fails or waits. Every loaded version is also kept on local disk
 (`<home>/models/<model>/<alias>/`), so a restart while the registry is down still serves the
@@ -110,9 +110,9 @@ class ModelHolder:
         name = self.spec.registered_model_name
         try:
             lifecycle.configure(self.tracking_uri, self.artifacts_uri, self.spec.name)
-            version = lifecycle.alias_version(name, alias)
         except Exception as e:  # the registry's client raises whatever its backend raises
             raise lifecycle.RegistryUnreachable(f"the model registry did not answer: {e}") from e
+        version = lifecycle.alias_version(name, alias)  # RegistryUnreachable when it is down
         if version is None:
             raise lifecycle.RegistryError(f"{name}@{alias} does not exist")
         if version == known:

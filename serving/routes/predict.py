@@ -46,7 +46,6 @@ class PredictEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Read, validate, predict, answer."""
-        started = time.perf_counter()
         app: AppState = self.starlette_app.state.core
         sent_id, key = None, None
         for name, value in scope["headers"]:
@@ -67,7 +66,7 @@ class PredictEndpoint:
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload)),
             (b"x-request-id", rid.encode())]})
         await send({"type": "http.response.body", "body": payload})
-        app.metrics.observe_request("predict", status, time.perf_counter() - started)
+        app.metrics.observe_request("predict", status, time.perf_counter() - started_at(scope))
 
     async def _answer(self, app: AppState, scope: Scope, receive: Receive, key: str | None,
                       rid: str) -> tuple[int, bytes]:
