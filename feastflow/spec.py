@@ -59,6 +59,28 @@ class CandidateSpec(_Strict):
         return self
 
 
+class RealtimeTableSpec(_Strict):
+    """One real-time feature table: the function that computes its row, its table and push source."""
+
+    function: str = Field(description="name of the function in the use case's realtime module")
+    table: str = Field(description="batch table `<table>.parquet` the feature view reads")
+    push_source: str = Field(description="Feast push source the stream processor writes to")
+
+
+class RealtimeSpec(_Strict):
+    """Features updated at every event, from ONE implementation in `<use case>/<module>.py`.
+
+    The batch pipeline folds the event log through it for training; the stream processor folds
+    each arriving event through it and pushes the result to the online store.
+    """
+
+    module: str = "realtime"
+    window_events: int = Field(default=20, ge=1, description="last events kept per entity")
+    entity_table: RealtimeTableSpec = Field(description="one row per entity: f(last events)")
+    item_table: RealtimeTableSpec | None = Field(
+        default=None, description="one row per (entity, item): f(the item's last event time)")
+
+
 class ModelAlgoSpec(_Strict):
     """The learner and its parameters."""
 
@@ -103,6 +125,7 @@ class ModelSpec(_Strict):
     event_log: EventLogSpec
     features: FeatureSpec
     candidates: CandidateSpec
+    realtime: RealtimeSpec | None = None
     model: ModelAlgoSpec
     split: SplitSpec = SplitSpec()
     metrics: list[str] = Field(default_factory=lambda: ["top1", "top4", "candidate_recall"])

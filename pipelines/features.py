@@ -1,4 +1,5 @@
-"""Batch feature computation: run a use case's feature SQL over the event log with DuckDB."""
+"""Batch feature computation: the use case's feature SQL over the event log (DuckDB), and its
+real-time tables by folding the event log through the function the stream processor calls."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from feastflow.realtime import RealtimeFeatures
 from feastflow.spec import ModelSpec
 from pipelines.ingest import events_glob, sql_string
 
@@ -18,6 +22,14 @@ def feature_sql_files(spec: ModelSpec) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no feature SQL files in {spec.sql_dir}")
     return files
+
+
+def feature_table_names(spec: ModelSpec) -> list[str]:
+    """Every table `compute_feature_tables` writes: one per SQL file, then the real-time ones."""
+    names = [f.stem for f in feature_sql_files(spec)]
+    if spec.realtime is not None:
+        names += list(RealtimeFeatures(spec).push_sources)
+    return names
 
 
 def event_log_connection(events_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -46,7 +58,7 @@ def compute_feature_tables(
     out_dir: Path,
     on_table: Callable[[str, int], None] | None = None,
 ) -> dict[str, int]:
-    """Write one Parquet table per SQL file (atomically replaced); return rows per table."""
+    """Write one Parquet table per SQL file and per real-time table (each atomically replaced)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     con = event_log_connection(events_dir)
     rows: dict[str, int] = {}
@@ -64,4 +76,18 @@ def compute_feature_tables(
         rows[name] = con.execute(f"SELECT count(*) FROM {sql_string(final)}").fetchone()[0]
         if on_table is not None:
             on_table(name, rows[name])
+    if spec.realtime is not None:
+        realtime = RealtimeFeatures(spec)
+        log = con.execute(
+            f"SELECT {realtime.entity_key}, {realtime.item_key}, event_id, timestamp FROM events"
+        ).df()
+        for name, frame in realtime.batch_tables(log).items():
+            final = out_dir / f"{name}.parquet"
+            tmp = out_dir / f".{name}.parquet.tmp"
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp,
+                           compression="zstd")
+            os.replace(tmp, final)
+            rows[name] = len(frame)
+            if on_table is not None:
+                on_table(name, rows[name])
     return rows

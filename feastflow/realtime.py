@@ -1,0 +1,187 @@
+"""Real-time features as a fold over events, shared by the batch tables and the stream processor.
+
+The use case's module (`feature_repo/<use case>/realtime.py`, named by model.yaml) says WHAT each
+feature is; this module says how events reach it. `RealtimeFeatures.apply` folds one event into an
+entity's state and returns the rows to write. `batch_tables` runs the same fold over the whole
+event log, in time order, so the tables training reads hold exactly what the stream pushes.
+
+Idempotent by construction: an event whose stream position is not past the entity's last applied
+one, or that is already in the window, changes nothing (at-least-once delivery, exactly-once
+effect). Online rows are stamped so that their event time strictly grows per key, because Feast's
+Redis writer skips a row whose event time is not newer than the stored one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import pandas as pd
+
+from feastflow.spec import ModelSpec, RealtimeSpec
+
+WindowEvent = tuple[int, str, str]  # (unix microseconds, event id, item), ordered by time then id
+
+
+class EntityState(msgspec.Struct, array_like=True):
+    """What the fold remembers about one entity (a user); kept by the stream processor."""
+
+    window: list[WindowEvent] = msgspec.field(default_factory=list)
+    item_last_us: dict[str, int] = msgspec.field(default_factory=dict)
+    features: dict[str, Any] | None = None  # the last entity row written
+    stamped_us: int = 0  # its event time; the next one is later
+    last_seq: int = -1  # stream position of the last applied event
+    applied: int = 0  # events applied, each exactly once
+
+    def encode(self) -> bytes:
+        """msgpack bytes (the processor's state store keeps these)."""
+        return _ENCODER.encode(self)
+
+    @staticmethod
+    def decode(raw: bytes | None) -> EntityState:
+        """The state from its bytes; a fresh state for None."""
+        return EntityState() if raw is None else _DECODER.decode(raw)
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(EntityState)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row for a real-time table: its keys and features, stamped at `unix_us`."""
+
+    table: str
+    unix_us: int
+    values: dict[str, Any]
+
+
+class RealtimeFeatures:
+    """A use case's real-time tables: the fold, its tables and push sources."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        if spec.realtime is None:
+            raise ValueError(f"use case {spec.name!r} declares no `realtime` section in model.yaml")
+        assert spec.source_dir is not None
+        self.spec: RealtimeSpec = spec.realtime
+        self.entity_key = spec.event_log.entity
+        self.item_key = spec.event_log.item
+        module = _load_module(spec.source_dir / f"{self.spec.module}.py", spec.name)
+        self.entity_table = self.spec.entity_table.table
+        self._entity_fn: Callable[[list[WindowEvent]], dict[str, Any]] = _function(
+            module, self.spec.entity_table.function)
+        self.item_table = self.spec.item_table.table if self.spec.item_table else None
+        self._item_fn: Callable[[int], dict[str, Any]] | None = (
+            _function(module, self.spec.item_table.function) if self.spec.item_table else None)
+
+    @property
+    def push_sources(self) -> dict[str, str]:
+        """Table name -> the Feast push source that feeds its view online."""
+        tables = [self.spec.entity_table, self.spec.item_table]
+        return {t.table: t.push_source for t in tables if t is not None}
+
+    def apply(self, state: EntityState, entity: str, seq: int, event_id: str, item: str,
+              unix_us: int) -> list[Row]:
+        """Fold one event into `state` (in place); return the rows whose values changed."""
+        if seq <= state.last_seq:
+            return []  # delivered again after a crash: already applied
+        state.last_seq = seq
+        window = state.window
+        event = (unix_us, event_id, item)
+        if not window or event > window[-1]:
+            window.append(event)
+        else:  # out of order: into its place in time, unless it is there already
+            at = bisect.bisect_left(window, event)
+            if at < len(window) and window[at] == event:
+                return []  # the same event twice: applied once
+            window.insert(at, event)
+        state.applied += 1
+        if len(window) > self.spec.window_events:
+            del window[0]
+        rows = []
+        features = self._entity_fn(window)
+        if features != state.features:
+            state.features = features
+            state.stamped_us = max(window[-1][0], state.stamped_us + 1)
+            rows.append(Row(self.entity_table, state.stamped_us,
+                            {self.entity_key: entity, **features}))
+        if self._item_fn is not None and unix_us > state.item_last_us.get(item, -1):
+            state.item_last_us[item] = unix_us
+            rows.append(Row(self.item_table, unix_us,  # type: ignore[arg-type]
+                            {self.entity_key: entity, self.item_key: item,
+                             **self._item_fn(unix_us)}))
+        return rows
+
+    def batch_tables(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Fold the whole event log (entity, item, event_id, timestamp) through `apply`."""
+        rows, _ = self._fold(events)
+        tables = [t for t in (self.entity_table, self.item_table) if t is not None]
+        return {table: self.rows_frame([r for r in rows if r.table == table], table)
+                for table in tables}
+
+    def states_from_log(self, events: pd.DataFrame) -> dict[str, EntityState]:
+        """Each entity's state after the whole event log: where the stream processor starts."""
+        return self._fold(events)[1]
+
+    def _fold(self, events: pd.DataFrame) -> tuple[list[Row], dict[str, EntityState]]:
+        ordered = events.sort_values([self.entity_key, "timestamp", "event_id"], kind="stable")
+        entities = ordered[self.entity_key].to_numpy(dtype=object)
+        items = ordered[self.item_key].to_numpy(dtype=object)
+        event_ids = ordered["event_id"].to_numpy(dtype=object)
+        unix_us = _unix_us(ordered["timestamp"])
+        rows: list[Row] = []
+        states: dict[str, EntityState] = {}
+        state, current = EntityState(), None
+        for entity, item, event_id, us in zip(entities, items, event_ids, unix_us.tolist(),
+                                              strict=True):
+            if entity != current:
+                state, current = EntityState(), entity
+                states[entity] = state
+            rows.extend(self.apply(state, entity, state.last_seq + 1, event_id, item, us))
+        for state in states.values():
+            state.last_seq = -1  # positions were the log's; the stream's start afresh
+        return rows, states
+
+    def rows_frame(self, rows: Iterable[Row], table: str) -> pd.DataFrame:
+        """Rows of one table as the frame Feast's push and the batch table take."""
+        rows = list(rows)
+        frame = pd.DataFrame([r.values for r in rows], columns=self._columns(table))
+        stamps = pd.to_datetime(np.array([r.unix_us for r in rows], dtype="int64"), unit="us",
+                                utc=True).astype("datetime64[us, UTC]")
+        frame["event_timestamp"] = stamps
+        frame["created_timestamp"] = stamps
+        return frame
+
+    def _columns(self, table: str) -> list[str]:
+        probe = [(0, "", "")]
+        if table == self.entity_table:
+            return [self.entity_key, *self._entity_fn(probe)]
+        assert self._item_fn is not None
+        return [self.entity_key, self.item_key, *self._item_fn(0)]
+
+
+def _unix_us(timestamps: pd.Series) -> np.ndarray:
+    return timestamps.dt.tz_convert("UTC").astype("datetime64[us, UTC]").to_numpy(
+        dtype="datetime64[us]").astype("int64")
+
+
+def _load_module(path: Any, use_case: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"realtime module {path} of use case {use_case!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"feastflow_realtime_{use_case}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _function(module: Any, name: str) -> Callable[..., dict[str, Any]]:
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise AttributeError(f"{module.__file__} has no function {name!r} (named in model.yaml)")
+    return fn
