@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 import pandas as pd
 
 LOCATIONS = ("home", "work", "commute", "other")
@@ -29,6 +30,19 @@ EVENT_SCHEMA: dict[str, tuple[str, bool, str]] = {
     "os_version": ("string", True, "operating system version, e.g. `android-14`"),
 }
 EVENT_COLUMNS = list(EVENT_SCHEMA)
+# the event log's column types after validation
+EVENT_DTYPES = {
+    "event_id": "string",
+    "user_id": "string",
+    "app": "string",
+    "location": "string",
+    "network": "string",
+    "os_version": "string",
+    "battery": "int64",
+    "charging": "bool",
+    "session_seconds": "float64",
+    "secs_since_prev_unlock": "float64",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,11 @@ class RowError:
 
     def __str__(self) -> str:
         return f"row {self.row}: {self.field}: {self.reason}"
+
+
+def unknown_field_reason() -> str:
+    """Why a field outside the schema is refused (ingest and the API say the same)."""
+    return "unknown field; expected one of " + ", ".join(EVENT_COLUMNS)
 
 
 def _to_bool(series: pd.Series) -> pd.Series:
@@ -57,7 +76,7 @@ def validate_events(
     errors: list[RowError] = []
     unknown = [c for c in raw.columns if c not in EVENT_SCHEMA]
     for column in unknown:
-        errors.append(RowError(0, column, "unknown field; expected one of " + ", ".join(EVENT_COLUMNS)))
+        errors.append(RowError(0, column, unknown_field_reason()))
     missing = [c for c, (_, required, _) in EVENT_SCHEMA.items() if c not in raw.columns and required]
     for column in missing:
         errors.append(RowError(0, column, "required field is missing from the input"))
@@ -117,19 +136,20 @@ def validate_events(
     reject(duplicated, "event_id", "duplicate event_id within the input")
 
     clean = df.loc[~bad, EVENT_COLUMNS].copy()
-    clean = clean.astype(
-        {
-            "event_id": "string",
-            "user_id": "string",
-            "app": "string",
-            "location": "string",
-            "network": "string",
-            "os_version": "string",
-            "battery": "int64",
-            "charging": "bool",
-            "session_seconds": "float64",
-            "secs_since_prev_unlock": "float64",
-        }
-    )
+    clean = clean.astype(EVENT_DTYPES)
     errors.sort(key=lambda e: (e.row, e.field))
     return clean.reset_index(drop=True), errors
+
+
+def encode_events(clean: pd.DataFrame) -> list[tuple[str, bytes]]:
+    """Validated events as (event id, JSON bytes) for the event stream; time as Unix microseconds."""
+    frame = clean[EVENT_COLUMNS].astype(object).where(clean[EVENT_COLUMNS].notna(), None)
+    frame["timestamp"] = clean["timestamp"].astype("datetime64[us, UTC]").astype("int64").tolist()
+    return [(record["event_id"], orjson.dumps(record)) for record in frame.to_dict("records")]
+
+
+def decode_events(payloads: list[bytes]) -> pd.DataFrame:
+    """The event log's typed frame from stream payloads (inverse of `encode_events`)."""
+    frame = pd.DataFrame([orjson.loads(p) for p in payloads], columns=EVENT_COLUMNS)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"].astype("int64"), unit="us", utc=True)
+    return frame.astype({**EVENT_DTYPES, "timestamp": "datetime64[us, UTC]"})

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     api_key: str | None = None
 
+    # the event stream (POST /v1/events -> `feastflow stream`)
+    stream_consumer: str = Field(default="processor-1", description="this processor's name")
+    stream_dedupe_ttl_seconds: int = Field(
+        default=3600, ge=1, description="an event id appended again within this is skipped")
+    stream_claim_idle_ms: int = Field(
+        default=60_000, ge=0, description="take over a dead processor's entries after this")
+    stream_batch_events: int = Field(default=2000, ge=1)
+    stream_block_ms: int = Field(default=50, ge=1)
+    stream_log_flush_seconds: float = Field(
+        default=2.0, gt=0, description="append to the offline event log (and acknowledge) this often")
+
     @field_validator("home", "feature_repo")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -77,6 +88,10 @@ class Settings(BaseSettings):
     def feast_dir(self) -> Path:
         """Feast registry and the embedded online store."""
         return self.home / "feast"
+
+    def event_stream_key(self, use_case: str) -> str:
+        """The Redis key of a use case's event stream."""
+        return f"feastflow:{use_case}:events"
 
     @property
     def tracking_uri(self) -> str:

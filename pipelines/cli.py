@@ -13,7 +13,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from feastflow.settings import Settings
@@ -130,13 +137,13 @@ def ingest(
 
 @app.command()
 def features(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
-    """Compute the use case's batch feature tables from the event log (DuckDB SQL)."""
-    from pipelines.features import compute_feature_tables, feature_sql_files
+    """Compute the use case's batch feature tables from the event log (SQL and real-time fold)."""
+    from pipelines.features import compute_feature_tables, feature_table_names
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
     with _bar() as bar:
-        task = bar.add_task("feature tables", total=len(feature_sql_files(spec)))
+        task = bar.add_task("feature tables", total=len(feature_table_names(spec)))
         rows = compute_feature_tables(
             spec, settings.events_dir, settings.features_dir / spec.name,
             on_table=lambda name, n: bar.advance(task),
@@ -277,6 +284,59 @@ def serve(
     uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers,
                 loop="uvloop", http="httptools", log_level="warning", access_log=False,
                 log_config=None, proxy_headers=False, server_header=False)
+
+
+@app.command()
+def stream(
+    ctx: typer.Context,
+    use_case: UseCase = "next_app",
+    consumer: Annotated[str | None, typer.Option(help="this processor's name in the group")] = None,
+    idle_exit: Annotated[float | None, typer.Option(
+        help="exit after the stream has been empty this many seconds (replays, tests)")] = None,
+) -> None:
+    """Process the event stream: real-time features to the online store, events to the offline log.
+
+    Redis profile only (the embedded server runs the processor in its own process). SIGTERM or
+    Ctrl-C stops it after the batch in hand, with everything it read logged and acknowledged.
+    """
+    import signal
+    import threading
+    import time
+
+    from pipelines.stream_processor import ProcessorStats, build_processor
+
+    settings = _settings(ctx)
+    if settings.profile != "redis":
+        console.print("[red]`feastflow stream` reads a Redis Stream: set FEASTFLOW_PROFILE=redis "
+                      "(the embedded `feastflow serve` processes events in process)[/red]")
+        raise typer.Exit(2)
+    if consumer:
+        settings = settings.model_copy(update={"stream_consumer": consumer})
+    processor = build_processor(settings, _spec(settings, use_case))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    last_event = time.monotonic()
+    last_applied = -1
+
+    def progress(stats: ProcessorStats) -> None:
+        nonlocal last_event, last_applied
+        now = time.monotonic()
+        if stats.applied + stats.redelivered != last_applied:
+            last_applied, last_event = stats.applied + stats.redelivered, now
+            rate = stats.applied / max(now - stats.started, 1e-9)
+            bar.update(task, description=f"applied {stats.applied:,} ({rate:,.0f}/s), "
+                       f"logged {stats.logged:,}, rows pushed {stats.rows_pushed:,}")
+        if idle_exit is not None and now - last_event >= idle_exit:
+            stop.set()
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("waiting for events", total=None)
+        stats = processor.run(stop, on_progress=progress)
+    console.print(f"stopped: {stats.applied:,} events applied, {stats.redelivered:,} re-read and "
+                  f"already applied, {stats.logged:,} appended to the event log, "
+                  f"{stats.already_logged:,} found there already")
 
 
 @app.command()

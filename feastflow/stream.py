@@ -1,0 +1,284 @@
+"""The durable event stream between `POST /v1/events` and the stream processor.
+
+One interface, two brokers:
+- `RedisEventStream` (Redis profile): a Redis Stream read through a consumer group. Appends are
+  deduplicated by event id (a Lua script: `SET NX` on the id with a TTL, then `XADD`, atomically),
+  entries stay pending until the processor acknowledges them, and a restarted processor first
+  re-reads what it (or a dead peer) took and never acknowledged.
+- `MemoryEventStream` (embedded profile): the same interface in process, so the server can run
+  its own processor with no services (not durable: a restart loses what was not yet processed).
+
+Kafka slots in behind the same interface: `append` is an idempotent producer keyed by user (one
+partition per user keeps a user's events in order), `read` a consumer-group poll, `ack` an offset
+commit after the offline log write, `pending` what the group re-delivers after a rebalance.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+from feastflow.settings import Settings
+
+# KEYS[1]: the stream; ARGV[1]: id TTL (s), ARGV[2]: id key prefix, then (event id, payload) pairs.
+# Atomic in Redis: an event id is appended once, whatever the client retries.
+_APPEND_ONCE = """
+local out = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('SET', ARGV[2] .. ARGV[i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One event as delivered: the broker's id (to acknowledge), its position, the payload."""
+
+    entry_id: str
+    seq: int  # grows with the stream: idempotent application compares it
+    payload: bytes
+
+
+class EventStream(Protocol):
+    """What the API appends to and the processor reads from."""
+
+    def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
+        """Append (event id, payload) pairs; True where new, False where the id was seen."""
+        ...
+
+    def read(self, count: int, block_ms: int) -> list[StreamEntry]:
+        """Up to `count` entries never delivered to this group; waits up to `block_ms`."""
+        ...
+
+    def claim_abandoned(self) -> int:
+        """Take over entries a dead reader took and never acknowledged; return how many."""
+        ...
+
+    def pending(self, count: int, after: str = "0") -> list[StreamEntry]:
+        """This reader's entries delivered but never acknowledged (a crash), after `after`."""
+        ...
+
+    def ack(self, entries: list[StreamEntry]) -> None:
+        """The entries are fully processed: never deliver them again."""
+        ...
+
+    def backlog(self) -> int:
+        """Entries appended but not yet acknowledged."""
+        ...
+
+    def ping(self) -> bool:
+        """The broker answers."""
+        ...
+
+
+class StreamUnavailable(RuntimeError):
+    """The broker cannot take or give events right now; nothing was appended."""
+
+
+def _seq(entry_id: str) -> int:
+    ms, _, n = entry_id.partition("-")
+    return int(ms) * 1_000_000 + int(n)
+
+
+class RedisEventStream:
+    """A Redis Stream with one consumer group; this instance reads as `consumer`."""
+
+    def __init__(self, redis_url: str, stream: str, group: str = "feastflow-stream",
+                 consumer: str = "processor-1", dedupe_ttl_seconds: int = 3600,
+                 claim_idle_ms: int = 60_000) -> None:
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=10,
+                                           socket_connect_timeout=5)
+        self.stream, self.group, self.consumer = stream, group, consumer
+        self.dedupe_ttl_seconds = dedupe_ttl_seconds
+        self.claim_idle_ms = claim_idle_ms
+        self._id_prefix = f"{stream}:seen:"
+        self._append_once = self.client.register_script(_APPEND_ONCE)
+        self._group_ready = False
+        self._acks = 0
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:  # from 0: events appended before the first processor started are not skipped
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._group_ready = True
+
+    def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
+        """Append new event ids, atomically skip seen ones."""
+        if not events:
+            return []
+        args: list[str | bytes | int] = [self.dedupe_ttl_seconds, self._id_prefix]
+        for event_id, payload in events:
+            args += [event_id, payload]
+        try:
+            self._ensure_group()
+            flags = self._append_once(keys=[self.stream], args=args)
+        except redis.RedisError as e:
+            raise StreamUnavailable(f"event stream {self.stream} unavailable: {e}") from e
+        return [bool(f) for f in flags]
+
+    def read(self, count: int, block_ms: int) -> list[StreamEntry]:
+        """New entries for this consumer."""
+        self._ensure_group()
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+                                       count=count, block=block_ms or None)
+        return self._entries(reply)
+
+    def claim_abandoned(self) -> int:
+        """Move entries idle for `claim_idle_ms` on other consumers to this one."""
+        self._ensure_group()
+        claimed, cursor = 0, "0-0"
+        while True:
+            cursor, entries, *_ = self.client.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
+                start_id=cursor, count=1000)  # (justid would drop the cursor in redis-py)
+            claimed += len(entries)
+            cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
+            if cursor == "0-0":
+                return claimed
+
+    def pending(self, count: int, after: str = "0") -> list[StreamEntry]:
+        """This consumer's unacknowledged entries with ids after `after`, oldest first."""
+        self._ensure_group()
+        return self._entries(self.client.xreadgroup(self.group, self.consumer,
+                                                    {self.stream: after}, count=count))
+
+    def ack(self, entries: list[StreamEntry]) -> None:
+        """Acknowledge, then now and then trim what every reader has acknowledged."""
+        if not entries:
+            return
+        self.client.xack(self.stream, self.group, *[e.entry_id for e in entries])
+        self._acks += 1
+        if self._acks % 20 == 0:
+            self._trim()
+
+    def _trim(self) -> None:
+        # Keep everything from the oldest unacknowledged entry on (one group reads this stream).
+        summary = self.client.xpending(self.stream, self.group)
+        if summary["pending"]:
+            floor = summary["min"]
+        else:
+            groups = {g["name"]: g for g in self.client.xinfo_groups(self.stream)}
+            floor = groups[self.group.encode()]["last-delivered-id"]
+        self.client.xtrim(self.stream, minid=floor, approximate=True)
+
+    def backlog(self) -> int:
+        """Entries not yet delivered plus those delivered and not acknowledged."""
+        self._ensure_group()
+        for group in self.client.xinfo_groups(self.stream):
+            if group["name"] == self.group.encode():
+                return int(group.get("lag") or 0) + int(group["pending"])
+        return 0
+
+    def ping(self) -> bool:
+        """The broker answers."""
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
+
+    @staticmethod
+    def _entries(reply: list) -> list[StreamEntry]:
+        out = []
+        for _, messages in reply or []:
+            for entry_id, fields in messages:
+                if fields:  # a trimmed entry comes back without fields
+                    decoded = entry_id.decode()
+                    out.append(StreamEntry(decoded, _seq(decoded), fields[b"e"]))
+        return out
+
+
+class MemoryEventStream:
+    """The embedded profile's in-process stream: same interface, lives as long as the process."""
+
+    def __init__(self, dedupe_ttl_seconds: float = 3600.0) -> None:
+        self.dedupe_ttl_seconds = dedupe_ttl_seconds
+        self._queue: deque[StreamEntry] = deque()
+        self._delivered: OrderedDict[str, StreamEntry] = OrderedDict()
+        self._seen: dict[str, float] = {}
+        self._next = 0
+        self._ready = threading.Condition()
+
+    def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
+        """Append new event ids; skip ids seen within the TTL."""
+        now = time.monotonic()
+        flags = []
+        with self._ready:
+            for event_id, payload in events:
+                if self._seen.get(event_id, 0.0) > now:
+                    flags.append(False)
+                    continue
+                self._seen[event_id] = now + self.dedupe_ttl_seconds
+                self._next += 1
+                self._queue.append(StreamEntry(f"0-{self._next}", self._next, payload))
+                flags.append(True)
+            if len(self._seen) > 100_000:
+                self._seen = {k: t for k, t in self._seen.items() if t > now}
+            self._ready.notify_all()
+        return flags
+
+    def read(self, count: int, block_ms: int) -> list[StreamEntry]:
+        """Up to `count` new entries; waits up to `block_ms` for the first."""
+        with self._ready:
+            if not self._queue and block_ms:
+                self._ready.wait(block_ms / 1000)
+            out = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
+            for entry in out:
+                self._delivered[entry.entry_id] = entry
+            return out
+
+    def claim_abandoned(self) -> int:
+        """One process, one reader: nothing to claim."""
+        return 0
+
+    def pending(self, count: int, after: str = "0") -> list[StreamEntry]:
+        """Delivered and not acknowledged, with ids after `after`."""
+        floor = int(after.rpartition("-")[2] or 0)
+        with self._ready:
+            return [e for e in self._delivered.values() if e.seq > floor][:count]
+
+    def ack(self, entries: list[StreamEntry]) -> None:
+        """Forget acknowledged entries."""
+        with self._ready:
+            for entry in entries:
+                self._delivered.pop(entry.entry_id, None)
+
+    def backlog(self) -> int:
+        """Entries not yet delivered plus those delivered and not acknowledged."""
+        with self._ready:
+            return len(self._queue) + len(self._delivered)
+
+    def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def open_event_stream(settings: Settings, use_case: str) -> EventStream:
+    """The profile's stream: a Redis Stream in the Redis profile, in-process in the embedded one."""
+    if settings.profile == "redis":
+        return RedisEventStream(settings.redis_url, settings.event_stream_key(use_case),
+                                consumer=settings.stream_consumer,
+                                dedupe_ttl_seconds=settings.stream_dedupe_ttl_seconds,
+                                claim_idle_ms=settings.stream_claim_idle_ms)
+    return MemoryEventStream(settings.stream_dedupe_ttl_seconds)

@@ -1,0 +1,313 @@
+"""The stream processor behind `feastflow stream`: events -> real-time features -> online store,
+and events -> offline event log.
+
+Per batch read from the stream: fold each event into its user's state with the use case's
+real-time functions (the ones the batch tables use), push the changed rows through Feast's push
+sources, save the states. Every `log_flush_seconds`: append the events to the Parquet event log
+(all-or-nothing) and only then acknowledge them.
+
+At-least-once delivery, exactly-once effect: an entry acknowledged is in the log; an entry not
+acknowledged is re-read after a crash. States remember the last stream position applied per user,
+so re-read entries do not count twice; the log is checked for re-read entries before appending.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+import redis
+
+from feastflow.events import decode_events
+from feastflow.realtime import EntityState, RealtimeFeatures
+from feastflow.settings import Settings
+from feastflow.spec import ModelSpec
+from feastflow.store import open_store
+from feastflow.stream import EventStream, StreamEntry, open_event_stream
+from pipelines.ingest import events_glob, existing_event_ids, write_partitions
+
+log = logging.getLogger(__name__)
+
+Push = Callable[[str, pd.DataFrame], None]  # (push source, rows) -> written online
+
+
+class StateStore(Protocol):
+    """Where the processor keeps each entity's real-time state between batches and restarts."""
+
+    def get(self, entities: Iterable[str]) -> dict[str, EntityState]:
+        """The states of these entities (fresh ones for unknown entities)."""
+        ...
+
+    def put(self, states: dict[str, EntityState]) -> None:
+        """Save these states, all or none."""
+        ...
+
+    def is_seeded(self) -> bool:
+        """States were built from the offline event log once."""
+        ...
+
+    def mark_seeded(self) -> None:
+        """Remember that states were built from the offline event log."""
+        ...
+
+
+class RedisStateStore:
+    """States as msgpack in one Redis hash per use case (one HMGET / HSET per batch)."""
+
+    def __init__(self, client: redis.Redis, use_case: str) -> None:
+        self.client = client
+        self.key = f"feastflow:{use_case}:realtime_state"
+
+    def get(self, entities: Iterable[str]) -> dict[str, EntityState]:
+        """The states of these entities."""
+        names = list(entities)
+        raw = self.client.hmget(self.key, names) if names else []
+        return {n: EntityState.decode(r) for n, r in zip(names, raw, strict=True)}
+
+    def put(self, states: dict[str, EntityState]) -> None:
+        """One HSET of every state."""
+        if states:
+            self.client.hset(self.key, mapping={k: s.encode() for k, s in states.items()})
+
+    def is_seeded(self) -> bool:
+        """The seeding marker is set."""
+        return bool(self.client.exists(self.key + ":seeded"))
+
+    def mark_seeded(self) -> None:
+        """Set the seeding marker."""
+        self.client.set(self.key + ":seeded", "1")
+
+
+class MemoryStateStore:
+    """States in a dict (embedded profile), stored encoded so callers never share objects."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, bytes] = {}
+        self._seeded = False
+
+    def get(self, entities: Iterable[str]) -> dict[str, EntityState]:
+        """The states of these entities."""
+        return {e: EntityState.decode(self._states.get(e)) for e in entities}
+
+    def put(self, states: dict[str, EntityState]) -> None:
+        """Save encoded copies."""
+        self._states.update({k: s.encode() for k, s in states.items()})
+
+    def is_seeded(self) -> bool:
+        """Seeded once in this process."""
+        return self._seeded
+
+    def mark_seeded(self) -> None:
+        """Remember the seeding."""
+        self._seeded = True
+
+
+@dataclass
+class ProcessorStats:
+    """What the processor did since it started."""
+
+    applied: int = 0  # events that changed a state (first delivery)
+    redelivered: int = 0  # events read again and recognised as applied
+    rows_pushed: int = 0
+    logged: int = 0  # events appended to the offline log
+    already_logged: int = 0  # re-read events found in the log already
+    batches: int = 0
+    failures: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class StreamProcessor:
+    """Reads the stream, updates real-time features online, appends events to the offline log."""
+
+    def __init__(self, realtime: RealtimeFeatures, stream: EventStream, states: StateStore,
+                 push: Push, events_dir: Path, batch_events: int = 2000, block_ms: int = 50,
+                 log_flush_seconds: float = 2.0, retry_seconds: float = 1.0) -> None:
+        self.realtime = realtime
+        self.stream = stream
+        self.states = states
+        self.push = push
+        self.events_dir = events_dir
+        self.batch_events = batch_events
+        self.block_ms = block_ms
+        self.log_flush_seconds = log_flush_seconds
+        self.retry_seconds = retry_seconds
+        self.stats = ProcessorStats()
+        self._unlogged: list[pd.DataFrame] = []
+        self._unacked: list[StreamEntry] = []
+        self._in_hand: list[StreamEntry] | None = None
+        self._last_flush = time.monotonic()
+
+    def seed_from_log(self) -> int:
+        """Once per state store: start every user's state from the offline event log."""
+        if self.states.is_seeded():
+            return 0
+        seeded = 0
+        if any(self.events_dir.glob("date=*/hour=*/*.parquet")):
+            import duckdb
+
+            from pipelines.ingest import sql_string
+
+            keys = f"{self.realtime.entity_key}, {self.realtime.item_key}"
+            frame = duckdb.connect().execute(
+                f"SELECT {keys}, event_id, timestamp FROM read_parquet("
+                f"{sql_string(events_glob(self.events_dir))}, hive_partitioning = false)").df()
+            states = self.realtime.states_from_log(frame)
+            self.states.put(states)
+            seeded = len(states)
+        self.states.mark_seeded()
+        return seeded
+
+    def run(self, stop: threading.Event, on_progress: Callable[[ProcessorStats], None] | None = None
+            ) -> ProcessorStats:
+        """Seed, recover what a crash left, then process until `stop` is set; flush on the way out."""
+        self._retrying(stop, self.seed_from_log)
+        self._retrying(stop, self.recover)
+        while not stop.is_set():
+            self._retrying(stop, self.step)
+            if on_progress is not None:
+                on_progress(self.stats)
+        self._retrying(stop, self.flush_log, attempts_after_stop=5)
+        return self.stats
+
+    def recover(self) -> int:
+        """Re-process entries taken before and never acknowledged (a crash); return how many."""
+        self.stream.claim_abandoned()
+        recovered, after = 0, "0"
+        while True:
+            entries = self.stream.pending(self.batch_events, after)
+            if not entries:
+                break
+            after = entries[-1].entry_id
+            frame = decode_events([e.payload for e in entries])
+            logged = existing_event_ids(self.events_dir, frame["event_id"])
+            self.stats.already_logged += len(logged)
+            self.handle(entries, frame, already_logged=logged)
+            recovered += len(entries)
+        self.flush_log()
+        return recovered
+
+    def step(self) -> int:
+        """One read, one fold-and-push; append to the log when it is due. Returns events read."""
+        if self._in_hand is None:  # a batch that failed is retried before anything new is read
+            self._in_hand = self.stream.read(self.batch_events, self.block_ms)
+        entries = self._in_hand
+        if entries:
+            self.handle(entries, decode_events([e.payload for e in entries]))
+        self._in_hand = None
+        if self._unacked and time.monotonic() - self._last_flush >= self.log_flush_seconds:
+            self.flush_log()
+        return len(entries)
+
+    def handle(self, entries: list[StreamEntry], frame: pd.DataFrame,
+               already_logged: set[str] | frozenset[str] = frozenset()) -> None:
+        """Fold the entries into states, push the changed rows, save the states; queue the log."""
+        rt = self.realtime
+        entity_ids = frame[rt.entity_key].tolist()
+        states = self.states.get(dict.fromkeys(entity_ids))
+        unix_us = frame["timestamp"].astype("int64").tolist()
+        rows = []
+        for entry, entity, event_id, item, us in zip(
+                entries, entity_ids, frame["event_id"].tolist(), frame[rt.item_key].tolist(),
+                unix_us, strict=True):
+            state = states[entity]
+            applied = state.applied
+            rows.extend(rt.apply(state, entity, entry.seq, event_id, item, us))
+            if state.applied > applied:
+                self.stats.applied += 1
+            else:
+                self.stats.redelivered += 1
+        for table, source in rt.push_sources.items():
+            table_rows = [r for r in rows if r.table == table]
+            if table_rows:
+                self.push(source, rt.rows_frame(table_rows, table))
+        self.states.put(states)
+        self.stats.rows_pushed += len(rows)
+        self.stats.batches += 1
+        fresh = frame[~frame["event_id"].isin(already_logged)] if already_logged else frame
+        self._unlogged.append(fresh)
+        self._unacked.extend(entries)
+
+    def flush_log(self) -> int:
+        """Append the queued events to the offline log (all-or-nothing), then acknowledge them."""
+        self._last_flush = time.monotonic()
+        frames = [f for f in self._unlogged if len(f)]
+        written = 0
+        if frames:
+            events = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
+            write_partitions(events, self.events_dir)
+            written = len(events)
+        self._unlogged = []  # in the log now: a failed ack below must not write them again
+        self.stats.logged += written
+        if self._unacked:
+            self.stream.ack(self._unacked)
+            self._unacked = []
+        return written
+
+    def _retrying(self, stop: threading.Event, work: Callable[[], object],
+                  attempts_after_stop: int = 0) -> None:
+        # A broker or store outage must not lose what is in hand: retry the same work.
+        failed_after_stop = 0
+        while True:
+            try:
+                work()
+                return
+            except Exception:
+                self.stats.failures += 1
+                log.exception("stream processor: %s failed; retrying in %.1f s",
+                              getattr(work, "__name__", "work"), self.retry_seconds)
+                if stop.is_set():
+                    failed_after_stop += 1
+                    if failed_after_stop > attempts_after_stop:
+                        return  # unacknowledged entries are re-read at the next start
+                time.sleep(self.retry_seconds)
+
+
+class BackgroundProcessor:
+    """A StreamProcessor on a daemon thread, started on first use (the embedded server's)."""
+
+    def __init__(self, processor: StreamProcessor) -> None:
+        self.processor = processor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        """Start the thread unless it runs (seeding from the log waits for the first event)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self.processor.run, args=(self._stop,),
+                                                name="stream-processor", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the batch in hand; what it read is appended to the log first."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | None = None,
+                    states: StateStore | None = None) -> StreamProcessor:
+    """A processor for the settings' profile: Redis stream and states, or in-process ones."""
+    from feast.data_source import PushMode
+
+    store = open_store(settings)
+
+    def push(source: str, rows: pd.DataFrame) -> None:
+        store.push(source, rows, to=PushMode.ONLINE)
+
+    if stream is None:
+        stream = open_event_stream(settings, spec.name)
+    if states is None:
+        states = (RedisStateStore(redis.Redis.from_url(settings.redis_url), spec.name)
+                  if settings.profile == "redis" else MemoryStateStore())
+    return StreamProcessor(RealtimeFeatures(spec), stream, states, push, settings.events_dir,
+                           batch_events=settings.stream_batch_events,
+                           block_ms=settings.stream_block_ms,
+                           log_flush_seconds=settings.stream_log_flush_seconds)
