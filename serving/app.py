@@ -25,13 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feastflow.online import OnlineReader, OnlineStoreError, open_reader
 from feastflow.scoring import FeaturePlan
-from feastflow.spec import load_spec
+from feastflow.spec import ModelSpec, load_spec
 from feastflow.store import open_store
+from feastflow.stream import open_event_stream
+from pipelines.stream_processor import BackgroundProcessor, build_processor
+from serving.events import EventIntake
 from serving.logs import RequestIdMiddleware, configure_logging
 from serving.metrics import ServingMetrics
 from serving.models import ModelHolder
 from serving.request_log import PredictionLog
-from serving.routes import admin, health, predict
+from serving.routes import admin, events, health, predict
 from serving.routes.common import AppState, json_response, too_large
 from serving.service import PredictionService
 from serving.settings import ServingSettings, get_serving_settings
@@ -85,7 +88,24 @@ def build_state(settings: ServingSettings, reader: OnlineReader | None = None) -
                     "models": {v: m.version for v, m in holder.models.items()},
                     "registry_error": holder.registry_error}
 
-    return AppState(settings, spec, metrics, holder, service, reload, startup_error)
+    intake, processor = _event_intake(settings, spec, plan is not None)
+    return AppState(settings, spec, metrics, holder, service, reload, startup_error, intake,
+                    processor)
+
+
+def _event_intake(settings: ServingSettings, spec: ModelSpec, store_ok: bool
+                  ) -> tuple[EventIntake | None, BackgroundProcessor | None]:
+    # The Redis profile appends to a Redis Stream that `feastflow stream` reads; the embedded
+    # profile runs the same processor in this process over an in-process stream.
+    if spec.realtime is None:
+        return None, None
+    stream = open_event_stream(settings, spec.name)
+    processor = None
+    if settings.profile == "embedded":
+        if not store_ok:
+            return None, None
+        processor = BackgroundProcessor(build_processor(settings, spec, stream=stream))
+    return EventIntake(stream, settings.user_hash_secret), processor
 
 
 class _NoStore:
@@ -180,6 +200,8 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
         try:
             yield
         finally:
+            if core.stream_processor is not None:
+                await asyncio.to_thread(core.stream_processor.stop)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -193,6 +215,7 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
         routes=[
             Route("/v1/predict", predict_endpoint, methods=["POST"]),
             Route("/v1/users/{user_id}/bundle", predict.bundle, methods=["GET"]),
+            Route("/v1/events", events.post_events, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),

@@ -18,6 +18,7 @@ Exposed series (all prefixed `feastflow_`):
     shadow_total{outcome}                  counter, outcome: scored | skipped | failed
     request_log_dropped_total              counter
     circuit_state{name}                    gauge, 0 closed, 1 open, 2 half-open
+    events_total{outcome}                  counter, POST /v1/events: accepted | duplicate | rejected
 
 Label values must come from code, never from the request (each new value is a new time series).
 """
@@ -75,6 +76,9 @@ class ServingMetrics:
                                                  registry=r)
         self.circuit_state = Gauge("feastflow_circuit_state", "0 closed, 1 open, 2 half-open", ["name"],
                                    registry=r)
+
+        self.events = Counter("feastflow_events", "events received on POST /v1/events, by outcome",
+                              ["outcome"], registry=r)
 
         # Children by label values; a miss builds the child once (dict writes are atomic under the GIL,
         # and labels() returns the same child for the same values, so a race only repeats the lookup).
@@ -144,6 +148,12 @@ class ServingMetrics:
     def request_log_dropped(self, n: int = 1) -> None:
         """Count sampled predictions the request log had to drop (fits PredictionLog's on_drop)."""
         self.request_log_dropped_total.inc(n)
+
+    def count_events(self, accepted: int, duplicates: int, rejected: int) -> None:
+        """Count the events of one POST /v1/events by outcome."""
+        for outcome, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected)):
+            if n:
+                self.events.labels(outcome).inc(n)
 
     # -- state ------------------------------------------------------------------------------------
 

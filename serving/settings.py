@@ -47,6 +47,7 @@ class ServingSettings(Settings):
     # safety
     predict_requires_key: bool = False
     max_body_bytes: int = Field(default=65_536, ge=1024)
+    max_events_per_request: int = Field(default=500, ge=1)
 
     # observability
     log_json: bool = True

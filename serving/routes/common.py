@@ -12,6 +12,8 @@ from starlette.responses import Response
 
 if TYPE_CHECKING:
     from feastflow.spec import ModelSpec
+    from pipelines.stream_processor import BackgroundProcessor
+    from serving.events import EventIntake
     from serving.metrics import ServingMetrics
     from serving.models import ModelHolder
     from serving.service import PredictionService
@@ -31,6 +33,8 @@ class AppState:
     service: PredictionService
     reload: Any  # async () -> dict: ask the registry now and swap what moved
     startup_error: str | None = None
+    intake: EventIntake | None = None  # POST /v1/events; None when no stream could be opened
+    stream_processor: BackgroundProcessor | None = None  # embedded profile: in-process
 
 
 def state(request: Request) -> AppState:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,6 +29,10 @@ async def readyz(request: Request) -> Response:
         reasons.append(f"registry: {app.holder.registry_error}")
     if not await app.service.features.ping():
         reasons.append("online store unreachable: answering from fallbacks")
+    if app.intake is None and app.spec is not None and app.spec.realtime is not None:
+        reasons.append("event intake unavailable: POST /v1/events answers 503")
+    elif app.intake is not None and not await asyncio.to_thread(app.intake.stream.ping):
+        reasons.append("event stream unreachable: POST /v1/events answers 503")
     breaker = app.service.features.breaker
     if breaker.state:
         reasons.append(f"online store circuit {breaker.state.name.lower()}: {breaker.last_error}")

@@ -1,0 +1,49 @@
+"""POST /v1/events (API key required): a batch of raw events into the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from feastflow.stream import StreamUnavailable
+from serving.routes.common import error_response, json_response, require_key, state
+
+
+async def post_events(request: Request) -> Response:
+    """202 with the counts accepted and already known, plus each rejected event's field and reason.
+
+    Valid events are accepted even when others in the batch are not; 422 when none is valid;
+    503 when the stream cannot take them (nothing was accepted: retry the whole batch).
+    """
+    if (denied := require_key(request)) is not None:
+        return denied
+    app = state(request)
+    if app.intake is None:
+        return json_response({"detail": "event intake is not available: see /readyz"}, 503)
+    try:
+        payload = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as e:
+        return error_response(["body"], f"invalid JSON: {e}")
+    events = payload.get("events") if isinstance(payload, dict) else None
+    if not isinstance(events, list) or not events:
+        return error_response(["body", "events"], "required: a non-empty list of event objects")
+    limit = app.settings.max_events_per_request
+    if len(events) > limit:
+        return error_response(["body", "events"], f"at most {limit} events per request")
+    if app.stream_processor is not None:
+        app.stream_processor.ensure_started()
+    try:
+        result = await asyncio.to_thread(app.intake.submit, events)
+    except StreamUnavailable:
+        app.metrics.error("event_stream")
+        response = json_response(
+            {"detail": "the event stream is unavailable; nothing was accepted: retry later"}, 503)
+        response.headers["retry-after"] = "1"
+        return response
+    app.metrics.count_events(result.accepted, result.duplicates, len(result.rejected))
+    if not result.accepted and not result.duplicates:
+        return json_response({"detail": result.rejected}, 422)
+    return json_response(result.body(), 202)
