@@ -68,7 +68,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -83,137 +82,31 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+from harness import (
+    PROJECT_ROOT,
+    VENV_BIN,
+    Process,
+    RedisServer,
+    feastflow_cmd,
+    free_port,
+    home_env,
+    log,
+)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
 
-from feastflow.privacy import hash_user_id  # noqa: E402
-from feastflow.settings import DEV_HASH_SECRET, FEATURE_REPO  # noqa: E402
-from feastflow.spec import ModelSpec, load_spec  # noqa: E402
+from feastflow.privacy import hash_user_id
+from feastflow.settings import DEV_HASH_SECRET, FEATURE_REPO
+from feastflow.spec import ModelSpec, load_spec
 
 LUA = Path(__file__).resolve().with_name("serving_load.lua")
-VENV_BIN = Path(sys.executable).parent
 PREDICT_PATH, FEAST_PATH = "/v1/predict", "/get-online-features"
 RAW_ID_FORMAT = "user_{:05d}"  # pipelines/generate.py names its simulated users so
 REQUEST_TIMEOUT_S = 10.0
 OPEN_LOOP_DRAIN_S = 10.0
 FAULT_STOP_S, FAULT_RESTART_S, FAULT_RELOAD_S = 8.0, 18.0, 24.0
 STABLE_RUN = 50  # consecutive full-model answers that count as recovered
-_T0 = time.monotonic()
-
-
-def log(message: str) -> None:
-    """Progress, to stderr, with the seconds since start."""
-    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --- processes --------------------------------------------------------------------------------
-
-
-class Process:
-    """A child in its own session (Ctrl-C reaches us, not it), its output in a log file."""
-
-    def __init__(self, name: str, cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
-        self.name, self.cmd, self.log_path, self.env, self.cwd = name, cmd, log_path, env, cwd
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Process:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                         cwd=self.cwd, start_new_session=True)
-        return self
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM to the child's process group (gunicorn forks workers), SIGKILL if it lingers."""
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(timeout=timeout_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        with contextlib.suppress(ProcessLookupError):  # workers left behind by a killed master
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-class RedisServer:
-    """A private redis-server whose data survives `shutdown save` and a restart."""
-
-    def __init__(self, port: int, data_dir: Path, log_path: Path) -> None:
-        self.port, self.data_dir = port, data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = Process("redis", [
-            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--dbfilename", "dump.rdb", "--appendonly", "no", "--daemonize", "no"], log_path)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def cli(self, *args: str, timeout_s: float = 60.0) -> str:
-        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
-                             timeout=timeout_s)
-        return out.stdout.strip()
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        """Start it and wait until it answers PING (it loads dump.rdb first)."""
-        self.process.start()
-        deadline = time.monotonic() + timeout_s
-        while self.cli("ping", timeout_s=5) != "PONG":
-            if not self.process.running():
-                raise RuntimeError(f"redis-server exited:\n{self.process.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("redis-server did not answer PING")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SHUTDOWN SAVE (writes dump.rdb), then wait for the process; kill it if that fails."""
-        proc = self.process.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                self.cli("shutdown", "save")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-        self.process.stop()
-
-    def dbsize(self) -> int:
-        return int(self.cli("dbsize") or 0)
-
-
 # --- the home ---------------------------------------------------------------------------------
-
-
-def feastflow_cmd() -> list[str]:
-    exe = VENV_BIN / "feastflow"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipelines.cli"]
-
-
-def home_env(home: Path, redis_url: str) -> dict[str, str]:
-    """The environment of every feastflow process of the run."""
-    return {**os.environ, "FEASTFLOW_HOME": str(home), "FEASTFLOW_PROFILE": "redis", "REDIS_URL": redis_url}
 
 
 def champion_version(home: Path, model_name: str) -> str | None:
