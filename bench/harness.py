@@ -125,3 +125,53 @@ def feastflow_cmd() -> list[str]:
 def home_env(home: Path, redis_url: str) -> dict[str, str]:
     """The environment of every feastflow process of the run."""
     return {**os.environ, "FEASTFLOW_HOME": str(home), "FEASTFLOW_PROFILE": "redis", "REDIS_URL": redis_url}
+
+
+def feast_yaml(home: Path, redis_url: str, folder: Path) -> Path:
+    """What feastflow.store.repo_config does for the redis profile, as a file with absolute paths."""
+    import yaml
+
+    from feastflow.settings import FEATURE_REPO
+    from feastflow.store import PROFILE_YAML, redis_connection_string
+
+    raw = yaml.safe_load(os.path.expandvars((FEATURE_REPO / PROFILE_YAML["redis"]).read_text()))
+    raw["registry"]["path"] = f"sqlite:///{home / 'feast' / 'registry.db'}"  # the home's own registry
+    raw["online_store"]["connection_string"] = redis_connection_string(redis_url)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "feature_store.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def start_feast_serve(home: Path, redis_url: str, work: Path, max_requests: int = 0
+                      ) -> tuple[Process, str]:
+    """`feast serve` (one worker, no access log) over the home's registry; ready when /health is 200.
+
+    max_requests 0: no worker recycling (Feast's default, 1000, restarts the worker every ~1,000
+    requests, dropping connections).
+    """
+    import httpx
+
+    from feastflow.settings import FEATURE_REPO
+
+    port = free_port()
+    yaml_path = feast_yaml(home, redis_url, work / "feast_repo")
+    cmd = [str(VENV_BIN / "feast"), "-c", str(FEATURE_REPO), "-f", str(yaml_path), "serve", "--host",
+           "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", "1",
+           "--max-requests", str(max_requests)]
+    env = home_env(home, redis_url)
+    env.pop("FEATURE_STORE_YAML_BASE64", None)  # it would win over -f
+    process = Process("feast serve", cmd, work / "feast_serve.log", env=env, cwd=FEATURE_REPO).start()
+    base = f"http://127.0.0.1:{port}"
+    log(f"feast serve on {base}: {' '.join(cmd[1:])}")
+    deadline = time.monotonic() + 120
+    while True:
+        if not process.running():
+            raise RuntimeError(f"feast serve exited:\n{process.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return process, base
+        if time.monotonic() > deadline:
+            process.stop()
+            raise TimeoutError(f"feast serve was not ready within 120 s:\n{process.tail()}")
+        time.sleep(0.25)

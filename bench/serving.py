@@ -84,13 +84,13 @@ import numpy as np
 import pandas as pd
 from harness import (
     PROJECT_ROOT,
-    VENV_BIN,
     Process,
     RedisServer,
     feastflow_cmd,
     free_port,
     home_env,
     log,
+    start_feast_serve,
 )
 
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
@@ -232,21 +232,6 @@ def write_bodies(path: Path, bodies: list[bytes]) -> Path:
 
 
 # --- Feast's feature server -------------------------------------------------------------------
-
-
-def feast_yaml(home: Path, redis_url: str, folder: Path) -> Path:
-    """What feastflow.store.repo_config does for the redis profile, as a file with absolute paths."""
-    import yaml
-
-    from feastflow.store import PROFILE_YAML, redis_connection_string
-
-    raw = yaml.safe_load(os.path.expandvars((FEATURE_REPO / PROFILE_YAML["redis"]).read_text()))
-    raw["registry"]["path"] = f"sqlite:///{home / 'feast' / 'registry.db'}"  # the home's own registry
-    raw["online_store"]["connection_string"] = redis_connection_string(redis_url)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "feature_store.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def feast_rows(response: dict[str, Any]) -> list[dict[str, Any]]:
@@ -887,27 +872,8 @@ def analyse_faults(faults: FaultLog, load: dict[str, Any]) -> dict[str, Any]:
 def run_feast(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: RedisServer, work: Path,
               pool: list[Unlock], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
     """Start `feast serve`, build its two workloads from the pool, measure both, stop it."""
-    port = free_port()
-    yaml_path = feast_yaml(home, redis.url, work / "feast_repo")
-    cmd = [str(VENV_BIN / "feast"), "-c", str(FEATURE_REPO), "-f", str(yaml_path), "serve", "--host",
-           "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", "1",
-           "--max-requests", str(args.feast_max_requests)]
-    env = home_env(home, redis.url)
-    env.pop("FEATURE_STORE_YAML_BASE64", None)  # it would win over -f
-    process = Process("feast serve", cmd, work / "feast_serve.log", env=env, cwd=FEATURE_REPO).start()
+    process, base = start_feast_serve(home, redis.url, work, args.feast_max_requests)
     stack.callback(process.stop)
-    base = f"http://127.0.0.1:{port}"
-    log(f"feast serve on {base}: {' '.join(cmd[1:])}")
-    deadline = time.monotonic() + 120
-    while True:
-        if not process.running():
-            raise RuntimeError(f"feast serve exited:\n{process.tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"feast serve was not ready within 120 s:\n{process.tail()}")
-        time.sleep(0.25)
     known = [u for u in pool if u.known]
     with httpx.Client(base_url=base, timeout=60) as client:
         keys = sorted({stage1_key(spec, u) for u in known})
@@ -927,6 +893,7 @@ def run_feast(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redi
     stamps = Counter(row.get(spec.candidates.fallback_list + "__ts") for row in stage1.values())
     latest = max(s for s in stamps if s and not s.startswith("1970"))
     results = {}
+    port = int(base.rsplit(":", 1)[1])
     for name, bodies in (("feast_serve", ranker), ("feast_serve_one_entity", one)):
         results[name] = measure(Workload(name, port, FEAST_PATH, bodies, f'"{latest}"'), tool, work, args)
         results[name]["sample_check"] = checked[name]

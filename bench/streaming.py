@@ -1,0 +1,367 @@
+"""Streaming benchmark: POST /v1/events at a fixed rate -> Redis Stream -> `feastflow stream` ->
+Feast push -> Redis, measuring each event's freshness through Feast's own online read.
+
+    python bench/streaming.py [--rate 2000] [--duration 30] [--warmup 5] [--batch 100]
+                              [--users 4000] [--work DIR]
+
+Setup: a private redis-server on a free port; a Redis-profile home with a small generated history
+(ingest, features, apply: the Feast registry and push sources); `feastflow serve` (the API) and
+`feastflow stream` (the processor) as child processes, as in production.
+
+Load: an open-loop generator posts --batch events every batch/rate seconds (never waiting for
+answers; at most 32 posts in flight), spread over --users simulated users; each user's events are
+one second apart in event time, so `user_last_app_fv:last_unlock_unix` says which of them is
+applied. A poller reads that feature with `FeatureStore.get_online_features` for every user with
+events outstanding, back to back; an event's freshness is the end of the first read that shows it
+minus the moment its POST was acknowledged (202); `send_to_visible` counts from the moment the
+client sent it (the fair figure against Feast's push, which answers only after writing). Events
+of the --warmup seconds count for the checks, not for the figures.
+
+Checks, after the load: every accepted event became visible (else `lost`); the processor's states
+count each event once (`double_applied`, `missing_in_state`); the offline event log holds each event
+id once (`double_logged`, `missing_in_log`), after the processor's graceful stop (SIGTERM).
+
+Peer, in the same run once ours is stopped: Feast's own push server (`feast serve`, POST /push)
+driven at the same rate by the same generator, with the `user_last_app_fv` rows computed by the
+client (no validation, no durable stream, no offline log: a subset of our path), polled the same way.
+
+Prints one JSON object: {"events_per_s", "freshness_p50_ms", "freshness_p99_ms", "lost",
+"double_applied", "ours": {...}, "feast_push": {...}, "send_to_visible_p99_ratio": feast / ours}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+from harness import (
+    PROJECT_ROOT,
+    Process,
+    RedisServer,
+    feastflow_cmd,
+    free_port,
+    home_env,
+    log,
+    start_feast_serve,
+)
+
+sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
+
+from feastflow.privacy import hash_user_id
+from feastflow.settings import Settings
+from feastflow.spec import load_spec
+
+API_KEY = "bench-streaming-key"
+SECRET = "bench-streaming-secret"
+FEATURE = "user_last_app_fv:last_unlock_unix"
+MAX_IN_FLIGHT = 32
+BASE_UNIX = 1_790_000_000  # event time of every user's first event (2026-09-21)
+
+
+def build_home(home: Path, redis_url: str) -> Settings:
+    """A Redis-profile home whose log holds a small history; Feast registry applied."""
+    from pipelines.feast_ops import apply_repo
+    from pipelines.features import compute_feature_tables
+    from pipelines.generate import generate_events
+    from pipelines.ingest import ingest_frame
+
+    settings = Settings(home=home, profile="redis", redis_url=redis_url, user_hash_secret=SECRET)
+    spec = load_spec("next_app", settings.feature_repo)
+    ingest_frame(generate_events(users=50, days=3, seed=5), settings.events_dir, SECRET)
+    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    apply_repo(settings)
+    return settings
+
+
+def raw_user(prefix: str, user: int) -> str:
+    """The raw id of simulated user number `user`."""
+    return f"{prefix}-user-{user:05d}"
+
+
+def event(prefix: str, user: int, n: int) -> dict[str, Any]:
+    """The n-th event of simulated user `user`, n seconds after BASE_UNIX."""
+    ts = pd.Timestamp(BASE_UNIX + n, unit="s", tz="UTC").isoformat()
+    return {"event_id": f"{prefix}-{user}-{n}", "user_id": raw_user(prefix, user),
+            "timestamp": ts, "app": ("mail", "maps", "chat", "camera", "music")[(user + n) % 5],
+            "secs_since_prev_unlock": 1.0, "session_seconds": 30.0, "location": "home",
+            "battery": 80, "charging": False, "network": "wifi", "os_version": "android-14"}
+
+
+class Tracker:
+    """Per user: events acknowledged and not yet seen online, as (event second, ack time)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outstanding: dict[str, deque[tuple[int, float, float, bool]]] = defaultdict(deque)
+        self.freshness_ms: list[float] = []  # from the acknowledgement
+        self.end_to_end_ms: list[float] = []  # from the moment the client sent it
+        self.accepted = 0
+        self.sent_per_user: dict[str, int] = defaultdict(int)
+
+    def acknowledged(self, batch: list[tuple[str, int]], sent: float, at: float, counted: bool
+                     ) -> None:
+        with self.lock:
+            for user, second in batch:
+                self.outstanding[user].append((second, sent, at, counted))
+                self.sent_per_user[user] += 1
+            self.accepted += len(batch)
+
+    def users(self) -> list[str]:
+        with self.lock:
+            return [u for u, q in self.outstanding.items() if q]
+
+    def seen(self, values: dict[str, int | None], at: float) -> None:
+        with self.lock:
+            for user, second in values.items():
+                queue = self.outstanding[user]
+                while queue and second is not None and queue[0][0] <= second:
+                    _, sent, acked, counted = queue.popleft()
+                    if counted:
+                        self.freshness_ms.append(max(0.0, (at - acked) * 1000))
+                        self.end_to_end_ms.append((at - sent) * 1000)
+
+    def lost(self) -> int:
+        with self.lock:
+            return sum(len(q) for q in self.outstanding.values())
+
+
+def poll(settings: Settings, tracker: Tracker, hashed_of: dict[str, str], stop: threading.Event
+         ) -> None:
+    """Read the feature through Feast for every user with events outstanding, back to back."""
+    from feastflow.store import open_store
+
+    store = open_store(settings)
+    raw_of = {h: r for r, h in hashed_of.items()}
+    while not stop.is_set():
+        users = tracker.users()
+        if not users:
+            time.sleep(0.005)
+            continue
+        rows = [{"user_id": hashed_of[u]} for u in users]
+        values = store.get_online_features([FEATURE], rows).to_dict()
+        at = time.monotonic()
+        tracker.seen({raw_of[h]: v for h, v in zip(values["user_id"], values["last_unlock_unix"],
+                                                   strict=True)}, at)
+
+
+def ours_request(events: list[dict[str, Any]], hashed_of: dict[str, str]
+                 ) -> tuple[str, dict[str, Any], int]:
+    """POST /v1/events: raw events; the server validates, hashes and appends them."""
+    return "/v1/events", {"events": events}, 202
+
+
+def feast_push_request(events: list[dict[str, Any]], hashed_of: dict[str, str]
+                       ) -> tuple[str, dict[str, Any], int]:
+    """Feast's POST /push: the feature rows themselves, computed by the client (no log, no stream)."""
+    df: dict[str, list[Any]] = {"user_id": [], "last_app": [], "last_unlock_unix": [],
+                                "recent_apps": [], "event_timestamp": [], "created_timestamp": []}
+    for e in events:
+        df["user_id"].append(hashed_of[e["user_id"]])
+        df["last_app"].append(e["app"])
+        df["last_unlock_unix"].append(int(pd.Timestamp(e["timestamp"]).timestamp()))
+        df["recent_apps"].append([e["app"]])
+        df["event_timestamp"].append(e["timestamp"])
+        df["created_timestamp"].append(e["timestamp"])
+    return "/push", {"push_source_name": "user_last_app_push", "df": df, "to": "online"}, 200
+
+
+async def drive(url: str, args: argparse.Namespace, tracker: Tracker, prefix: str,
+                request: Any, hashed_of: dict[str, str], headers: dict[str, str]
+                ) -> dict[str, Any]:
+    """Post `batch` events every batch/rate seconds for warmup + duration seconds."""
+    interval = args.batch / args.rate
+    total_posts = int((args.warmup + args.duration) / interval)
+    warm_posts = int(args.warmup / interval)
+    next_n: dict[int, int] = defaultdict(int)
+    user_cursor = 0
+    in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+    latencies: list[float] = []
+    failures: list[str] = []
+    late = 0
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30,
+                                 headers=headers) as client:
+
+        async def post(body: list[dict[str, Any]], counted: bool) -> None:
+            path, payload, expected = request(body, hashed_of)
+            async with in_flight:
+                started = time.monotonic()
+                try:
+                    response = await client.post(path, json=payload)
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+                    return
+                done = time.monotonic()
+                ok = response.status_code == expected and (
+                    expected != 202 or response.json()["accepted"] == len(body))
+                if not ok:
+                    failures.append(f"{response.status_code}: {response.text[:200]}")
+                    return
+                latencies.append((done - started) * 1000)
+                tracker.acknowledged([(e["user_id"], BASE_UNIX + int(e["event_id"].rsplit("-", 1)[1]))
+                                      for e in body], started, done, counted)
+
+        tasks = []
+        start = time.monotonic()
+        measured_from = start + warm_posts * interval
+        for k in range(total_posts):
+            due = start + k * interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -interval:
+                late += 1
+            body = []
+            for _ in range(args.batch):
+                user = user_cursor % args.users
+                user_cursor += 1
+                body.append(event(prefix, user, next_n[user]))
+                next_n[user] += 1
+            tasks.append(asyncio.create_task(post(body, counted=k >= warm_posts)))
+        await asyncio.gather(*tasks)
+        elapsed = time.monotonic() - measured_from
+    lat = np.array(latencies or [0.0])
+    return {"posts": len(tasks), "failures": len(failures), "failure_examples": failures[:3],
+            "late_posts": late, "measured_seconds": round(elapsed, 2),
+            "post_p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "post_p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
+def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str, request: Any,
+             headers: dict[str, str]) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
+    """Drive one server and poll Feast until every acknowledged event is visible (or 30 s)."""
+    tracker = Tracker()
+    hashed_of = {raw_user(prefix, u): hash_user_id(raw_user(prefix, u), SECRET)
+                 for u in range(args.users)}
+    stop = threading.Event()
+    poller = threading.Thread(target=poll, args=(settings, tracker, hashed_of, stop), daemon=True)
+    poller.start()
+    log(f"{prefix}: driving {args.rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
+    load = asyncio.run(drive(url, args, tracker, prefix, request, hashed_of, headers))
+    deadline = time.monotonic() + 30
+    while tracker.lost() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    poller.join(10)
+    return tracker, load, hashed_of
+
+
+def figures(tracker: Tracker, load: dict[str, Any]) -> dict[str, Any]:
+    """Rate and freshness of the measured (post-warm-up) events."""
+    fresh = np.array(tracker.freshness_ms or [float("nan")])
+    end_to_end = np.array(tracker.end_to_end_ms or [float("nan")])
+    return {"events_per_s": round(len(tracker.freshness_ms) / load["measured_seconds"], 1),
+            "freshness_p50_ms": round(float(np.percentile(fresh, 50)), 1),
+            "freshness_p99_ms": round(float(np.percentile(fresh, 99)), 1),
+            "freshness_max_ms": round(float(np.max(fresh)), 1),
+            "send_to_visible_p50_ms": round(float(np.percentile(end_to_end, 50)), 1),
+            "send_to_visible_p99_ms": round(float(np.percentile(end_to_end, 99)), 1),
+            "measured_events": len(tracker.freshness_ms), "accepted": tracker.accepted}
+
+
+def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[str, str]
+                        ) -> dict[str, int]:
+    """Each event once in the processor's states and once in the offline event log."""
+    import duckdb
+    import redis
+
+    from pipelines.ingest import events_glob, sql_string
+    from pipelines.stream_processor import RedisStateStore
+
+    glob = sql_string(events_glob(settings.events_dir))
+    rows, distinct = duckdb.connect().execute(
+        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet({glob}, "
+        "hive_partitioning = false) WHERE event_id LIKE 'ours-%'").fetchone()
+    states = RedisStateStore(redis.Redis.from_url(settings.redis_url), "next_app").get(
+        hashed_of[u] for u in tracker.sent_per_user)
+    applied = {u: states[hashed_of[u]].applied for u in tracker.sent_per_user}
+    return {
+        "double_applied": sum(max(0, applied[u] - n) for u, n in tracker.sent_per_user.items()),
+        "missing_in_state": sum(max(0, n - applied[u]) for u, n in tracker.sent_per_user.items()),
+        "double_logged": int(rows - distinct),
+        "missing_in_log": int(tracker.accepted - distinct),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=2000.0, help="events per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=100, help="events per POST")
+    parser.add_argument("--users", type=int, default=4000)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the run (default: temp)")
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_streaming_"))
+    work.mkdir(parents=True, exist_ok=True)
+    redis_server = RedisServer(free_port(), work / "redis", work / "redis.log")
+    redis_server.start()
+    processes: list[Process] = []
+    try:
+        log(f"building the home under {work}")
+        settings = build_home(work / "home", redis_server.url)
+        env = {**home_env(settings.home, redis_server.url), "FEASTFLOW_API_KEY": API_KEY,
+               "FEASTFLOW_USER_HASH_SECRET": SECRET, "FEASTFLOW_REGISTRY_POLL_SECONDS": "0",
+               "FEASTFLOW_LOG_JSON": "false"}
+        port = free_port()
+        server = Process("serve", [*feastflow_cmd(), "serve", "--port", str(port)],
+                         work / "serve.log", env=env, cwd=PROJECT_ROOT).start()
+        processor = Process("stream", [*feastflow_cmd(), "stream"], work / "stream.log", env=env,
+                            cwd=PROJECT_ROOT).start()
+        processes += [server, processor]
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if not server.running() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{server.tail()}")
+            time.sleep(0.2)
+
+        tracker, load, hashed_of = run_load(url, args, settings, "ours", ours_request,
+                                            {"x-api-key": API_KEY})
+        lost = tracker.lost()
+        server.stop()
+        processor.stop(timeout_s=60)  # SIGTERM: it logs and acknowledges what it holds
+        checks = check_log_and_state(settings, tracker, hashed_of)
+        ours = {**figures(tracker, load),
+                "lost": lost + checks["missing_in_state"] + checks["missing_in_log"],
+                "double_applied": checks["double_applied"] + checks["double_logged"],
+                **load, **checks}
+
+        feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work)
+        processes.append(feast_process)
+        feast_tracker, feast_load, _ = run_load(feast_url, args, settings, "feast", feast_push_request,
+                                                {})
+        feast_process.stop()
+        peer = {**figures(feast_tracker, feast_load), "lost": feast_tracker.lost(), **feast_load}
+        print(json.dumps({
+            **{k: ours[k] for k in ("events_per_s", "freshness_p50_ms", "freshness_p99_ms", "lost",
+                                    "double_applied")},
+            "target_rate": args.rate, "ours": ours, "feast_push": peer,
+            "send_to_visible_p99_ratio": round(
+                peer["send_to_visible_p99_ms"] / ours["send_to_visible_p99_ms"], 2),
+        }))
+    finally:
+        for process in processes:
+            process.stop()
+        redis_server.stop()
+
+
+if __name__ == "__main__":
+    main()
