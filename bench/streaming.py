@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -66,6 +68,7 @@ API_KEY = "bench-streaming-key"
 SECRET = "bench-streaming-secret"
 FEATURE = "user_last_app_fv:last_unlock_unix"
 MAX_IN_FLIGHT = 32
+MARKER = ".bench_streaming"  # a --work folder holding it is emptied before a run
 BASE_UNIX = 1_790_000_000  # event time of every user's first event (2026-09-21)
 
 
@@ -80,7 +83,8 @@ def build_home(home: Path, redis_url: str) -> Settings:
     spec = load_spec("next_app", settings.feature_repo)
     ingest_frame(generate_events(users=50, days=3, seed=5), settings.events_dir, SECRET)
     compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
-    apply_repo(settings)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON result only
+        apply_repo(settings)
     return settings
 
 
@@ -305,7 +309,13 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_streaming_"))
+    if work.exists() and any(work.iterdir()):
+        # a previous run's Redis dump would hold its event ids: every event a duplicate
+        if not (work / MARKER).exists():
+            raise SystemExit(f"--work {work} is not empty and not a previous run's folder")
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).touch()
     redis_server = RedisServer(free_port(), work / "redis", work / "redis.log")
     redis_server.start()
     processes: list[Process] = []
