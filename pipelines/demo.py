@@ -1,10 +1,11 @@
 """The flagship job end to end, each step timed: generate, ingest, features, apply, train,
-evaluate, promote, materialize, serve, predict over HTTP; then a summary."""
+evaluate, promote, materialize, serve, predict and stream events over HTTP; then a summary."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -30,11 +31,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0
-                   ) -> Iterator[str]:
+def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0,
+                   extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `feastflow serve` in a child process; yield its base URL once /healthz has a model."""
     port = free_port()
-    env = {**os.environ, **settings.as_env()}
+    env = {**os.environ, **settings.as_env(), **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port),
          "--use-case", use_case], env=env,
@@ -56,6 +57,24 @@ def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0
         proc.terminate()
         try:
             proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def running_processor(settings: Settings, use_case: str) -> Iterator[None]:
+    """`feastflow stream` in a child process (Redis profile); the embedded server has its own."""
+    if settings.profile != "redis":
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stream", "--use-case", use_case],
+                            env={**os.environ, **settings.as_env()}, stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.terminate()  # SIGTERM: it logs and acknowledges what it read, then exits
+        try:
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
 
@@ -127,17 +146,20 @@ def run_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: i
          lambda w: f"{w[0]:%Y-%m-%d} .. {w[1]:%Y-%m-%d} into the {settings.profile} online store")
     at = pd.Timestamp(evaluation["holdout_end"]) + pd.Timedelta(hours=8, minutes=5)
     requests = demo_requests(raw, at)
-    answers, latencies = step("serve and predict", lambda: _predict_over_http(
-        settings, spec.name, requests), lambda r: f"{len(r[0])} answers, p50 "
-                                                  f"{statistics.median(r[1]):.1f} ms over HTTP")
+    answers, latencies, freshness = step(
+        "serve, predict, stream events", lambda: _serve_over_http(settings, spec.name, requests),
+        lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP; "
+                  f"events fresh online in p50 {statistics.median(r[2]):.0f} ms")
     _summary(console, durations, evaluation, trained.version, decision.passed, answers,
-             latencies)
+             latencies, freshness)
     return True
 
 
-def _predict_over_http(settings: Settings, use_case: str, requests: list[dict[str, Any]],
-                       repeat: int = 100) -> tuple[list[dict[str, Any]], list[float]]:
-    with running_server(settings, use_case) as url, httpx.Client(base_url=url) as client:
+def _serve_over_http(settings: Settings, use_case: str, requests: list[dict[str, Any]],
+                     repeat: int = 100) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+    api_key = settings.api_key or secrets.token_hex(16)  # POST /v1/events needs one
+    with running_server(settings, use_case, extra_env={"FEASTFLOW_API_KEY": api_key}) as url, \
+            running_processor(settings, use_case), httpx.Client(base_url=url, timeout=60) as client:
         answers = []
         for body in requests:
             response = client.post("/v1/predict", json=body)
@@ -148,12 +170,50 @@ def _predict_over_http(settings: Settings, use_case: str, requests: list[dict[st
             started = time.perf_counter()
             client.post("/v1/predict", json=requests[i % len(requests)]).raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
-    return answers, latencies
+        freshness = _stream_events(settings, client, api_key, requests[0])
+    return answers, latencies, freshness
+
+
+def _stream_events(settings: Settings, client: httpx.Client, api_key: str,
+                   request: dict[str, Any], n: int = 10) -> list[float]:
+    """POST unlock events for a user one at a time; ms until Feast's online read shows each."""
+    from feastflow.privacy import hash_user_id
+    from feastflow.store import open_store
+
+    store = open_store(settings)
+    user = hash_user_id(request["user_id"], settings.user_hash_secret)
+    start = pd.Timestamp(request["timestamp"])
+    freshness = []
+    # the first event also starts the server's in-process processor (it reads the event log once)
+    for i in range(n + 1):
+        at = start + pd.Timedelta(seconds=i)
+        event = {"event_id": f"demo-{start.value}-{i}", "user_id": request["user_id"],
+                 "timestamp": at.isoformat(), "app": ("camera", "maps", "music")[i % 3],
+                 "session_seconds": 20.0, "secs_since_prev_unlock": 60.0,
+                 **{k: request["context"][k] for k in ("location", "battery", "charging",
+                                                       "network")},
+                 "os_version": "android-14"}
+        sent = time.perf_counter()
+        client.post("/v1/events", json={"events": [event]},
+                    headers={"x-api-key": api_key}).raise_for_status()
+        deadline = sent + 60
+        while True:
+            row = store.get_online_features(["user_last_app_fv:last_unlock_unix"],
+                                            [{"user_id": user}]).to_dict()
+            if row["last_unlock_unix"][0] == int(at.timestamp()):
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"event {event['event_id']} never reached the online store")
+            time.sleep(0.002)
+        if i:
+            freshness.append((time.perf_counter() - sent) * 1000)
+    return freshness
 
 
 def _summary(console: Console, durations: list[tuple[str, float, str]],
              evaluation: dict[str, Any], version: str, promoted: bool,
-             answers: list[dict[str, Any]], latencies: list[float]) -> None:
+             answers: list[dict[str, Any]], latencies: list[float], freshness: list[float]
+             ) -> None:
     from pipelines.cli import metrics_table
 
     console.rule("[bold]summary")
@@ -183,3 +243,6 @@ def _summary(console: Console, durations: list[tuple[str, float, str]],
     console.print(f"/v1/predict round trip over HTTP: p50 {statistics.median(latencies):.1f} ms, "
                   f"p95 {sorted(latencies)[int(len(latencies) * 0.95) - 1]:.1f} ms "
                   f"({len(latencies)} requests)")
+    console.print(f"POST /v1/events -> user_last_app_fv in the online store: p50 "
+                  f"{statistics.median(freshness):.0f} ms, max {max(freshness):.0f} ms "
+                  f"({len(freshness)} events, one at a time)")
