@@ -36,11 +36,21 @@ def test_rows_carry_the_use_cases_features_stamped_at_the_event(rt: RealtimeFeat
     last = [r for r in rows if r.table == "user_last_app"][-1]
     assert last.unix_us == 30 * S
     assert last.values == {"user_id": "u1", "last_app": "mail", "last_unlock_unix": 30,
-                           "recent_apps": ["mail", "maps"]}
+                           "recent_apps": ["mail", "maps"], "unlocks_5m": 3, "unlocks_1h": 3,
+                           "distinct_apps_1h": 2}
     recency = {r.values["app"]: r.values["last_opened_unix"] for r in rows
                if r.table == "user_app_recency"}
     assert recency == {"mail": 30, "maps": 20}
     assert state.applied == 3
+
+
+def test_session_counts_cover_the_5_minutes_and_the_hour_up_to_the_last_unlock(
+        rt: RealtimeFeatures) -> None:
+    _, rows = fold(rt, [(0, "e0", "mail"), (3000 * S, "e1", "maps"), (3500 * S, "e2", "chat"),
+                        (3700 * S, "e3", "chat")])
+    last = [r for r in rows if r.table == "user_last_app"][-1].values
+    # e0 is 3700 s before the last unlock: outside the hour; e1 is 700 s before: outside 5 min
+    assert (last["unlocks_5m"], last["unlocks_1h"], last["distinct_apps_1h"]) == (2, 3, 2)
 
 
 def test_an_event_delivered_twice_is_applied_once(rt: RealtimeFeatures) -> None:
@@ -62,8 +72,10 @@ def test_a_late_event_lands_in_its_place_and_the_row_is_stamped_later(rt: Realti
     assert entity[0].values["last_app"] == "mail"  # the newest event is still the newest
     # Feast's Redis writer drops a row whose event time is not newer than the stored one
     assert entity[0].unix_us == stamped + 1
-    # an older open never moves an app's last-opened time back
-    assert rt.apply(state, "u1", 6, "e0", "mail", 5 * S) == []
+    # an older open never moves an app's last-opened time back; it does count in the session
+    rows = rt.apply(state, "u1", 6, "e0", "mail", 5 * S)
+    assert [r.table for r in rows] == ["user_last_app"]
+    assert rows[0].values["unlocks_5m"] == 4 and rows[0].unix_us == stamped + 2
     assert state.item_last_us["mail"] == 30 * S
 
 

@@ -198,11 +198,12 @@ def test_a_feature_computed_differently_online_is_caught_by_the_skew_check(
     at = skew_world.live["timestamp"].max() + pd.Timedelta(microseconds=1)
     truth = offline_values(settings, [user], [], at)
     store = open_store(settings)
-    wrong = pd.DataFrame({"user_id": [user], "last_app": [truth["last_app"][0]],
-                          "last_unlock_unix": [truth["last_unlock_unix"][0] + 1],
-                          "recent_apps": [truth["recent_apps"][0]],
-                          "event_timestamp": [pd.Timestamp.now(tz="UTC")],
-                          "created_timestamp": [pd.Timestamp.now(tz="UTC")]})
+    fields = [f.name for f in store.get_feature_view("user_last_app_fv").features]
+    row = store.get_online_features([f"user_last_app_fv:{f}" for f in fields],
+                                    [{"user_id": user}]).to_df()
+    now = pd.Timestamp.now(tz="UTC")
+    wrong = row.assign(last_unlock_unix=row["last_unlock_unix"] + 1, event_timestamp=now,
+                       created_timestamp=now)
     store.push("user_last_app_push", wrong)
     assert online_values(settings, [user], [])["last_unlock_unix"] != truth["last_unlock_unix"]
 

@@ -171,7 +171,9 @@ user_app_recency_fv = FeatureView(
     schema=[Field(name="last_opened_unix", dtype=Int64)],
     source=user_app_recency_push,
 )
-# The user's last app, last unlock time and the last distinct apps, most recent first.
+# The user's last app, last unlock time and the last distinct apps, most recent first; the
+# session up to the last unlock: unlocks in the 5 minutes and the hour before it (that unlock
+# included, at most the 20 the stream keeps) and distinct apps in that hour.
 user_last_app_fv = FeatureView(
     name="user_last_app_fv",
     entities=[user],
@@ -180,6 +182,9 @@ user_last_app_fv = FeatureView(
         Field(name="last_app", dtype=String),
         Field(name="last_unlock_unix", dtype=Int64),
         Field(name="recent_apps", dtype=Array(String)),
+        Field(name="unlocks_5m", dtype=Int64),
+        Field(name="unlocks_1h", dtype=Int64),
+        Field(name="distinct_apps_1h", dtype=Int64),
     ],
     source=user_last_app_push,
 )
@@ -238,6 +243,7 @@ next_app_ranker_v1 = FeatureService(
         app_transition_fv,
         app_hour_popularity_fv,
         user_profile_fv[["unlocks_7d", "distinct_apps_28d", "avg_session_seconds_7d"]],
+        user_last_app_fv[["unlocks_5m", "unlocks_1h", "distinct_apps_1h"]],
         unlock_context_odfv,
     ],
 )
