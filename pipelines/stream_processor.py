@@ -3,8 +3,8 @@ and events -> offline event log.
 
 Per batch read from the stream: fold each event into its user's state with the use case's
 real-time functions (the ones the batch tables use), push the changed rows through Feast's push
-sources, save the states. Every `log_flush_seconds`: append the events to the Parquet event log
-(all-or-nothing) and only then acknowledge them.
+sources, save the states. Every `log_flush_seconds`, on a thread of its own: append the events
+to the Parquet event log (all-or-nothing) and only then acknowledge them.
 
 At-least-once delivery, exactly-once effect: an entry acknowledged is in the log; an entry not
 acknowledged is re-read after a crash. States remember the last stream position applied per user,
@@ -141,6 +141,11 @@ class StreamProcessor:
         self._unlogged: list[pd.DataFrame] = []
         self._unacked: list[StreamEntry] = []
         self._in_hand: list[StreamEntry] | None = None
+        self._flushing_frames: list[pd.DataFrame] = []  # taken by a flush that has not finished
+        self._flushing_entries: list[StreamEntry] = []
+        self._queue_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._log_in_background = False
         self._last_flush = time.monotonic()
 
     def seed_from_log(self) -> int:
@@ -165,14 +170,30 @@ class StreamProcessor:
 
     def run(self, stop: threading.Event, on_progress: Callable[[ProcessorStats], None] | None = None
             ) -> ProcessorStats:
-        """Seed, recover what a crash left, then process until `stop` is set; flush on the way out."""
+        """Seed, recover what a crash left, then process until `stop` is set; flush on the way out.
+
+        The offline log is appended by a thread of its own, so its Parquet writes (py-spy at
+        2,000 events/s: ~0.1 s every 2 s) never hold up the online features.
+        """
         self._retrying(stop, self.seed_from_log)
         self._retrying(stop, self.recover)
-        while not stop.is_set():
-            self._retrying(stop, self.step)
-            if on_progress is not None:
-                on_progress(self.stats)
-        self._retrying(stop, self.flush_log, attempts_after_stop=5)
+
+        def write_log() -> None:
+            while not stop.wait(self.log_flush_seconds):
+                self._retrying(stop, self.flush_log)
+
+        writer = threading.Thread(target=write_log, name="event-log-writer", daemon=True)
+        self._log_in_background = True
+        writer.start()
+        try:
+            while not stop.is_set():
+                self._retrying(stop, self.step)
+                if on_progress is not None:
+                    on_progress(self.stats)
+        finally:
+            writer.join()
+            self._log_in_background = False
+            self._retrying(stop, self.flush_log, attempts_after_stop=5)
         return self.stats
 
     def recover(self) -> int:
@@ -200,7 +221,8 @@ class StreamProcessor:
         if entries:
             self.handle(entries, decode_events([e.payload for e in entries]))
         self._in_hand = None
-        if self._unacked and time.monotonic() - self._last_flush >= self.log_flush_seconds:
+        due = time.monotonic() - self._last_flush >= self.log_flush_seconds
+        if due and self._unacked and not self._log_in_background:
             self.flush_log()
         return len(entries)
 
@@ -230,24 +252,31 @@ class StreamProcessor:
         self.stats.rows_pushed += len(rows)
         self.stats.batches += 1
         fresh = frame[~frame["event_id"].isin(already_logged)] if already_logged else frame
-        self._unlogged.append(fresh)
-        self._unacked.extend(entries)
+        with self._queue_lock:
+            self._unlogged.append(fresh)
+            self._unacked.extend(entries)
 
     def flush_log(self) -> int:
         """Append the queued events to the offline log (all-or-nothing), then acknowledge them."""
-        self._last_flush = time.monotonic()
-        frames = [f for f in self._unlogged if len(f)]
-        written = 0
-        if frames:
-            events = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable")
-            write_partitions(events, self.events_dir)
-            written = len(events)
-        self._unlogged = []  # in the log now: a failed ack below must not write them again
-        self.stats.logged += written
-        if self._unacked:
-            self.stream.ack(self._unacked)
-            self._unacked = []
-        return written
+        with self._flush_lock:  # one writer at a time; what a failed call held is retried first
+            with self._queue_lock:
+                self._flushing_frames += self._unlogged
+                self._flushing_entries += self._unacked
+                self._unlogged, self._unacked = [], []
+            frames = [f for f in self._flushing_frames if len(f)]
+            written = 0
+            if frames:
+                events = pd.concat(frames, ignore_index=True).sort_values("timestamp",
+                                                                         kind="stable")
+                write_partitions(events, self.events_dir)
+                written = len(events)
+            self._flushing_frames = []  # in the log now: a failed ack must not write them again
+            self.stats.logged += written
+            if self._flushing_entries:
+                self.stream.ack(self._flushing_entries)
+                self._flushing_entries = []
+            self._last_flush = time.monotonic()
+            return written
 
     def _retrying(self, stop: threading.Event, work: Callable[[], object],
                   attempts_after_stop: int = 0) -> None:
