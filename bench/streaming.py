@@ -288,8 +288,8 @@ def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[st
     import duckdb
     import redis
 
-    from pipelines.ingest import events_glob, sql_string
-    from pipelines.stream_processor import RedisStateStore
+    from feastflow.event_log import events_glob, sql_string
+    from feastflow.processor import RedisStateStore
 
     glob = sql_string(events_glob(settings.events_dir))
     rows, distinct = duckdb.connect().execute(

@@ -303,7 +303,7 @@ def stream(
     import threading
     import time
 
-    from pipelines.stream_processor import ProcessorStats, build_processor
+    from feastflow.processor import ProcessorStats, build_processor
 
     settings = _settings(ctx)
     if settings.profile != "redis":

@@ -11,9 +11,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feastflow.event_log import events_glob, sql_string
 from feastflow.realtime import RealtimeFeatures
 from feastflow.spec import ModelSpec
-from pipelines.ingest import events_glob, sql_string
 
 
 def feature_sql_files(spec: ModelSpec) -> list[Path]:

@@ -24,11 +24,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feastflow.online import OnlineReader, OnlineStoreError, open_reader
+from feastflow.processor import BackgroundProcessor, build_processor
 from feastflow.scoring import FeaturePlan
 from feastflow.spec import ModelSpec, load_spec
 from feastflow.store import open_store
 from feastflow.stream import open_event_stream
-from pipelines.stream_processor import BackgroundProcessor, build_processor
 from serving.events import EventIntake
 from serving.logs import RequestIdMiddleware, configure_logging
 from serving.metrics import ServingMetrics

@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from feastflow.event_log import hash_users
 from feastflow.events import EVENT_COLUMNS, EVENT_SCHEMA, encode_events, unknown_field_reason, validate_events
 from feastflow.stream import EventStream
-from pipelines.ingest import hash_users
 
 
 @dataclass

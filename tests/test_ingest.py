@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from feastflow import event_log as event_log_module
+from feastflow.event_log import events_glob
 from feastflow.privacy import hash_user_id
-from pipelines import ingest as ingest_module
 from pipelines.cli import app
-from pipelines.ingest import events_glob, ingest_file, ingest_frame
+from pipelines.ingest import ingest_file, ingest_frame
 
 SECRET = "test-secret"
 
@@ -73,11 +74,11 @@ def test_a_failure_mid_write_leaves_no_partition_behind(
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(ingest_module.os, "replace", failing_replace)
+    monkeypatch.setattr(event_log_module.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         ingest_frame(events, tmp_path / "events", SECRET)
     assert list((tmp_path / "events").rglob("*.parquet")) == []
-    monkeypatch.setattr(ingest_module.os, "replace", real_replace)
+    monkeypatch.setattr(event_log_module.os, "replace", real_replace)
     assert ingest_frame(events, tmp_path / "events", SECRET).rows_written == 2000
 
 

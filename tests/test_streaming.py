@@ -28,7 +28,9 @@ import redis
 from conftest import REDIS_TEST_URL
 from starlette.testclient import TestClient
 
+from feastflow.event_log import events_glob, sql_string
 from feastflow.privacy import hash_user_id
+from feastflow.processor import RedisStateStore, StreamProcessor, build_processor
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, load_spec
 from feastflow.store import open_store
@@ -36,8 +38,7 @@ from feastflow.stream import open_event_stream
 from pipelines.feast_ops import apply_repo, materialize
 from pipelines.features import compute_feature_tables
 from pipelines.generate import generate_events
-from pipelines.ingest import events_glob, ingest_frame, sql_string
-from pipelines.stream_processor import RedisStateStore, StreamProcessor, build_processor
+from pipelines.ingest import ingest_frame
 from serving.app import create_app
 from serving.events import EventIntake
 from serving.settings import ServingSettings

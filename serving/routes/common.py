@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 if TYPE_CHECKING:
+    from feastflow.processor import BackgroundProcessor
     from feastflow.spec import ModelSpec
-    from pipelines.stream_processor import BackgroundProcessor
     from serving.events import EventIntake
     from serving.metrics import ServingMetrics
     from serving.models import ModelHolder

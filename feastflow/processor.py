@@ -1,5 +1,6 @@
-"""The stream processor behind `feastflow stream`: events -> real-time features -> online store,
-and events -> offline event log.
+"""The stream processor: events -> real-time features -> online store, and events -> offline
+event log. `feastflow stream` runs it (Redis profile); the embedded server runs it on a thread,
+which is why it lives in the core package and not in pipelines/.
 
 Per batch read from the stream: fold each event into its user's state with the use case's
 real-time functions (the ones the batch tables use), push the changed rows through Feast's push
@@ -24,13 +25,13 @@ from typing import Protocol
 import pandas as pd
 import redis
 
+from feastflow.event_log import events_glob, existing_event_ids, write_partitions
 from feastflow.events import decode_events
 from feastflow.realtime import EntityState, RealtimeFeatures
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 from feastflow.store import open_store
 from feastflow.stream import EventStream, StreamEntry, open_event_stream
-from pipelines.ingest import events_glob, existing_event_ids, write_partitions
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class StreamProcessor:
         if any(self.events_dir.glob("date=*/hour=*/*.parquet")):
             import duckdb
 
-            from pipelines.ingest import sql_string
+            from feastflow.event_log import sql_string
 
             keys = f"{self.realtime.entity_key}, {self.realtime.item_key}"
             frame = duckdb.connect().execute(
