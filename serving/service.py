@@ -268,6 +268,9 @@ class PredictionService:
             self.metrics.error(type(e).__name__)
             return self._fallback(model, model.variant, user_hash, hour, cache_key, describe(e))
         self.model_breaker.success()
+        if not scored.items:  # an unknown user and no popular list online (e.g. a stale day)
+            return self._fallback(model, model.variant, user_hash, hour, cache_key,
+                                  "no candidates online")
         answer = Answer(scored.items, [round(float(s), 6) for s in scored.scores], model.variant,
                         model.version, scored.known, None if scored.known else "popular_at_hour",
                         scored=scored)

@@ -452,6 +452,27 @@ def test_predict_without_a_model_answers_from_the_fallbacks_and_counts_them(
                                                 "user_hour": 3}
 
 
+class NoCandidatesRanker(FakeRanker):
+    """An unknown user whose online popular list is missing: nothing to rank."""
+
+    async def score(self, requests: Sequence[ScoreRequest], reader: Any, k: int,
+                    timings: dict[str, float] | None = None) -> list[Scored]:
+        return [Scored([], [], False) for _ in requests]
+
+
+def test_no_candidates_online_is_answered_by_the_fallbacks_never_empty(
+        service: PredictionService) -> None:
+    service.holder.install([ServedModel("champion", "7", "run-1", NoCandidatesRanker(),  # type: ignore[arg-type]
+                                        "registry", 0.0)])
+    first = asyncio.run(service.predict(USER, AT_0805_UTC, CONTEXT, 3, "r1"))
+    service.popular[HOUR] = ["pop-1", "pop-2"]
+    second = asyncio.run(service.predict("c" * 32, AT_0805_UTC, CONTEXT, 3, "r2"))
+    assert (first.fallback, first.items) == ("static_default",
+                                             list(service.spec.candidates.static_default)[:3])
+    assert (second.fallback, second.items, second.model_version) == (
+        "popular_at_hour", ["pop-1", "pop-2"], "7")
+
+
 def test_predict_with_the_store_down_serves_a_stale_prediction_then_the_chain(
         service: PredictionService, reader: StubReader) -> None:
     install_fake_model(service, "7")
