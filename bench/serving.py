@@ -482,19 +482,18 @@ async def closed_loop(work: Workload, connections: int, seconds: float, on_answe
     (or, given `stop`, until it is set)."""
     raw = work.raw_requests()
     must = work.must_contain.encode()
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     counts: Counter[str] = Counter()
-    start = loop.time()
+    start = time.perf_counter()
     end = start + seconds
 
     async def client(c: int) -> None:
         conn = Connection(work.port)
         i = c * 7919
-        while not stop.is_set() if stop is not None else loop.time() < end:
+        while not stop.is_set() if stop is not None else time.perf_counter() < end:
             index = i % len(raw)
             i += 1
-            sent = loop.time()
+            sent = time.perf_counter()
             try:
                 status, body = await conn.roundtrip(raw[index])
             except TimeoutError:
@@ -504,7 +503,7 @@ async def closed_loop(work: Workload, connections: int, seconds: float, on_answe
                 counts["socket_errors"] += 1
                 await asyncio.sleep(0.01)  # the server may be gone: do not spin
                 continue
-            done = loop.time()
+            done = time.perf_counter()
             counts["requests"] += 1
             if on_answer is not None:
                 on_answer(index, done - start, status, body)
@@ -513,7 +512,7 @@ async def closed_loop(work: Workload, connections: int, seconds: float, on_answe
         conn.close()
 
     await asyncio.gather(*(client(c) for c in range(connections)))
-    elapsed = loop.time() - start
+    elapsed = time.perf_counter() - start
     result = summarize(counts["requests"] + counts["socket_errors"] + counts["timeouts"], counts["ok"],
                        elapsed, latencies, non_2xx=counts["non_2xx"],
                        socket_errors=counts["socket_errors"], timeouts=counts["timeouts"],
@@ -540,21 +539,24 @@ def tally(counts: Counter[str], latencies: list[float], status: int, body: bytes
 
 
 async def open_loop(work: Workload, rate: float, seconds: float, connections: int) -> dict[str, Any]:
-    """`rate` requests/s on a fixed schedule; latency from each request's scheduled send time."""
+    """`rate` requests/s on a fixed schedule; latency from each request's scheduled send time.
+
+    Times come from time.perf_counter: uvloop's loop.time() is libuv's cached millisecond clock
+    (it quantized every latency to whole milliseconds and lagged by up to a loop iteration).
+    """
     raw = work.raw_requests()
     must = work.must_contain.encode()
-    loop = asyncio.get_running_loop()
     total = int(rate * seconds)
     queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
     latencies: list[float] = []
     counts: Counter[str] = Counter()
-    start = loop.time() + 0.1
+    start = time.perf_counter() + 0.1
     last_done = start
 
     async def schedule() -> None:
         for i in range(total):
             due = start + i / rate
-            delay = due - loop.time()
+            delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             queue.put_nowait((i, due))
@@ -574,7 +576,7 @@ async def open_loop(work: Workload, rate: float, seconds: float, connections: in
             except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
                 counts["socket_errors"] += 1
                 continue
-            last_done = loop.time()
+            last_done = time.perf_counter()
             tally(counts, latencies, status, body, must, (last_done - due) * 1000,
                   bool(work.known and work.known[i % len(raw)]))
         conn.close()
@@ -752,8 +754,7 @@ async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base
                     home: Path, use_case: str, child_log: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Load ours while Redis goes away and comes back and the model is reloaded; see the module doc."""
     faults = FaultLog()
-    loop = asyncio.get_running_loop()
-    start = loop.time()  # set again when the load starts
+    start = time.perf_counter()  # set again when the load starts
 
     def on_answer(index: int, at: float, status: int, body: bytes) -> None:
         fallback = version = None
@@ -764,18 +765,18 @@ async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base
         faults.answers.append((at, status, fallback, version, pool[index].known))
 
     async def at(second: float) -> None:
-        await asyncio.sleep(max(0.0, start + second - loop.time()))
+        await asyncio.sleep(max(0.0, start + second - time.perf_counter()))
 
     async def inject() -> None:
         await at(FAULT_STOP_S)
         log("faults: stopping Redis (shutdown save)")
         await asyncio.to_thread(redis.stop)
-        faults.events["redis_down"] = loop.time() - start
+        faults.events["redis_down"] = time.perf_counter() - start
         await at(FAULT_RESTART_S)
         log("faults: restarting Redis")
-        faults.events["redis_restart"] = loop.time() - start
+        faults.events["redis_restart"] = time.perf_counter() - start
         await asyncio.to_thread(redis.start)
-        faults.events["redis_ready"] = loop.time() - start
+        faults.events["redis_ready"] = time.perf_counter() - start
         await at(FAULT_RELOAD_S)
         log("faults: champion registered again, alias moved, POST /admin/reload")
         assert child.stdin is not None and child.stdout is not None
@@ -786,7 +787,7 @@ async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base
             faults.reload["registered"] = json.loads(line)
         except ValueError:
             faults.reload["register_error"] = child_log.read_text(errors="replace")[-500:]
-        faults.events["alias_moved"] = loop.time() - start
+        faults.events["alias_moved"] = time.perf_counter() - start
         async with httpx.AsyncClient(timeout=60) as client:
             try:
                 response = await client.post(f"{base}/admin/reload", headers={"X-API-Key": api_key})
@@ -794,7 +795,7 @@ async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base
                 faults.reload["answer"] = response.text[:300]
             except httpx.HTTPError as e:
                 faults.reload["error"] = repr(e)
-        faults.events["reload"] = loop.time() - start
+        faults.events["reload"] = time.perf_counter() - start
 
     async def control() -> None:
         try:
@@ -802,7 +803,7 @@ async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base
             await at(max(args.fault_duration, faults.events["reload"] + 5))  # see the reloaded model
         finally:
             stop.set()
-            faults.events["load_end"] = loop.time() - start
+            faults.events["load_end"] = time.perf_counter() - start
 
     with open(child_log, "ab") as err:
         child = await asyncio.create_subprocess_exec(
@@ -814,7 +815,7 @@ async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base
         if not ready:
             raise RuntimeError(f"the MLflow child failed:\n{child_log.read_text(errors='replace')[-1000:]}")
         stop = asyncio.Event()
-        start = loop.time()
+        start = time.perf_counter()
         controller = asyncio.create_task(control())
         load = await closed_loop(work, args.connections, args.fault_duration, on_answer, stop=stop)
         await controller
