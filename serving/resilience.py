@@ -4,6 +4,7 @@ sticky A/B router. Pure, synchronous, used from the event loop only (no locks ne
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -19,13 +20,21 @@ class TTLCache(Generic[V]):
 
     An expired entry is a miss for `get` but stays readable through `get_stale` until it is
     evicted: a stale prediction is still a better fallback than none.
+
+    With `jitter` j, each entry lives a random (1 - j..1) x TTL: entries put together (a warm-up,
+    a burst of new users) would otherwise expire together, and every request of the next moment
+    would miss at once (measured: 20-35 ms stalls every TTL at 500 requests/s, open-loop p99 from
+    5.9 to 18-148 ms).
     """
 
     def __init__(self, ttl_seconds: float, max_size: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, jitter: float = 0.0) -> None:
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
         self.ttl_seconds = ttl_seconds
         self.max_size = max_size
         self.clock = clock
+        self.jitter = jitter
         self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
 
     @property
@@ -51,6 +60,8 @@ class TTLCache(Generic[V]):
             return
         entries = self._entries
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
+        if self.jitter:
+            ttl *= 1.0 - self.jitter * random.random()
         entries[key] = (self.clock() + ttl, value)
         entries.move_to_end(key)
         if len(entries) > self.max_size:

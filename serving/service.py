@@ -201,13 +201,15 @@ class PredictionService:
         self.metrics = metrics
         self.prediction_log = prediction_log
         self.l1: TTLCache[Answer] = TTLCache(settings.prediction_cache_ttl_seconds,
-                                             settings.prediction_cache_size)
+                                             settings.prediction_cache_size,
+                                             jitter=settings.cache_ttl_jitter)
         breaker = CircuitBreaker("online_store", settings.breaker_failures,
                                  settings.breaker_reset_seconds,
                                  on_change=metrics.set_circuit_state)
         self.budget_s = settings.latency_budget_ms / 1000
         self.features = CachedReader(
-            reader, TTLCache(settings.feature_cache_ttl_seconds, settings.feature_cache_size),
+            reader, TTLCache(settings.feature_cache_ttl_seconds, settings.feature_cache_size,
+                             jitter=settings.cache_ttl_jitter),
             breaker, self.budget_s, metrics)
         self.batcher = MicroBatcher(self.features, settings.max_k, metrics)
         self.model_breaker = CircuitBreaker("model", settings.breaker_failures,

@@ -37,6 +37,8 @@ class ServingSettings(Settings):
     prediction_cache_size: int = Field(default=200_000, ge=1)
     feature_cache_ttl_seconds: float = Field(default=5.0, ge=0.0)
     feature_cache_size: int = Field(default=500_000, ge=1)
+    cache_ttl_jitter: float = Field(default=0.5, ge=0.0, lt=1.0,
+                                    description="each entry lives a random (1 - j..1) x its TTL")
 
     # fallbacks
     latency_budget_ms: float = Field(default=50.0, gt=0.0)

@@ -66,6 +66,25 @@ def test_ttl_cache_entries_expire_after_their_ttl() -> None:
     assert cache.get("never-put") is None
 
 
+def test_ttl_cache_jitter_spreads_the_expiry_of_entries_put_together() -> None:
+    clock = FakeClock(0.0)
+    cache: TTLCache[int] = TTLCache(10.0, 10_000, clock=clock, jitter=0.5)
+    for i in range(2000):
+        cache.put(i, i)
+
+    def fresh() -> int:
+        return sum(cache.get(i) is not None for i in range(2000))
+
+    clock.now = 4.99
+    assert fresh() == 2000  # never before (1 - jitter) x TTL
+    clock.now = 7.5
+    assert 700 < fresh() < 1300  # about half, uniformly in between
+    clock.now = 10.01
+    assert fresh() == 0  # never after the TTL
+    with pytest.raises(ValueError, match="jitter"):
+        TTLCache(10.0, 10, jitter=1.0)
+
+
 def test_ttl_cache_a_put_may_set_its_own_ttl() -> None:
     clock = FakeClock()
     cache: TTLCache[str] = TTLCache(10.0, 100, clock=clock)
