@@ -8,6 +8,7 @@ round trips (stage-1 entity features, then stage-2 candidate features) and one m
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,7 @@ class Ranker:
         self.spec = spec
         self.plan = plan
         self.booster = booster
+        self.predictor = RowPredictor(booster)
         self.feature_names: list[str] = booster.feature_name()
         self.categories = model_categories(booster, spec.model.categorical)
         lists = spec.candidates.lists
@@ -227,7 +229,7 @@ class Ranker:
             columns.update(_run_odfv(odfv, columns))
         started = time.perf_counter()
         matrix = model_array(columns, rows, self.feature_names, self.categories)
-        scores = self.booster.predict(matrix, num_threads=1)
+        scores = self.predictor.predict(matrix)
         timings["inference"] = time.perf_counter() - started
         return scores, matrix
 
@@ -275,3 +277,40 @@ def _native(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value.item() if isinstance(value, np.generic) else value
+
+
+class RowPredictor:
+    """`Booster.predict(matrix, num_threads=1)` through LightGBM's C API, without garbage cycles.
+
+    Booster.predict passes the arrays with numpy's `ctypes.data_as`, whose ctypes objects form
+    reference cycles: thousands per second at serving rates, freed only by the cyclic collector,
+    whose young-generation passes then stopped the server for up to 120 ms (gc.callbacks, 500
+    requests/s). Raw addresses make no objects to collect; tests prove the scores identical.
+    """
+
+    def __init__(self, booster: Any) -> None:
+        from lightgbm import basic
+
+        self.booster = booster
+        self._lib = basic._LIB
+        self._check = basic._safe_call
+        self._dtype = ctypes.c_int(basic._C_API_DTYPE_FLOAT64)
+        self._normal = ctypes.c_int(basic._C_API_PREDICT_NORMAL)
+        self._row_major = ctypes.c_int(1)
+        self._num_iteration = ctypes.c_int(booster.best_iteration or -1)
+        self._parameters = ctypes.c_char_p(b"num_threads=1")
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """One score per row of a 2-D float64 matrix."""
+        data = np.ascontiguousarray(matrix, dtype=np.float64)
+        rows, columns = data.shape
+        scores = np.empty(rows, dtype=np.float64)
+        written = ctypes.c_int64(0)
+        self._check(self._lib.LGBM_BoosterPredictForMat(
+            self.booster._handle, ctypes.c_void_p(data.__array_interface__["data"][0]),
+            self._dtype, ctypes.c_int32(rows), ctypes.c_int32(columns), self._row_major,
+            self._normal, ctypes.c_int(0), self._num_iteration, self._parameters,
+            ctypes.byref(written), ctypes.c_void_p(scores.__array_interface__["data"][0])))
+        if written.value != rows:
+            raise ValueError(f"LightGBM wrote {written.value} scores for {rows} rows")
+        return scores

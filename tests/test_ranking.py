@@ -1,9 +1,14 @@
-"""The shared ranking contract: candidates, time keys, frames."""
+"""The shared ranking contract: candidates, time keys, frames; the serving predictor."""
 
 from __future__ import annotations
 
+import gc
+from typing import Any
+
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pytest
 
 from feastflow.ranking import (
     REQUEST_ID,
@@ -15,6 +20,7 @@ from feastflow.ranking import (
     time_values,
     top_k,
 )
+from feastflow.scoring import RowPredictor
 from feastflow.settings import FEATURE_REPO
 from feastflow.spec import load_spec
 
@@ -89,3 +95,45 @@ def test_model_matrix_orders_columns_and_types_categories() -> None:
 
 def test_top_k_breaks_ties_by_candidate_order() -> None:
     assert top_k(["a", "b", "c"], np.array([0.5, 0.9, 0.5]), 2) == [("b", 0.9), ("a", 0.5)]
+
+
+@pytest.fixture(scope="module")
+def small_booster() -> lgb.Booster:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 6))
+    x[rng.random(x.shape) < 0.1] = np.nan  # missing values take the trees' default branches
+    y = (np.nan_to_num(x[:, 0]) + rng.normal(size=400) > 0).astype(int)
+    return lgb.train({"objective": "binary", "num_leaves": 7, "verbosity": -1, "seed": 1},
+                     lgb.Dataset(x, y), num_boost_round=30)
+
+
+def test_the_row_predictor_scores_exactly_as_booster_predict(small_booster: lgb.Booster) -> None:
+    rng = np.random.default_rng(4)
+    predictor = RowPredictor(small_booster)
+    for rows in (1, 7, 22, 130):
+        x = rng.normal(size=(rows, 6))
+        x[rng.random(x.shape) < 0.2] = np.nan
+        np.testing.assert_array_equal(predictor.predict(x),
+                                      small_booster.predict(x, num_threads=1))
+    fortran = np.asfortranarray(rng.normal(size=(5, 6)))
+    np.testing.assert_array_equal(predictor.predict(fortran), small_booster.predict(fortran))
+
+
+def test_the_row_predictor_leaves_no_garbage_cycles_where_booster_predict_does(
+        small_booster: lgb.Booster) -> None:
+    x = np.random.default_rng(5).normal(size=(22, 6))
+
+    def cyclic_garbage(predict: Any) -> int:
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(50):
+                predict(x)
+            gc.collect()
+            return len(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    assert cyclic_garbage(lambda m: small_booster.predict(m, num_threads=1)) > 50
+    assert cyclic_garbage(RowPredictor(small_booster).predict) == 0
