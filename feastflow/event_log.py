@@ -26,9 +26,21 @@ def hash_users(events: pd.DataFrame, secret: str) -> pd.DataFrame:
     return events.assign(user_id=events["user_id"].map(hashed).astype("string"))
 
 
+def has_events(events_dir: Path) -> bool:
+    """The log holds at least one partition file."""
+    return any(events_dir.glob("date=*/hour=*/*.parquet"))
+
+
+def read_events(events_dir: Path, columns: list[str]) -> pd.DataFrame:
+    """These columns of the whole log (the log must not be empty: see `has_events`)."""
+    return duckdb.connect().execute(
+        f"SELECT {', '.join(columns)} FROM read_parquet({sql_string(events_glob(events_dir))}, "
+        "hive_partitioning = false)").df()
+
+
 def existing_event_ids(events_dir: Path, candidate_ids: pd.Series) -> set[str]:
     """Which of these event ids are already in the log."""
-    if not any(events_dir.glob("date=*/hour=*/*.parquet")):
+    if not has_events(events_dir):
         return set()
     con = duckdb.connect()
     con.register("incoming", pa.table({"event_id": candidate_ids.astype(str).to_numpy()}))

@@ -25,7 +25,7 @@ from typing import Protocol
 import pandas as pd
 import redis
 
-from feastflow.event_log import events_glob, existing_event_ids, write_partitions
+from feastflow.event_log import existing_event_ids, has_events, read_events, write_partitions
 from feastflow.events import decode_events
 from feastflow.realtime import EntityState, RealtimeFeatures
 from feastflow.settings import Settings
@@ -154,15 +154,9 @@ class StreamProcessor:
         if self.states.is_seeded():
             return 0
         seeded = 0
-        if any(self.events_dir.glob("date=*/hour=*/*.parquet")):
-            import duckdb
-
-            from feastflow.event_log import sql_string
-
-            keys = f"{self.realtime.entity_key}, {self.realtime.item_key}"
-            frame = duckdb.connect().execute(
-                f"SELECT {keys}, event_id, timestamp FROM read_parquet("
-                f"{sql_string(events_glob(self.events_dir))}, hive_partitioning = false)").df()
+        if has_events(self.events_dir):
+            frame = read_events(self.events_dir, [self.realtime.entity_key,
+                                                  self.realtime.item_key, "event_id", "timestamp"])
             states = self.realtime.states_from_log(frame)
             self.states.put(states)
             seeded = len(states)
@@ -245,10 +239,9 @@ class StreamProcessor:
                 self.stats.applied += 1
             else:
                 self.stats.redelivered += 1
-        for table, source in rt.push_sources.items():
-            table_rows = [r for r in rows if r.table == table]
-            if table_rows:
-                self.push(source, rt.rows_frame(table_rows, table))
+        for table, table_frame in rt.frames(rows).items():
+            if len(table_frame):
+                self.push(rt.push_sources[table], table_frame)
         self.states.put(states)
         self.stats.rows_pushed += len(rows)
         self.stats.batches += 1

@@ -119,10 +119,14 @@ class RealtimeFeatures:
 
     def batch_tables(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold the whole event log (entity, item, event_id, timestamp) through `apply`."""
-        rows, _ = self._fold(events)
-        tables = [t for t in (self.entity_table, self.item_table) if t is not None]
-        return {table: self.rows_frame([r for r in rows if r.table == table], table)
-                for table in tables}
+        return self.frames(self._fold(events)[0])
+
+    def frames(self, rows: Iterable[Row]) -> dict[str, pd.DataFrame]:
+        """Rows grouped into one frame per table (every table, empty when it has no row)."""
+        by_table: dict[str, list[Row]] = {table: [] for table in self.push_sources}
+        for row in rows:
+            by_table[row.table].append(row)
+        return {table: self.rows_frame(table_rows, table) for table, table_rows in by_table.items()}
 
     def states_from_log(self, events: pd.DataFrame) -> dict[str, EntityState]:
         """Each entity's state after the whole event log: where the stream processor starts."""

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feastflow.event_log import events_glob, sql_string
+from feastflow.event_log import events_glob, has_events, sql_string
 from feastflow.realtime import RealtimeFeatures
 from feastflow.spec import ModelSpec
 
@@ -34,7 +34,7 @@ def feature_table_names(spec: ModelSpec) -> list[str]:
 
 def event_log_connection(events_dir: Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC with the event log as view `events` and daily `snapshots`."""
-    if not any(events_dir.glob("date=*/hour=*/*.parquet")):
+    if not has_events(events_dir):
         raise FileNotFoundError(f"the event log {events_dir} is empty: run `feastflow ingest` first")
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")

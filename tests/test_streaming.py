@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 import pytest
 import redis
 from conftest import REDIS_TEST_URL
 from starlette.testclient import TestClient
 
-from feastflow.event_log import events_glob, sql_string
+from feastflow.event_log import read_events
 from feastflow.privacy import hash_user_id
 from feastflow.processor import RedisStateStore, StreamProcessor, build_processor
 from feastflow.settings import Settings
@@ -91,9 +90,7 @@ def drain(processor: StreamProcessor) -> None:
 
 
 def logged_event_ids(settings: Settings) -> pd.Series:
-    glob = sql_string(events_glob(settings.events_dir))
-    return duckdb.connect().execute(
-        f"SELECT event_id FROM read_parquet({glob}, hive_partitioning = false)").df()["event_id"]
+    return read_events(settings.events_dir, ["event_id"])["event_id"]
 
 
 def online_values(settings: Settings, users: list[str], pairs: list[tuple[str, str]]
