@@ -81,8 +81,12 @@ class RealtimeFeatures:
 
     @property
     def push_sources(self) -> dict[str, str]:
-        """Table name -> the Feast push source that feeds its view online."""
-        tables = [self.spec.entity_table, self.spec.item_table]
+        """Table name -> the Feast push source that feeds its view online, entity table last.
+
+        The processor pushes in this order: once the entity table shows an event (its freshness
+        feature), every row that event produced is online.
+        """
+        tables = [self.spec.item_table, self.spec.entity_table]
         return {t.table: t.push_source for t in tables if t is not None}
 
     def apply(self, state: EntityState, entity: str, seq: int, event_id: str, item: str,

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
         """The Redis key of a use case's event stream."""
         return f"feastflow:{use_case}:events"
 
+    def served_dir(self, use_case: str) -> Path:
+        """Sampled served features and predictions, Parquet by date/hour (the server writes it)."""
+        return self.home / "served" / use_case
+
+    def monitoring_dir(self, use_case: str) -> Path:
+        """Monitoring reports: HTML, JSON summary and Prometheus gauges."""
+        return self.home / "monitoring" / use_case
+
     @property
     def tracking_uri(self) -> str:
         """MLflow tracking and registry URI: a SQLite file under home unless overridden."""

@@ -28,6 +28,8 @@ Record fields (a dict; keep it unchanged once recorded, it is written later from
                                     as the caller gives it (a dict is serialized here, off the hot path)
     latency_ms     float            server-side latency of the request
     shadow         bool             True for a shadow scoring (logged only, never served)
+    context        str | None       a JSON object: the request's context (monitoring replays the
+                                    offline point-in-time features of the same request from it)
 
 Nothing is lost silently: a record that does not fit the buffer, cannot be converted to the
 schema, or cannot be written by `close()` is reported to `on_drop(n)` (e.g. a Prometheus counter)
@@ -45,7 +47,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Any, Final, NotRequired, TypedDict
 
 import orjson
 import pyarrow as pa
@@ -66,6 +68,7 @@ SCHEMA: Final = pa.schema([
     pa.field("features", pa.string(), nullable=False),
     pa.field("latency_ms", pa.float64(), nullable=False),
     pa.field("shadow", pa.bool_(), nullable=False),
+    pa.field("context", pa.string(), nullable=True),
 ])
 # pyarrow does not enforce nullable=False when building a table, so it is checked per record.
 REQUIRED: Final = tuple(f.name for f in SCHEMA if not f.nullable)
@@ -87,6 +90,7 @@ class PredictionRecord(TypedDict):
     features: str
     latency_ms: float
     shadow: bool
+    context: NotRequired[str | None]
 
 
 class PredictionLog:

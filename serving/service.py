@@ -312,8 +312,8 @@ class PredictionService:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         if self.prediction_log.sampled():
-            self.prediction_log.record(self._record(answer, user_hash, unix_us, request_id,
-                                                          latency_s, shadow=False))
+            self.prediction_log.record(self._record(answer, user_hash, unix_us, context,
+                                                    request_id, latency_s, shadow=False))
 
     async def _shadow(self, challenger: ServedModel, user_hash: str, unix_us: int,
                       context: Mapping[str, Any], request_id: str) -> None:
@@ -328,11 +328,11 @@ class PredictionService:
         self.metrics.shadow_outcome("scored")
         answer = Answer(scored.items[:self.settings.max_k], [float(s) for s in scored.scores],
                         "challenger", challenger.version, scored.known, None, scored=scored)
-        self.prediction_log.record(self._record(answer, user_hash, unix_us, request_id, 0.0,
-                                                shadow=True))
+        self.prediction_log.record(self._record(answer, user_hash, unix_us, context, request_id,
+                                                0.0, shadow=True))
 
-    def _record(self, answer: Answer, user_hash: str, unix_us: int, request_id: str,
-                latency_s: float, shadow: bool) -> dict[str, Any]:
+    def _record(self, answer: Answer, user_hash: str, unix_us: int, context: Mapping[str, Any],
+                request_id: str, latency_s: float, shadow: bool) -> dict[str, Any]:
         features: dict[str, list[Any]] = {}
         scored = answer.scored
         if scored is not None and scored.inputs is not None:
@@ -347,6 +347,7 @@ class PredictionService:
             "variant": answer.variant, "model_version": answer.model_version or "",
             "fallback": answer.fallback, "items": answer.items, "scores": answer.scores,
             "features": json.dumps(features), "latency_ms": latency_s * 1000, "shadow": shadow,
+            "context": json.dumps(dict(context)),
         }
 
     # --- bundles, popular lists, cache control ----------------------------------------------

@@ -60,7 +60,7 @@ class ServingSettings(Settings):
     @property
     def served_log_dir(self) -> Path:
         """Sampled served features and predictions, Parquet by date/hour (read by monitoring)."""
-        return self.home / "served" / self.use_case
+        return self.served_dir(self.use_case)
 
     @property
     def precomputed_dir(self) -> Path:
