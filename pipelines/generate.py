@@ -243,6 +243,15 @@ def _taste_matrix(table: dict[str, list[float]], categories: np.ndarray, width: 
     return np.array([table.get(c, [1.0] * width) for c in categories], dtype=float)
 
 
+def _app_traits(catalog: AppCatalog, apps: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per app of a user: category, log taste per time slot and per location, heavy, streaming."""
+    cats = catalog.categories[apps]
+    return (cats, np.log(_taste_matrix(SLOT_TASTE, cats, N_SLOTS)),
+            np.log(_taste_matrix(LOCATION_TASTE, cats, 4)), np.isin(cats, ["video", "games"]),
+            np.isin(cats, ["video", "music", "podcast"]))
+
+
 def _with_drift_app(catalog: AppCatalog) -> AppCatalog:
     """The catalog and DRIFT_APP after it (popularity 0: nobody picks it at random)."""
     return AppCatalog(np.append(catalog.names, DRIFT_APP),
@@ -376,11 +385,7 @@ def _simulate_user(user: UserModel, start: pd.Timestamp, days: int, catalog: App
     rows: list[tuple] = []
     apps, log_weight = user.apps, user.log_weight
     slot_boost, transition = user.slot_boost, user.transition
-    cats = catalog.categories[apps]
-    slot_taste = np.log(_taste_matrix(SLOT_TASTE, cats, N_SLOTS))
-    loc_taste = np.log(_taste_matrix(LOCATION_TASTE, cats, 4))
-    heavy = np.isin(cats, ["video", "games"])
-    streaming = np.isin(cats, ["video", "music", "podcast"])
+    cats, slot_taste, loc_taste, heavy, streaming = _app_traits(catalog, apps)
     session_median = np.array([SESSION_MEDIAN_SECONDS.get(c, 100) for c in cats], dtype=float)
     recent: list[int] = []
     prev_us: int | None = None  # microseconds since the epoch: Timestamp arithmetic is slow
@@ -406,11 +411,7 @@ def _simulate_user(user: UserModel, start: pd.Timestamp, days: int, catalog: App
                 log_weight = np.append(log_weight, log_weight.max() + plan.app_log_boost)
                 slot_boost = np.vstack([slot_boost, plan.app_slot_boost])
                 transition = np.pad(transition, ((0, 1), (0, 1)))
-                cats = catalog.categories[apps]
-                slot_taste = np.log(_taste_matrix(SLOT_TASTE, cats, N_SLOTS))
-                loc_taste = np.log(_taste_matrix(LOCATION_TASTE, cats, 4))
-                heavy = np.isin(cats, ["video", "games"])
-                streaming = np.isin(cats, ["video", "music", "podcast"])
+                cats, slot_taste, loc_taste, heavy, streaming = _app_traits(catalog, apps)
                 session_median = np.append(
                     session_median, float(SESSION_MEDIAN_SECONDS.get(DRIFT_APP_CATEGORY, 100)))
         if user.change_day is not None and day == user.change_day:
@@ -425,11 +426,7 @@ def _simulate_user(user: UserModel, start: pd.Timestamp, days: int, catalog: App
             if drift_app_at is not None:  # new_slot_boost has rows for the apps before the drift
                 slot_boost = np.insert(slot_boost, drift_app_at, plan.app_slot_boost, axis=0)
             transition = np.pad(transition, ((0, 1), (0, 1)))
-            cats = catalog.categories[apps]
-            slot_taste = np.log(_taste_matrix(SLOT_TASTE, cats, N_SLOTS))
-            loc_taste = np.log(_taste_matrix(LOCATION_TASTE, cats, 4))
-            heavy = np.isin(cats, ["video", "games"])
-            streaming = np.isin(cats, ["video", "music", "podcast"])
+            cats, slot_taste, loc_taste, heavy, streaming = _app_traits(catalog, apps)
             session_median = np.append(session_median, 200.0)
             if os_version.startswith("android") and os_version != "android-15":
                 os_version = "android-15"
