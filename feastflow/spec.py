@@ -77,6 +77,9 @@ class RealtimeSpec(_Strict):
     module: str = "realtime"
     window_events: int = Field(default=20, ge=1, description="last events kept per entity")
     entity_table: RealtimeTableSpec = Field(description="one row per entity: f(last events)")
+    freshness_feature: str | None = Field(
+        default=None, description="`view:feature` holding the entity's last event time in Unix "
+        "seconds: replays and the demo read it to know when an event is online")
     item_table: RealtimeTableSpec | None = Field(
         default=None, description="one row per (entity, item): f(the item's last event time)")
 
@@ -109,11 +112,48 @@ class SplitSpec(_Strict):
 
 
 class GateSpec(_Strict):
-    """Promotion gate: a challenger must not lose more than `max_top1_drop` and must win top4."""
+    """Promotion gate: a challenger may lose at most `max_top1_drop` of top-1 and must win at
+    least `min_top4_gain` of top-4 against the champion; the first model must beat the
+    baselines (`must_beat_baselines`)."""
 
     max_top1_drop: float = 0.0
     min_top4_gain: float = 0.0
     must_beat_baselines: bool = True
+
+
+class MonitorSpec(_Strict):
+    """What `feastflow monitor` computes over served requests, and where it raises an alert."""
+
+    window_days: int = Field(default=7, ge=1, description="served requests of the last N days")
+    psi_bins: int = Field(default=10, ge=2, description="quantile bins of the reference")
+    psi_alert: float = Field(default=0.25, gt=0, description="a feature above this has drifted")
+    max_drifted_features: int = Field(default=0, ge=0, description="alert above this many")
+    match_reference_on: str | None = Field(
+        default=None, description="re-weight the reference to the window's mix of this "
+        "input (e.g. day_of_week: a window of a Sunday is compared with the reference's Sundays)")
+    drift_exempt: list[str] = Field(
+        default_factory=list, description="inputs reported but never alerted on (calendar "
+        "inputs of a window shorter than the reference's always differ)")
+    prediction_psi_alert: float = Field(default=0.25, gt=0)
+    skew_sample: int = Field(default=300, ge=1, description="served requests replayed offline")
+    max_skew_rate: float = Field(default=0.01, ge=0, le=1,
+                                 description="share of served values unequal to the offline ones")
+    label_horizon_seconds: float = Field(
+        default=600, gt=0, description="the next event within this is the request's answer")
+    min_online_top1: float = Field(default=0.0, ge=0, le=1, description="per variant, alert below")
+    min_online_top4: float = Field(default=0.0, ge=0, le=1, description="per variant, alert below")
+    volume_ratio: tuple[float, float] = Field(
+        default=(0.5, 2.0), description="events per day against the 28 days before: alert outside")
+    max_null_rate: float = Field(default=0.05, ge=0, le=1)
+    max_feature_age_hours: float = Field(
+        default=48, gt=0, description="a feature table whose newest row is older: alert")
+
+
+class RetrainSpec(_Strict):
+    """`feastflow retrain`: the latest window, judged on the most recent days (both models)."""
+
+    holdout_days: int = Field(default=2, ge=1)
+    train_days: int = Field(default=28, ge=7)
 
 
 class ModelSpec(_Strict):
@@ -131,12 +171,20 @@ class ModelSpec(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["top1", "top4", "candidate_recall"])
     top_k: int = 4
     gate: GateSpec = GateSpec()
+    monitor: MonitorSpec = MonitorSpec()
+    retrain: RetrainSpec = RetrainSpec()
     source_dir: Path | None = None
 
     @property
     def registered_model_name(self) -> str:
         """Name of the model in the MLflow registry."""
         return self.name
+
+    def retrain_spec(self) -> ModelSpec:
+        """This spec with the retrain split: the latest `train_days`, then `holdout_days`."""
+        split = self.split.model_copy(update={"holdout_days": self.retrain.holdout_days,
+                                              "train_days": self.retrain.train_days})
+        return self.model_copy(update={"split": split})
 
     @property
     def sql_dir(self) -> Path:

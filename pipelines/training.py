@@ -15,7 +15,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from feastflow.ranking import LABEL, REQUEST_ID, model_matrix
+from feastflow.ranking import (
+    EVENT_TIMESTAMP,
+    LABEL,
+    REQUEST_ID,
+    model_array,
+    model_categories,
+    model_matrix,
+)
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 from feastflow.store import open_store
@@ -157,6 +164,47 @@ def _plots(booster: lgb.Booster, report: dict[str, Any], out: Path) -> list[Path
     return [out / "feature_importance.png", out / "holdout_vs_baselines.png"]
 
 
+REFERENCE_DIR = "reference"  # MLflow artifact folder of the monitoring reference
+REFERENCE_FEATURES = "features.parquet"
+REFERENCE_PREDICTIONS = "predictions.parquet"
+REFERENCE_DAY = "__day"  # the request's UTC day, beside the inputs (monitoring's noise floor)
+
+
+def encoded_inputs(rows: pd.DataFrame, booster: lgb.Booster, categorical: list[str]
+                   ) -> np.ndarray:
+    """The model's inputs as the server encodes them (categories as codes), one row per row."""
+    names = booster.feature_name()
+    columns = {name: rows[name].tolist() for name in names if name in rows}
+    return model_array(columns, len(rows), names, model_categories(booster, categorical))
+
+
+def top_scores(scored: pd.DataFrame) -> pd.DataFrame:
+    """Each request's best score (the score of what the server would answer first)."""
+    return scored.groupby(REQUEST_ID, sort=False)["score"].max().rename("top_score").to_frame()
+
+
+def write_reference(booster: lgb.Booster, data: Datasets, spec: ModelSpec, out: Path,
+                    max_rows: int = 150_000) -> Path:
+    """The monitoring reference: the holdout's inputs (a sample) and each request's best score.
+
+    The holdout rather than the training rows: it is the newest data the model was judged on,
+    and training rows start a week after the first event, when 28-day counts are still filling
+    up, so every count would look drifted against them.
+    """
+    folder = out / REFERENCE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = data.holdout_rows
+    if len(rows) > max_rows:
+        rows = rows.sample(max_rows, random_state=spec.split.seed).sort_index()
+    inputs = pd.DataFrame(encoded_inputs(rows, booster, spec.model.categorical),
+                          columns=booster.feature_name())
+    inputs[REFERENCE_DAY] = pd.to_datetime(rows[EVENT_TIMESTAMP], utc=True).dt.floor("D").to_numpy()
+    inputs.to_parquet(folder / REFERENCE_FEATURES)
+    scored = score(booster, data.holdout_rows, spec.model.categorical)
+    top_scores(scored).to_parquet(folder / REFERENCE_PREDICTIONS)
+    return folder
+
+
 @dataclass
 class TrainResult:
     """What `feastflow train` produced."""
@@ -206,6 +254,8 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
                 mlflow.log_artifact(str(plot), "plots")
             (Path(tmp) / "holdout_report.json").write_text(json.dumps(report, indent=2))
             mlflow.log_artifact(str(Path(tmp) / "holdout_report.json"))
+            mlflow.log_artifacts(str(write_reference(booster, data, spec, Path(tmp))),
+                                 REFERENCE_DIR)
         mlflow.log_artifact(str(spec.source_dir / "model.yaml"))
         example = model_matrix(data.holdout_rows.head(5), features, spec.model.categorical)
         # Served natively with pandas categoricals, not through pyfunc: skip pyfunc validation.
@@ -232,3 +282,37 @@ def evaluate_alias(settings: Settings, spec: ModelSpec, alias: str = lifecycle.C
             "holdout_end"]
     return {**{k: report[k] for k in keys}, "model_version": loaded.version,
             "baselines": report["baselines"]}
+
+
+@dataclass
+class RetrainResult:
+    """What `feastflow retrain` did: the new challenger, both models' metrics, the decision."""
+
+    trained: TrainResult
+    champion_version: str | None
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    decision: lifecycle.GateDecision
+
+
+def retrain_use_case(settings: Settings, spec: ModelSpec, progress: Progress = print
+                     ) -> RetrainResult:
+    """Train on the latest window, judge champion and challenger on the same most recent days,
+    promote only if the spec's gate passes, and record why on both model versions."""
+    latest = spec.retrain_spec()
+    trained = train_use_case(settings, latest, progress)
+    champion = lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
+    challenger_metrics = flat_metrics(trained.report)
+    champion_metrics = None
+    if champion is not None:
+        progress(f"champion v{champion} on the same holdout")
+        loaded = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+        data = build_datasets(settings, latest, progress)  # the challenger's, from the cache
+        champion_metrics = flat_metrics(holdout_report(loaded.booster, data, latest, settings))
+    report = trained.report
+    evidence = {"judged_on": f"{report['holdout_start']} .. {report['holdout_end']}",
+                "n_holdout_events": report["n_holdout_events"],
+                "train_days": latest.split.train_days, "data_fingerprint": trained.fingerprint}
+    decision = lifecycle.decide(spec.registered_model_name, spec.gate, trained.version,
+                                challenger_metrics, champion, champion_metrics, evidence)
+    return RetrainResult(trained, champion, challenger_metrics, champion_metrics, decision)

@@ -112,10 +112,14 @@ class GateDecision:
 
 def gate(challenger: dict[str, float], champion: dict[str, float] | None,
          max_top1_drop: float, min_top4_gain: float, must_beat_baselines: bool) -> GateDecision:
-    """The promotion gate: beat every baseline (first model) and not lose to the champion."""
+    """The promotion gate: the first model must beat every baseline; later ones, the champion.
+
+    Once there is a champion it is the bar: a challenger that beats it but not a baseline still
+    replaces a worse model (measured: after a drift toward habits, most-recently-used led both).
+    """
     reasons: list[str] = []
     passed = True
-    if must_beat_baselines:
+    if must_beat_baselines and champion is None:
         for baseline in BASELINES:
             for metric in ("top1", "top4"):
                 ours, theirs = challenger[metric], challenger[f"{baseline}_{metric}"]
@@ -134,8 +138,8 @@ def gate(challenger: dict[str, float], champion: dict[str, float] | None,
 
 
 def promote(model_name: str, gate_spec: Any, version: str | None = None) -> GateDecision:
-    """Move `champion` to the challenger (or `version`) if the gate passes; record the decision."""
-    client = MlflowClient()
+    """Move `champion` to the challenger (or `version`) if the gate passes on the metrics each
+    version recorded at registration; record the decision."""
     candidate = version or alias_version(model_name, CHALLENGER)
     if candidate is None:
         raise RegistryError(f"{model_name} has no {CHALLENGER}: run `feastflow train` first")
@@ -143,17 +147,31 @@ def promote(model_name: str, gate_spec: Any, version: str | None = None) -> Gate
     if current == candidate:
         return GateDecision(True, [f"version {candidate} is already {CHAMPION}"])
     champion_metrics = version_metrics(model_name, current) if current else None
-    decision = gate(version_metrics(model_name, candidate), champion_metrics,
-                    gate_spec.max_top1_drop, gate_spec.min_top4_gain,
-                    gate_spec.must_beat_baselines)
+    return decide(model_name, gate_spec, candidate, version_metrics(model_name, candidate),
+                  current, champion_metrics)
+
+
+def decide(model_name: str, gate_spec: Any, candidate: str, candidate_metrics: dict[str, float],
+           champion: str | None, champion_metrics: dict[str, float] | None,
+           evidence: dict[str, Any] | None = None) -> GateDecision:
+    """Gate `candidate` against `champion` on the given metrics, move the alias if it passes,
+    and record the decision, both sets of metrics and `evidence` on both versions."""
+    client = MlflowClient()
+    decision = gate(candidate_metrics, champion_metrics, gate_spec.max_top1_drop,
+                    gate_spec.min_top4_gain, gate_spec.must_beat_baselines)
     detail = json.dumps({"passed": decision.passed, "reasons": decision.reasons,
-                         "previous_champion": current})
+                         "previous_champion": champion, "candidate": candidate,
+                         "candidate_metrics": candidate_metrics,
+                         "champion_metrics": champion_metrics, **(evidence or {})})
     if decision.passed:
         client.set_registered_model_alias(model_name, CHAMPION, candidate)
-        if current:
-            client.set_model_version_tag(model_name, candidate, "previous_champion", current)
+        if champion:
+            client.set_model_version_tag(model_name, candidate, "previous_champion", champion)
+            _record(client, model_name, champion, "replaced", detail)
         _record(client, model_name, candidate, "promoted", detail)
     else:
+        if champion:
+            _record(client, model_name, champion, "defended", detail)
         _record(client, model_name, candidate, "rejected", detail)
     return decision
 

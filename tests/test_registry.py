@@ -31,6 +31,15 @@ def test_gate_needs_every_baseline_beaten_and_no_loss_against_champion() -> None
     assert not lifecycle.gate(metrics(0.41, 0.70), champion, 0, 0.01, True).passed
 
 
+def test_once_there_is_a_champion_it_is_the_bar_not_the_baselines() -> None:
+    weak_champion = metrics(0.30, 0.50)
+    better_than_champion_not_mru = {**metrics(0.35, 0.54), "mru_top4": 0.56}
+    decision = lifecycle.gate(better_than_champion_not_mru, weak_champion, 0, 0.02, True)
+    assert decision.passed, decision.reasons
+    assert not any("mru" in r for r in decision.reasons)
+    assert not lifecycle.gate(better_than_champion_not_mru, None, 0, 0.02, True).passed
+
+
 def log_tiny_model(seed: int) -> str:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(200, 3))
