@@ -38,6 +38,7 @@ def _quiet_third_party_warnings() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="On demand feature view is an experimental")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -85,15 +86,37 @@ def generate(
     seed: Annotated[int, typer.Option(help="same seed, same events")] = 7,
     start: Annotated[str, typer.Option(help="first day (UTC)")] = "2026-01-05",
     out: Annotated[Path | None, typer.Option(help=".parquet or .csv; default HOME/raw/")] = None,
+    drift_day: Annotated[int | None, typer.Option(
+        min=1, help="day index from which the world drifts (default: no drift)")] = None,
+    drift_adopt_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="share of users who adopt the new app `novaapp`")] = 0.4,
+    drift_shift_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="share of users whose day moves later")] = 0.4,
+    drift_shift_hours: Annotated[int, typer.Option(
+        min=1, max=23, help="how many hours later their day runs")] = 4,
+    drift_habit_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="share of users who turn to habit: they reopen their last apps "
+        "far more and follow their long-run taste less")] = 0.8,
 ) -> None:
     """Simulate phone unlocks and write them in the raw event schema (raw ids: ingest hashes)."""
-    from pipelines.generate import generate_events
+    from pipelines.generate import Drift, generate_events
 
     settings = _settings(ctx)
-    out = out or settings.home / "raw" / f"unlocks_u{users}_d{days}_s{seed}.parquet"
+    drift = None
+    name = f"unlocks_u{users}_d{days}_s{seed}"
+    if drift_day is not None:
+        if drift_day >= days:
+            raise typer.BadParameter(f"must be < --days ({days}), got {drift_day}",
+                                     param_hint="--drift-day")
+        drift = Drift(drift_day, drift_adopt_share, drift_shift_share, drift_shift_hours,
+                      habit_share=drift_habit_share)
+        name += (f"_drift{drift_day}_a{drift_adopt_share:g}_s{drift_shift_share:g}"
+                 f"_h{drift_shift_hours}_r{drift_habit_share:g}")
+    out = out or settings.home / "raw" / f"{name}.parquet"
     with _bar() as bar:
         task = bar.add_task("simulating users", total=users)
-        events = generate_events(users, days, seed, start, on_user=lambda _: bar.advance(task))
+        events = generate_events(users, days, seed, start, on_user=lambda _: bar.advance(task),
+                                 drift=drift)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix == ".csv":
@@ -362,18 +385,163 @@ def precompute(
 
 
 @app.command()
+def replay(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="raw events (CSV or Parquet), e.g. from generate")],
+    url: Annotated[str, typer.Option(help="the running server")] = "http://127.0.0.1:8000",
+    predict_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of unlocks "
+                                                 "that ask for a prediction first")] = 1.0,
+    since: Annotated[datetime | None, typer.Option(help="replay events from this time (UTC)")]
+    = None,
+    use_case: UseCase = "next_app",
+) -> None:
+    """Replay events through a running server in time order: predict at each unlock, then post it.
+
+    At each midnight the daily job runs (feature tables, materialize). Serve with
+    FEASTFLOW_REQUEST_LOG_SAMPLE=1 so that `feastflow monitor` sees every prediction.
+    """
+    import pandas as pd
+
+    from pipelines.replay import daily_job, replay_events
+
+    settings = _settings(ctx)
+    spec = _spec(settings, use_case)
+    if not settings.api_key:
+        console.print("[red]set FEASTFLOW_API_KEY to the server's key: POST /v1/events needs it"
+                      "[/red]")
+        raise typer.Exit(2)
+    events = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
+    if since is not None:
+        start = pd.Timestamp(since)
+        events = events[events["timestamp"] >= (start.tz_localize("UTC") if start.tzinfo is None
+                                                 else start)]
+
+    with _bar() as bar:
+        task = bar.add_task("replaying events", total=len(events))
+        stats = replay_events(url, settings.api_key, settings, spec, events, predict_share,
+                              on_day=lambda day: daily_job(settings, spec,
+                                                           day - pd.Timedelta(days=1)),
+                              progress=lambda n: bar.advance(task, n))
+    console.print(f"{stats.events:,} events and {stats.predictions:,} predictions in "
+                  f"{stats.seconds:.0f} s ({stats.days} daily jobs); answers: "
+                  f"{dict(stats.fallbacks)}")
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    use_case: UseCase = "next_app",
+    since: Annotated[datetime | None, typer.Option(help="window start (UTC); default: until - "
+                                                   "monitor.window_days")] = None,
+    until: Annotated[datetime | None, typer.Option(help="window end (UTC); default: the newest "
+                                                   "served request")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for report.html, summary.json, "
+                                             "metrics.prom; default HOME/monitoring/<use case>")]
+    = None,
+) -> None:
+    """Drift, skew, online accuracy per variant, data quality; exit 1 when a threshold is crossed.
+
+    Run `feastflow features` first so that the skew check sees the newest events offline.
+    """
+    from pipelines.monitor import MonitorError, run_monitor
+    from registry.lifecycle import RegistryError
+
+    settings = _settings(ctx)
+    spec = _spec(settings, use_case)
+    try:
+        result = run_monitor(settings, spec, out, since, until, progress=console.print)
+    except (MonitorError, RegistryError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    console.print(monitor_table(result.summary, spec.top_k))
+    for alert in result.alerts:
+        console.print(f"[red]alert[/red] {alert}")
+    for warning in result.summary["warnings"]:
+        console.print(f"[yellow]warning[/yellow] {warning}")
+    console.print(f"report {result.report}\nsummary {result.summary_file}\n"
+                  f"gauges {result.metrics_file}")
+    if result.alerts:
+        raise typer.Exit(1)
+
+
+def monitor_table(summary: dict, top_k: int) -> Table:
+    """The monitor's headline numbers, as a table."""
+    table = Table(title=f"monitor {summary['window']['start'][:16]} .. "
+                  f"{summary['window']['end'][:16]}: {summary['served_requests']:,} served")
+    table.add_column("check")
+    table.add_column("reading")
+    for variant, entry in summary["online_accuracy"].items():
+        table.add_row(f"online accuracy, {variant}",
+                      f"top-1 {entry['top1']['rate']:.3f}, top-{top_k} "
+                      f"{entry[f'top{top_k}']['rate']:.3f} (n={entry['top1']['n']:,})")
+    exempt = set(summary["thresholds"]["drift_exempt"])
+    drift = {k: v for k, v in summary["feature_drift"].items() if k not in exempt}
+    worst = ", ".join(f"{k} {v:.2f}" for k, v in list(drift.items())[:3])
+    table.add_row("feature drift (PSI, largest)", worst or "n/a")
+    table.add_row("prediction drift (PSI)", f"{summary['prediction_drift']}")
+    skew = summary["skew"]
+    table.add_row("training/serving skew", f"{skew['mismatch_rate']:.3%} of "
+                  f"{skew['compared_values']:,} values" if skew["requests"] else skew["note"])
+    quality = summary["data_quality"]
+    table.add_row("event volume", f"{quality['volume_ratio']:.2f}x the usual")
+    table.add_row("new values", "; ".join(f"{k}: {', '.join(v)}" for k, v
+                                          in quality["new_categories"].items()) or "none")
+    return table
+
+
+@app.command()
+def retrain(
+    ctx: typer.Context,
+    use_case: UseCase = "next_app",
+    refresh_features: Annotated[bool, typer.Option(
+        help="recompute the feature tables from the event log first")] = True,
+) -> None:
+    """Train on the latest window, judge both models on the latest days, promote if the gate passes.
+
+    Exit 1 when the champion stays. Both models' metrics and the decision go on their versions.
+    """
+    from pipelines.features import compute_feature_tables
+    from pipelines.training import retrain_use_case
+
+    settings = _settings(ctx)
+    spec = _spec(settings, use_case)
+    if refresh_features:
+        compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    result = retrain_use_case(settings, spec, progress=console.print)
+    for reason in result.decision.reasons:
+        console.print(f"  {reason}")
+    verdict = "[green]promoted[/green]" if result.decision.passed else "[red]rejected[/red]"
+    console.print(f"{verdict}: challenger v{result.trained.version} against champion "
+                  f"v{result.champion_version} on {result.trained.report['holdout_start'][:10]} "
+                  f".. {result.trained.report['holdout_end'][:10]}")
+    typer.echo(json.dumps({"challenger": result.trained.version,
+                           "champion": result.champion_version,
+                           "promoted": result.decision.passed,
+                           "challenger_metrics": result.challenger_metrics,
+                           "champion_metrics": result.champion_metrics}))
+    if not result.decision.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     users: Annotated[int, typer.Option(min=1)] = 150,
-    days: Annotated[int, typer.Option(min=1)] = 56,
+    days: Annotated[int, typer.Option(min=1, help="days of history the first model sees")] = 56,
+    live_days: Annotated[int, typer.Option(min=1, help="days after it, in which the world "
+                                           "drifts")] = 7,
+    replay_days: Annotated[int, typer.Option(min=1, help="the last live days replayed through "
+                                             "the server (the monitoring window)")] = 1,
     seed: Annotated[int, typer.Option()] = 7,
     use_case: UseCase = "next_app",
 ) -> None:
-    """The whole flagship job end to end: generate ... predict over HTTP, with a summary."""
+    """The whole flagship job end to end: generate ... serve, replay, monitor, retrain."""
     from pipelines.demo import run_demo
 
     settings = _settings(ctx)
-    ok = run_demo(settings, _spec(settings, use_case), users, days, seed, console)
+    ok = run_demo(settings, _spec(settings, use_case), users, days, seed, console, live_days,
+                  replay_days)
     sys.exit(0 if ok else 1)
 
 

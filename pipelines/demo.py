@@ -1,5 +1,6 @@
-"""The flagship job end to end, each step timed: generate, ingest, features, apply, train,
-evaluate, promote, materialize, serve, predict and stream events over HTTP; then a summary."""
+"""The flagship job end to end, each step timed: generate (with drift), ingest, features, apply,
+train, evaluate, promote, materialize, serve and predict over HTTP, the live days (the last
+replayed through the server and the stream), monitor, retrain; then a summary."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pandas as pd
@@ -21,6 +22,11 @@ from rich.table import Table
 
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from pipelines.monitor import MonitorResult
+    from pipelines.replay import ReplayStats
+    from pipelines.training import RetrainResult
 
 
 def free_port() -> int:
@@ -96,16 +102,38 @@ def demo_requests(raw: pd.DataFrame, at: pd.Timestamp, n_known: int = 3) -> list
     return out
 
 
+# The server of the demo's last steps: every prediction logged (monitoring reads them); no
+# prediction or feature cache (a replay compresses a day into a minute: a 5-minute cache would
+# answer hours of replayed time from one request); a latency budget a replay on a busy laptop
+# never exceeds (the 50 ms default turned 45 % of the answers into fallbacks, measuring
+# the machine instead of the model).
+REPLAY_SERVER_ENV = {"FEASTFLOW_REQUEST_LOG_SAMPLE": "1", "FEASTFLOW_REQUEST_LOG_FLUSH_SECONDS": "1",
+                     "FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS": "0",
+                     "FEASTFLOW_FEATURE_CACHE_TTL_SECONDS": "0",
+                     "FEASTFLOW_LATENCY_BUDGET_MS": "5000"}
+
+
 def run_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: int,
-             console: Console) -> bool:
-    """Run every step, print each with its duration, end with the summary; True if all passed."""
+             console: Console, live_days: int = 7, replay_days: int = 1) -> bool:
+    """Run every step, print each with its duration, end with the summary; True if all passed.
+
+    The world has `days` days of history and `live_days` more in which it drifts. The model is
+    trained on the history; the live days arrive, the last `replay_days` of them through the
+    running server (a prediction at each sampled unlock, then the unlock as an event); then
+    `monitor` reads what was served and `retrain` decides whether a new model takes over.
+    """
     from pipelines.feast_ops import apply_repo, materialize
     from pipelines.features import compute_feature_tables
-    from pipelines.generate import generate_events
+    from pipelines.generate import Drift, generate_events
     from pipelines.ingest import ingest_frame
-    from pipelines.training import evaluate_alias, train_use_case
+    from pipelines.monitor import run_monitor
+    from pipelines.replay import daily_job, replay_events
+    from pipelines.training import evaluate_alias, retrain_use_case, train_use_case
     from registry import lifecycle
 
+    if not 1 <= replay_days <= live_days:
+        raise ValueError(f"replay_days must be between 1 and live_days ({live_days}), "
+                         f"got {replay_days}")
     durations: list[tuple[str, float, str]] = []
 
     def step(name: str, fn: Callable[[], Any], describe: Callable[[Any], str] = str) -> Any:
@@ -118,18 +146,25 @@ def run_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: i
         console.print(f"[green]done[/green] {name} in {elapsed:.1f} s: {note}")
         return result
 
+    def features() -> dict[str, int]:
+        return compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+
     console.print(f"profile [bold]{settings.profile}[/bold], home {settings.home}")
-    raw = step("generate", lambda: generate_events(users, days, seed),
-               lambda r: f"{len(r):,} unlocks of {users} users over {days} days")
+    drift = Drift(start_day=days)
+    world = step("generate", lambda: generate_events(users, days + live_days, seed, drift=drift),
+                 lambda r: f"{len(r):,} unlocks of {users} users over {days} + {live_days} days "
+                           f"(drift from day {days}: {drift})")
+    live_start = pd.Timestamp(world["timestamp"].min()).floor("D") + pd.Timedelta(days=days)
+    raw = world[world["timestamp"] < live_start]
+    live = world[world["timestamp"] >= live_start]
+    replay_start = live_start + pd.Timedelta(days=live_days - replay_days)
     report = step("ingest", lambda: ingest_frame(raw, settings.events_dir,
                                                  settings.user_hash_secret),
                   lambda r: f"{r.rows_written:,} written, {r.duplicates_skipped:,} already there, "
                             f"{r.rows_rejected} rejected")
     if report.errors:
         return False
-    step("features", lambda: compute_feature_tables(spec, settings.events_dir,
-                                                    settings.features_dir / spec.name),
-         lambda r: f"{len(r)} tables, {sum(r.values()):,} rows")
+    step("features", features, lambda r: f"{len(r)} tables, {sum(r.values()):,} rows")
     step("apply", lambda: apply_repo(settings), lambda _: "feature repo registered")
     trained = step("train", lambda: train_use_case(settings, spec, progress=console.print),
                    lambda r: f"v{r.version} registered as challenger, "
@@ -146,20 +181,47 @@ def run_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: i
          lambda w: f"{w[0]:%Y-%m-%d} .. {w[1]:%Y-%m-%d} into the {settings.profile} online store")
     at = pd.Timestamp(evaluation["holdout_end"]) + pd.Timedelta(hours=8, minutes=5)
     requests = demo_requests(raw, at)
-    answers, latencies, freshness = step(
-        "serve, predict, stream events", lambda: _serve_over_http(settings, spec.name, requests),
-        lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP; "
-                  f"events fresh online in p50 {statistics.median(r[2]):.0f} ms")
+    api_key = settings.api_key or secrets.token_hex(16)  # POST /v1/events needs one
+    with contextlib.ExitStack() as running:
+        url = running.enter_context(running_server(
+            settings, spec.name, extra_env={"FEASTFLOW_API_KEY": api_key, **REPLAY_SERVER_ENV}))
+        running.enter_context(running_processor(settings, spec.name))
+        answers, latencies = step(
+            "serve, predict", lambda: _predict_over_http(url, requests),
+            lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP")
+
+        def live_days_arrive() -> str:
+            batch = live[live["timestamp"] < replay_start]
+            ingest_frame(batch, settings.events_dir, settings.user_hash_secret)
+            daily_job(settings, spec, live_start)
+            return f"{len(batch):,} unlocks of {live_start:%Y-%m-%d} .. {replay_start:%Y-%m-%d}"
+
+        step(f"live days: {live_days - replay_days} days arrive in batch", live_days_arrive)
+
+        replayed = step(
+            f"live days: replay the last {replay_days} through the server",
+            lambda: replay_events(url, api_key, settings, spec, live[live["timestamp"] >=
+                                  replay_start], predict_share=0.5, seed=seed,
+                                  on_day=lambda day: daily_job(settings, spec,
+                                                               day - pd.Timedelta(days=1))),
+            lambda r: f"{r.events:,} events, {r.predictions:,} predictions "
+                      f"({dict(r.fallbacks)}); events online in p50 "
+                      f"{statistics.median(r.visible_ms):.0f} ms")
+    step("features", features, lambda r: f"{len(r)} tables, {sum(r.values()):,} rows")
+    monitored = step("monitor", lambda: run_monitor(settings, spec, since=replay_start,
+                                                    progress=console.print),
+                     lambda r: f"{len(r.alerts)} alerts -> {r.report}")
+    retrained = step("retrain", lambda: retrain_use_case(settings, spec, progress=console.print),
+                     lambda r: f"challenger v{r.trained.version} "
+                               f"{'promoted' if r.decision.passed else 'rejected'}")
     _summary(console, durations, evaluation, trained.version, decision.passed, answers,
-             latencies, freshness)
+             latencies, replayed, monitored, retrained)
     return True
 
 
-def _serve_over_http(settings: Settings, use_case: str, requests: list[dict[str, Any]],
-                     repeat: int = 100) -> tuple[list[dict[str, Any]], list[float], list[float]]:
-    api_key = settings.api_key or secrets.token_hex(16)  # POST /v1/events needs one
-    with running_server(settings, use_case, extra_env={"FEASTFLOW_API_KEY": api_key}) as url, \
-            running_processor(settings, use_case), httpx.Client(base_url=url, timeout=60) as client:
+def _predict_over_http(url: str, requests: list[dict[str, Any]], repeat: int = 100
+                       ) -> tuple[list[dict[str, Any]], list[float]]:
+    with httpx.Client(base_url=url, timeout=60) as client:
         answers = []
         for body in requests:
             response = client.post("/v1/predict", json=body)
@@ -170,51 +232,14 @@ def _serve_over_http(settings: Settings, use_case: str, requests: list[dict[str,
             started = time.perf_counter()
             client.post("/v1/predict", json=requests[i % len(requests)]).raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
-        freshness = _stream_events(settings, client, api_key, requests[0])
-    return answers, latencies, freshness
-
-
-def _stream_events(settings: Settings, client: httpx.Client, api_key: str,
-                   request: dict[str, Any], n: int = 10) -> list[float]:
-    """POST unlock events for a user one at a time; ms until Feast's online read shows each."""
-    from feastflow.privacy import hash_user_id
-    from feastflow.store import open_store
-
-    store = open_store(settings)
-    user = hash_user_id(request["user_id"], settings.user_hash_secret)
-    start = pd.Timestamp(request["timestamp"])
-    freshness = []
-    # the first event also starts the server's in-process processor (it reads the event log once)
-    for i in range(n + 1):
-        at = start + pd.Timedelta(seconds=i)
-        event = {"event_id": f"demo-{start.value}-{i}", "user_id": request["user_id"],
-                 "timestamp": at.isoformat(), "app": ("camera", "maps", "music")[i % 3],
-                 "session_seconds": 20.0, "secs_since_prev_unlock": 60.0,
-                 **{k: request["context"][k] for k in ("location", "battery", "charging",
-                                                       "network")},
-                 "os_version": "android-14"}
-        sent = time.perf_counter()
-        client.post("/v1/events", json={"events": [event]},
-                    headers={"x-api-key": api_key}).raise_for_status()
-        deadline = sent + 60
-        while True:
-            row = store.get_online_features(["user_last_app_fv:last_unlock_unix"],
-                                            [{"user_id": user}]).to_dict()
-            if row["last_unlock_unix"][0] == int(at.timestamp()):
-                break
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"event {event['event_id']} never reached the online store")
-            time.sleep(0.002)
-        if i:
-            freshness.append((time.perf_counter() - sent) * 1000)
-    return freshness
+    return answers, latencies
 
 
 def _summary(console: Console, durations: list[tuple[str, float, str]],
              evaluation: dict[str, Any], version: str, promoted: bool,
-             answers: list[dict[str, Any]], latencies: list[float], freshness: list[float]
-             ) -> None:
-    from pipelines.cli import metrics_table
+             answers: list[dict[str, Any]], latencies: list[float], replayed: ReplayStats,
+             monitored: MonitorResult, retrained: RetrainResult) -> None:
+    from pipelines.cli import metrics_table, monitor_table
 
     console.rule("[bold]summary")
     steps = Table(title="steps")
@@ -243,6 +268,19 @@ def _summary(console: Console, durations: list[tuple[str, float, str]],
     console.print(f"/v1/predict round trip over HTTP: p50 {statistics.median(latencies):.1f} ms, "
                   f"p95 {sorted(latencies)[int(len(latencies) * 0.95) - 1]:.1f} ms "
                   f"({len(latencies)} requests)")
-    console.print(f"POST /v1/events -> user_last_app_fv in the online store: p50 "
-                  f"{statistics.median(freshness):.0f} ms, max {max(freshness):.0f} ms "
-                  f"({len(freshness)} events, one at a time)")
+    visible = sorted(replayed.visible_ms)
+    console.print(f"POST /v1/events -> the online store, replayed rounds of up to one event per "
+                  f"user: p50 {statistics.median(visible):.0f} ms, max {visible[-1]:.0f} ms "
+                  f"({replayed.rounds} rounds, {replayed.events:,} events)")
+    console.print(monitor_table(monitored.summary, 4))
+    for alert in monitored.alerts:
+        console.print(f"[red]alert[/red] {alert}")
+    verdict = "promoted to champion" if retrained.decision.passed else "rejected"
+    console.print(f"retrain: challenger v{retrained.trained.version} {verdict} against "
+                  f"v{retrained.champion_version}, both judged on "
+                  f"{retrained.trained.report['holdout_start'][:10]} .. "
+                  f"{retrained.trained.report['holdout_end'][:10]}:")
+    for reason in retrained.decision.reasons:
+        console.print(f"  {reason}")
+    console.print(f"[bold]monitoring report: {monitored.report}[/bold] "
+                  f"(summary.json and metrics.prom beside it)")

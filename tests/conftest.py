@@ -65,6 +65,24 @@ def copy_feature_repo(root: Path, **split: int) -> Path:
 SERVED_REDIS_URL = REDIS_TEST_URL.rsplit("/", 1)[0] + "/14"  # its own db: e2e writes to db 15
 
 
+def build_champion(settings: Settings, spec: ModelSpec, raw: pd.DataFrame) -> None:
+    """Ingest, features, apply, train, alias the model champion, materialize."""
+    from pipelines.feast_ops import apply_repo, materialize
+    from pipelines.features import compute_feature_tables
+    from pipelines.ingest import ingest_frame
+    from pipelines.training import train_use_case
+    from registry import lifecycle
+
+    ingest_frame(raw, settings.events_dir, settings.user_hash_secret)
+    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    apply_repo(settings)
+    trained = train_use_case(settings, spec)
+    # Tests need a champion, not a gate decision on a world this small.
+    MlflowClient().set_registered_model_alias(spec.registered_model_name, lifecycle.CHAMPION,
+                                              trained.version)
+    materialize(settings)
+
+
 @dataclass(frozen=True)
 class ServedWorld:
     """A trained, promoted and materialized world in a real Redis, for serving tests."""
@@ -83,11 +101,6 @@ class ServedWorld:
 def served_world(tmp_path_factory: pytest.TempPathFactory) -> ServedWorld:
     """30 users x 49 days: ingested, features, applied, trained, promoted, materialized (Redis)."""
     from feastflow.spec import load_spec
-    from pipelines.feast_ops import apply_repo, materialize
-    from pipelines.features import compute_feature_tables
-    from pipelines.ingest import ingest_frame
-    from pipelines.training import train_use_case
-    from registry import lifecycle
 
     client = redis.Redis.from_url(SERVED_REDIS_URL)
     try:
@@ -101,13 +114,6 @@ def served_world(tmp_path_factory: pytest.TempPathFactory) -> ServedWorld:
                         redis_url=SERVED_REDIS_URL, user_hash_secret="served-secret")
     spec = load_spec("next_app", repo)
     raw = generate_events(users=30, days=49, seed=3)
-    ingest_frame(raw, settings.events_dir, settings.user_hash_secret)
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
-    apply_repo(settings)
-    trained = train_use_case(settings, spec)
-    # Serving tests need a champion, not a gate decision on a world this small.
-    MlflowClient().set_registered_model_alias(spec.registered_model_name, lifecycle.CHAMPION,
-                                              trained.version)
-    materialize(settings)
+    build_champion(settings, spec, raw)
     at = pd.Timestamp(raw["timestamp"].max()).tz_convert("UTC").floor("h") + pd.Timedelta(hours=1)
     return ServedWorld(settings, spec, raw, at)

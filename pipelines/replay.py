@@ -1,0 +1,226 @@
+"""Replay recorded events through a running server as if they happened now, in time order.
+
+For each event: ask the server for a prediction at the event's time and context (for a
+sampled share of events), then POST the event itself, as a phone would. Events go in rounds
+that hold at most one event per user, and a round waits until the stream processor has put
+its events online (the spec's `realtime.freshness_feature`), so every prediction sees every
+earlier event of its user, as in production where unlocks are seconds or minutes apart.
+
+At each day boundary `on_day(day)` runs the daily batch job (feature tables, materialize) once
+the event log holds the whole previous day, as a scheduler would. This makes a replay's
+served log comparable with the offline point-in-time features: the input of the skew check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import httpx
+import pandas as pd
+
+from feastflow.event_log import events_glob, sql_string
+from feastflow.events import EVENT_COLUMNS
+from feastflow.privacy import hash_user_id
+from feastflow.settings import Settings
+from feastflow.spec import ModelSpec
+
+MAX_ROUND = 200  # events per POST /v1/events (the server takes up to 500)
+CONCURRENT_PREDICTIONS = 8
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ReplayStats:
+    """What a replay sent and what came back."""
+
+    events: int = 0
+    predictions: int = 0
+    rounds: int = 0
+    days: int = 0
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    variants: Counter[str] = field(default_factory=Counter)
+    visible_ms: list[float] = field(default_factory=list)  # per round: POST -> online
+    seconds: float = 0.0
+
+
+def rounds(events: pd.DataFrame, entity: str, timestamp: str, max_size: int = MAX_ROUND
+           ) -> Iterator[pd.DataFrame]:
+    """Consecutive slices of the time-ordered events, each within one UTC day and holding at
+    most one event per entity."""
+    start = 0
+    seen: set[Any] = set()
+    users = events[entity].tolist()
+    days = events[timestamp].dt.floor("D").tolist()
+    for i, user in enumerate(users):
+        if user in seen or i - start >= max_size or days[i] != days[start]:
+            yield events.iloc[start:i]
+            start, seen = i, set()
+        seen.add(user)
+    if start < len(users):
+        yield events.iloc[start:]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if hasattr(value, "item") else value
+
+
+def event_body(row: dict[str, Any]) -> dict[str, Any]:
+    """One event as POST /v1/events takes it."""
+    return {k: _jsonable(row[k]) for k in EVENT_COLUMNS if k in row and _jsonable(row[k]) is not None}
+
+
+def predict_body(row: dict[str, Any], spec: ModelSpec, k: int) -> dict[str, Any]:
+    """The prediction request a phone would send at this unlock."""
+    log = spec.event_log
+    context = {name: _jsonable(row[name]) for name in log.context}
+    return {"user_id": row[log.entity], "timestamp": _jsonable(row[log.timestamp]),
+            "context": {n: v for n, v in context.items() if v is not None}, "k": k}
+
+
+def daily_job(settings: Settings, spec: ModelSpec, since: pd.Timestamp) -> None:
+    """What a scheduler runs each night: feature tables from the log, then the rows stamped
+    since `since` into the online store."""
+    from pipelines.feast_ops import materialize
+    from pipelines.features import compute_feature_tables
+
+    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    materialize(settings, start=since.to_pydatetime())
+
+
+def wait_for_log(settings: Settings, event_ids: list[str], timeout_s: float = 120.0) -> None:
+    """Block until every one of these events is in the offline event log (the processor's
+    writer appends every couple of seconds)."""
+    deadline = time.monotonic() + timeout_s
+    con = duckdb.connect()
+    con.register("wanted", pd.DataFrame({"event_id": event_ids}))
+    query = (f"SELECT count(DISTINCT event_id) FROM read_parquet("
+             f"{sql_string(events_glob(settings.events_dir))}, hive_partitioning = false) "
+             "WHERE event_id IN (SELECT event_id FROM wanted)")
+    while True:
+        n = con.execute(query).fetchone()[0]
+        if n >= len(event_ids):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the event log holds {n} of {len(event_ids)} replayed events "
+                               f"after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+class OnlineWatcher:
+    """Reads the spec's freshness feature to see when events have reached the online store."""
+
+    def __init__(self, settings: Settings, spec: ModelSpec) -> None:
+        from feastflow.store import open_store
+
+        if spec.realtime is None or spec.realtime.freshness_feature is None:
+            raise ValueError(f"{spec.name}: replay needs realtime.freshness_feature in the spec")
+        self.feature = spec.realtime.freshness_feature
+        self.name = self.feature.split(":", 1)[1]
+        self.entity = spec.event_log.entity
+        self.secret = settings.user_hash_secret
+        self.store = open_store(settings)
+
+    def wait(self, round_: pd.DataFrame, timeout_s: float = 60.0) -> None:
+        """Block until each user's last event time online is at least the round's event."""
+        users = [hash_user_id(u, self.secret) for u in round_[self.entity]]
+        wanted = [int(ts.timestamp()) for ts in round_["timestamp"]]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            values = self.store.get_online_features(
+                [self.feature], [{self.entity: u} for u in users]).to_dict()[self.name]
+            if all(v is not None and v >= w for v, w in zip(values, wanted, strict=True)):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("replayed events did not reach the online store in "
+                                   f"{timeout_s:.0f} s")
+            time.sleep(0.005)
+
+
+async def _post(client: httpx.AsyncClient, limit: asyncio.Semaphore, path: str,
+                body: dict[str, Any]) -> httpx.Response:
+    async with limit:
+        return await client.post(path, json=body)
+
+
+async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec,
+                  events: pd.DataFrame, api_key: str, predict_share: float, seed: int,
+                  on_day: Callable[[pd.Timestamp], None] | None, progress: Progress | None,
+                  k: int) -> ReplayStats:
+    stats = ReplayStats()
+    started = time.perf_counter()
+    limit = asyncio.Semaphore(CONCURRENT_PREDICTIONS)
+    draw = random.Random(seed)
+    watcher = OnlineWatcher(settings, spec)
+    headers = {"x-api-key": api_key}
+    ts = spec.event_log.timestamp
+    day: pd.Timestamp | None = None
+    day_ids: list[str] = []
+    for round_ in rounds(events, spec.event_log.entity, ts):
+        round_day = round_[ts].iloc[0].floor("D")
+        if day is not None and round_day > day:
+            # the daily job runs once the log holds the whole finished day
+            wait_for_log(settings, day_ids)
+            if on_day is not None:
+                on_day(round_day)
+            stats.days += 1
+            day_ids = []
+        day = round_day
+        rows = round_.to_dict("records")
+        asked = [r for r in rows if draw.random() < predict_share]
+        answers = await asyncio.gather(*(
+            _post(client, limit, "/v1/predict", predict_body(r, spec, k)) for r in asked))
+        for response in answers:
+            if response.status_code != 200:
+                raise RuntimeError(f"/v1/predict answered {response.status_code}: "
+                                   f"{response.text[:300]}")
+            body = response.json()
+            stats.fallbacks[body.get("fallback") or "model"] += 1
+            stats.variants[body.get("variant", "?")] += 1
+        sent = time.perf_counter()
+        response = await client.post("/v1/events", json={"events": [event_body(r) for r in rows]},
+                                     headers=headers)
+        if response.status_code != 202 or response.json().get("rejected"):
+            raise RuntimeError(f"/v1/events answered {response.status_code}: "
+                               f"{response.text[:300]}")
+        await asyncio.to_thread(watcher.wait, round_)
+        stats.visible_ms.append((time.perf_counter() - sent) * 1000)
+        stats.events += len(rows)
+        stats.predictions += len(asked)
+        stats.rounds += 1
+        day_ids.extend(str(r["event_id"]) for r in rows)
+        if progress is not None:
+            progress(len(rows))
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
+                  events: pd.DataFrame, predict_share: float = 1.0, seed: int = 0,
+                  on_day: Callable[[pd.Timestamp], None] | None = None,
+                  progress: Progress | None = None, k: int = 4) -> ReplayStats:
+    """Replay raw events (raw user ids) through the server at `url` in time order; see above."""
+    if not 0.0 <= predict_share <= 1.0:
+        raise ValueError(f"predict_share must be in [0, 1], got {predict_share}")
+    ts = spec.event_log.timestamp
+    events = events.sort_values([ts, "event_id"], ignore_index=True)
+    events[ts] = pd.to_datetime(events[ts], utc=True)
+
+    async def run() -> ReplayStats:
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            return await _replay(client, settings, spec, events, api_key, predict_share, seed,
+                                 on_day, progress, k)
+
+    return asyncio.run(run())

@@ -1,0 +1,153 @@
+"""Monitoring's statistics and the replay's rounds, on small hand-made data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.monitor import (
+    accuracy_by_variant,
+    calendar_weights,
+    difference,
+    feature_drift,
+    hit_rate,
+    noise_floor,
+    psi,
+    served_inputs,
+)
+from pipelines.replay import event_body, rounds
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, 20_000)
+    same = psi(reference, rng.normal(0, 1, 5_000), "x")
+    shifted = psi(reference, rng.normal(1, 1, 5_000), "x")
+    assert same.psi < 0.01
+    assert shifted.psi > 0.25
+    # ten reference deciles plus the missing bin, each holding a tenth of the reference
+    assert len(same.bins) == 11 and same.bins[-1] == "missing"
+    assert np.allclose(same.reference_share[:10], 0.1, atol=0.002)
+
+
+def test_psi_bins_come_from_the_reference_only() -> None:
+    reference = np.arange(100, dtype=float)
+    # every current value above the reference's range lands in its top bin
+    drift = psi(reference, np.full(50, 1_000.0), "x", bins=4)
+    assert drift.bins[:4] == ["<= 24.75", "<= 49.5", "<= 74.25", "> 74.25"]
+    assert drift.current_share[3] == pytest.approx(1.0, abs=1e-3)
+    expected = sum((c - r) * math.log(c / r)
+                   for c, r in zip(drift.current_share, drift.reference_share, strict=True))
+    assert drift.psi == pytest.approx(expected)
+
+
+def test_psi_counts_missing_values_and_unseen_categories_in_bins_of_their_own() -> None:
+    reference = np.array([0.0] * 50 + [1.0] * 50)
+    current = np.array([0.0] * 40 + [2.0] * 30 + [np.nan] * 30)
+    drift = psi(reference, current, "location", categorical=True, labels=["home", "work"])
+    assert drift.bins == ["home", "work", "other", "missing"]
+    assert drift.current_share[2] == pytest.approx(0.3, abs=1e-3)
+    assert drift.current_share[3] == pytest.approx(0.3, abs=1e-3)
+    assert drift.current_missing == pytest.approx(0.3)
+    assert drift.psi > 1.0
+
+
+def test_psi_refuses_an_empty_side() -> None:
+    with pytest.raises(ValueError, match="x: PSI needs values on both sides"):
+        psi(np.array([]), np.array([1.0]), "x")
+
+
+def test_wilson_interval() -> None:
+    rate = hit_rate(50, 100)
+    assert rate.rate == 0.5
+    assert rate.low == pytest.approx(0.4038, abs=1e-4)
+    assert rate.high == pytest.approx(0.5962, abs=1e-4)
+    assert math.isnan(hit_rate(0, 0).rate)
+
+
+def test_accuracy_per_variant_keeps_shadow_scorings_apart() -> None:
+    answers = pd.DataFrame({
+        "variant": ["champion", "champion", "champion", "challenger", "challenger"],
+        "shadow": [False, False, False, False, True],
+        "fallback": [None, None, "popular_at_hour", None, None],
+        "model_version": ["1", "1", "1", "2", "2"],
+        "items": [["a", "b"], ["b", "a"], ["c", "d", "e", "f", "a"], ["a"], ["b"]],
+        "actual": ["a", "a", "a", "a", None],
+    })
+    accuracy = accuracy_by_variant(answers, k=4)
+    assert set(accuracy) == {"champion", "challenger"}  # the shadow row has no next event
+    champion = accuracy["champion"]
+    assert (champion["top1"]["hits"], champion["top1"]["n"]) == (1, 3)
+    assert champion["top4"]["hits"] == 2  # "a" is 5th in the third answer
+    assert champion["fallback_share"] == pytest.approx(1 / 3)
+    diff = difference(accuracy["challenger"]["top1"], champion["top1"])
+    assert diff["diff"] == pytest.approx(1 - 1 / 3)
+
+
+def test_served_inputs_unpacks_the_logged_candidates() -> None:
+    records = pd.DataFrame({"features": [
+        '{"candidates": ["a", "b"], "x": [1.0, null], "y": [3, 4]}',
+        "{}",  # a fallback answer logs no features
+        '{"candidates": ["c"], "x": [5.0]}',
+    ]}, index=[10, 11, 12])
+    frame = served_inputs(records, ["x", "y"])
+    assert frame["request"].tolist() == [10, 10, 12]
+    assert frame["item"].tolist() == ["a", "b", "c"]
+    assert frame["x"].tolist()[0] == 1.0 and math.isnan(frame["x"].tolist()[1])
+    assert math.isnan(frame["y"].tolist()[2])  # not logged: missing
+
+
+def test_replay_rounds_hold_one_event_per_user_and_never_span_midnight() -> None:
+    ts = pd.to_datetime(["2026-01-01T23:58:00", "2026-01-01T23:59:00", "2026-01-01T23:59:30",
+                         "2026-01-02T00:00:10", "2026-01-02T00:01:00", "2026-01-02T00:02:00"],
+                        utc=True)
+    events = pd.DataFrame({"user_id": ["u1", "u2", "u1", "u3", "u4", "u3"], "timestamp": ts})
+    parts = list(rounds(events, "user_id", "timestamp", max_size=10))
+    assert [p["user_id"].tolist() for p in parts] == [["u1", "u2"], ["u1"], ["u3", "u4"], ["u3"]]
+    assert sum(len(p) for p in parts) == len(events)
+    assert [len(p) for p in rounds(events, "user_id", "timestamp", max_size=1)] == [1] * 6
+
+
+def test_event_body_drops_missing_values() -> None:
+    body = event_body({"event_id": "e1", "user_id": "u", "timestamp": pd.Timestamp(
+        "2026-01-01T08:00", tz="UTC"), "app": "mail", "secs_since_prev_unlock": float("nan"),
+        "battery": np.int64(40), "charging": np.bool_(False)})
+    assert body == {"event_id": "e1", "user_id": "u", "timestamp": "2026-01-01T08:00:00+00:00",
+                    "app": "mail", "battery": 40, "charging": False}
+
+
+def test_the_reference_is_weighted_to_the_windows_days_of_the_week() -> None:
+    # a weekday/weekend world where location depends on the day: a Sunday's window must be
+    # compared with the reference's Sundays, not flagged because nobody is at work on Sundays
+    rng = np.random.default_rng(1)
+    dow = rng.integers(0, 7, 20_000).astype(float)
+    location = np.where(dow < 5, rng.choice([0.0, 1.0], 20_000), 0.0)
+    reference = pd.DataFrame({"day_of_week": dow, "location": location})
+    sunday = pd.DataFrame({"day_of_week": np.full(3_000, 6.0), "location": np.zeros(3_000)})
+    weights = calendar_weights(reference["day_of_week"], sunday["day_of_week"])
+    assert weights[dow == 6].sum() == pytest.approx(len(reference))
+    assert (weights[dow != 6] == 0).all()
+    drifts = {d.name: d for d in feature_drift(reference, sunday, 10, {"location": ["a", "b"]},
+                                               match_on="day_of_week")}
+    assert drifts["location"].psi < 0.01
+    unmatched = {d.name: d for d in feature_drift(reference, sunday, 10, {"location": ["a", "b"]})}
+    assert unmatched["location"].psi > 0.25
+    assert drifts["day_of_week"].psi > 1  # the calendar itself is not re-weighted
+
+
+def test_the_noise_floor_is_what_a_days_slice_of_the_reference_reads() -> None:
+    # per_user: one value per user and day (a daily snapshot); per_request: fresh each request
+    rng = np.random.default_rng(2)
+    days, users, per_day = 14, 30, 400
+    day = np.repeat(np.arange(days), per_day)
+    user = rng.integers(0, users, days * per_day)
+    level = rng.lognormal(3, 0.8, users)
+    per_user = level[user] * rng.lognormal(0, 0.1, (days, users))[day, user]
+    reference = pd.DataFrame({"per_user": per_user, "per_request": rng.normal(0, 1, len(day))})
+    floor = noise_floor(reference, pd.Series(day), 1, 10, {})
+    assert floor["per_user"] > 0.1  # thirty users a day: lumpy, whatever the row count
+    assert floor["per_request"] < 0.05
+    assert noise_floor(reference, pd.Series(day), days, 10, {}) == {}  # no shorter slice
