@@ -129,13 +129,14 @@ class OnlineWatcher:
         self.feature = spec.realtime.freshness_feature
         self.name = self.feature.split(":", 1)[1]
         self.entity = spec.event_log.entity
+        self.timestamp = spec.event_log.timestamp
         self.secret = settings.user_hash_secret
         self.store = open_store(settings)
 
     def wait(self, round_: pd.DataFrame, timeout_s: float = 60.0) -> None:
         """Block until each user's last event time online is at least the round's event."""
         users = [hash_user_id(u, self.secret) for u in round_[self.entity]]
-        wanted = [int(ts.timestamp()) for ts in round_["timestamp"]]
+        wanted = [int(ts.timestamp()) for ts in round_[self.timestamp]]
         deadline = time.monotonic() + timeout_s
         while True:
             values = self.store.get_online_features(
