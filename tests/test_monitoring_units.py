@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipelines.monitor import (
+    MonitorError,
     accuracy_by_variant,
     calendar_weights,
     difference,
     feature_drift,
     hit_rate,
+    load_served,
     noise_floor,
     psi,
     served_inputs,
@@ -151,3 +154,29 @@ def test_the_noise_floor_is_what_a_days_slice_of_the_reference_reads() -> None:
     assert floor["per_user"] > 0.1  # thirty users a day: lumpy, whatever the row count
     assert floor["per_request"] < 0.05
     assert noise_floor(reference, pd.Series(day), days, 10, {}) == {}  # no shorter slice
+
+
+def test_monitor_says_what_to_run_when_nothing_was_served(tmp_path: Path) -> None:
+    with pytest.raises(MonitorError, match="FEASTFLOW_REQUEST_LOG_SAMPLE"):
+        load_served(tmp_path / "served", days=7)
+
+
+def test_monitor_refuses_an_empty_window(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from serving.request_log import PredictionLog
+
+    at = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    with PredictionLog(tmp_path, sample=1.0, flush_seconds=60) as log:
+        log.record({"request_id": "r1", "served_at": at, "request_ts": at, "user_hash": "u",
+                    "variant": "champion", "model_version": "1", "fallback": None,
+                    "items": ["a"], "scores": [1.0], "features": "{}", "latency_ms": 1.0,
+                    "shadow": False})
+    served, window = load_served(tmp_path, days=7)
+    assert served["request_id"].tolist() == ["r1"]
+    assert served["context"].isna().all()  # a record without context: skew leaves it out
+    assert window.end - window.start == pd.Timedelta(days=7)
+    with pytest.raises(MonitorError, match="is not before"):
+        load_served(tmp_path, days=7, since=at, until=at)
+    with pytest.raises(MonitorError, match="no served requests between"):
+        load_served(tmp_path, days=7, until=datetime(2026, 1, 1, tzinfo=UTC))
