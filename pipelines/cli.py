@@ -412,10 +412,8 @@ def replay(
         raise typer.Exit(2)
     events = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
-    if since is not None:
-        start = pd.Timestamp(since)
-        events = events[events["timestamp"] >= (start.tz_localize("UTC") if start.tzinfo is None
-                                                 else start)]
+    if since is not None:  # typer gives a naive datetime: UTC, as the help says
+        events = events[events["timestamp"] >= pd.Timestamp(since, tz="UTC")]
 
     with _bar() as bar:
         task = bar.add_task("replaying events", total=len(events))

@@ -39,10 +39,11 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from feastflow.event_log import events_glob, has_events, sql_string
+from feastflow.event_log import has_events, sql_string
 from feastflow.ranking import REQUEST_ID, model_categories
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, MonitorSpec
+from pipelines.features import event_log_connection
 from pipelines.training import REFERENCE_DAY
 
 Progress = Callable[[str], None]
@@ -275,19 +276,17 @@ def hit_rate(hits: int, n: int) -> HitRate:
 def labelled_answers(served: pd.DataFrame, events_dir: Path, spec: ModelSpec) -> pd.DataFrame:
     """Served answers with the item the user really opened next (within the label horizon)."""
     log = spec.event_log
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = event_log_connection(events_dir)
     con.register("served_df", served[["request_id", "request_ts", "user_hash", "variant",
                                       "model_version", "fallback", "shadow", "items"]])
     horizon = pd.Timedelta(seconds=spec.monitor.label_horizon_seconds).to_pytimedelta()
     return con.execute(f"""
-        WITH events AS (
+        WITH next AS (
             SELECT {log.entity} AS entity, {log.timestamp} AS ts, {log.item} AS actual
-            FROM read_parquet({sql_string(events_glob(events_dir))}, hive_partitioning = false)
-            WHERE {log.timestamp} >= (SELECT min(request_ts) FROM served_df)
+            FROM events WHERE {log.timestamp} >= (SELECT min(request_ts) FROM served_df)
         )
         SELECT s.*, CASE WHEN e.ts - s.request_ts <= ? THEN e.actual END AS actual
-        FROM served_df s ASOF LEFT JOIN events e
+        FROM served_df s ASOF LEFT JOIN next e
           ON s.user_hash = e.entity AND e.ts >= s.request_ts
     """, [horizon]).df()
 
@@ -418,12 +417,11 @@ def offline_tables_lag(settings: Settings, spec: ModelSpec) -> pd.Timedelta | No
     table = settings.features_dir / spec.name / f"{spec.realtime.entity_table.table}.parquet"
     if not table.is_file():
         return None
-    con = duckdb.connect()
+    con = event_log_connection(settings.events_dir)
     newest_row = con.execute(
         f"SELECT max(event_timestamp) FROM read_parquet({sql_string(table)})").fetchone()[0]
     newest_event = con.execute(
-        f"SELECT max({spec.event_log.timestamp}) FROM read_parquet("
-        f"{sql_string(events_glob(settings.events_dir))}, hive_partitioning = false)").fetchone()[0]
+        f"SELECT max({spec.event_log.timestamp}) FROM events").fetchone()[0]
     return pd.Timestamp(newest_event) - pd.Timestamp(newest_row)
 
 
@@ -434,10 +432,7 @@ def data_quality(settings: Settings, spec: ModelSpec, window: Window,
     """Events of the window: volume against the 28 days before, null rates, and the values
     never seen before `known_until` (the end of the champion's data; default: the window)."""
     log = spec.event_log
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet("
-                f"{sql_string(events_glob(settings.events_dir))}, hive_partitioning = false)")
+    con = event_log_connection(settings.events_dir)
     before = window.start - pd.Timedelta(days=28)
     daily = con.execute(f"""
         SELECT date_trunc('day', {log.timestamp}) AS day, count(*) AS events FROM events
@@ -447,15 +442,13 @@ def data_quality(settings: Settings, spec: ModelSpec, window: Window,
     in_window = daily["day"] >= window.start.floor("D")
     usual = float(daily.loc[~in_window, "events"].mean()) if (~in_window).any() else math.nan
     args = [window.start.to_pydatetime(), window.end.to_pydatetime()]
-    n_window = con.execute(f"SELECT count(*) FROM events WHERE {log.timestamp} >= ? AND "
-                           f"{log.timestamp} < ?", args).fetchone()[0]
-    current = n_window / ((window.end - window.start) / pd.Timedelta(days=1))  # partial days too
-    columns = [c for c in con.execute("DESCRIBE events").df()["column_name"]]
+    described = con.execute("DESCRIBE events").df()
+    columns = described["column_name"].tolist()
     nulls = con.execute(
         "SELECT count(*) AS n, " + ", ".join(f"avg(({c} IS NULL)::INT) AS \"{c}\"" for c in columns)
         + f" FROM events WHERE {log.timestamp} >= ? AND {log.timestamp} < ?", args).df().iloc[0]
-    categorical = [c for c, t in con.execute("DESCRIBE events").df()[["column_name",
-                                                                        "column_type"]].values
+    current = int(nulls["n"]) / ((window.end - window.start) / pd.Timedelta(days=1))  # partial days
+    categorical = [c for c, t in described[["column_name", "column_type"]].values
                    if t == "VARCHAR" and c not in (log.entity, "event_id")]
     new_categories: dict[str, list[str]] = {}
     for column in categorical:
