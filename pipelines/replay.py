@@ -22,11 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import httpx
 import pandas as pd
 
-from feastflow.event_log import events_glob, sql_string
 from feastflow.events import EVENT_COLUMNS
 from feastflow.privacy import hash_user_id
 from feastflow.settings import Settings
@@ -102,11 +100,12 @@ def daily_job(settings: Settings, spec: ModelSpec, since: pd.Timestamp) -> None:
 def wait_for_log(settings: Settings, event_ids: list[str], timeout_s: float = 120.0) -> None:
     """Block until every one of these events is in the offline event log (the processor's
     writer appends every couple of seconds)."""
+    from pipelines.features import event_log_connection
+
     deadline = time.monotonic() + timeout_s
-    con = duckdb.connect()
+    con = event_log_connection(settings.events_dir)  # its view reads the files at each query
     con.register("wanted", pd.DataFrame({"event_id": event_ids}))
-    query = (f"SELECT count(DISTINCT event_id) FROM read_parquet("
-             f"{sql_string(events_glob(settings.events_dir))}, hive_partitioning = false) "
+    query = ("SELECT count(DISTINCT event_id) FROM events "
              "WHERE event_id IN (SELECT event_id FROM wanted)")
     while True:
         n = con.execute(query).fetchone()[0]
