@@ -180,3 +180,27 @@ def test_monitor_refuses_an_empty_window(tmp_path: Path) -> None:
         load_served(tmp_path, days=7, since=at, until=at)
     with pytest.raises(MonitorError, match="no served requests between"):
         load_served(tmp_path, days=7, until=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_replay_waits_until_the_processor_has_logged_the_day(tmp_path: Path) -> None:
+    import threading
+
+    from feastflow.settings import Settings
+    from pipelines.replay import wait_for_log
+
+    settings = Settings(home=tmp_path)
+    part = settings.events_dir / "date=2026-03-01" / "hour=08"
+    part.mkdir(parents=True)
+
+    def log(ids: list[str], name: str) -> None:
+        pd.DataFrame({"event_id": ids, "timestamp": pd.to_datetime(
+            ["2026-03-01T08:00:00"] * len(ids), utc=True).astype("datetime64[us, UTC]")}
+                     ).to_parquet(part / name)
+
+    log(["e1"], "a.parquet")
+    late = threading.Timer(0.5, log, (["e2", "e3"], "b.parquet"))
+    late.start()
+    wait_for_log(settings, ["e1", "e2", "e3"], timeout_s=30)  # returns once b.parquet lands
+    late.join()
+    with pytest.raises(TimeoutError, match="holds 3 of 4 replayed events"):
+        wait_for_log(settings, ["e1", "e2", "e3", "e4"], timeout_s=0.5)
