@@ -16,8 +16,8 @@ def materialize(settings: Settings, start: datetime | None = None, end: datetime
 
     Defaults: end is now; start is 400 days before end, wide enough for any view's history.
     """
-    end = end or datetime.now(UTC)
-    start = start or end - timedelta(days=400)
+    end = _utc(end) if end else datetime.now(UTC)
+    start = _utc(start) if start else end - timedelta(days=400)
     if start >= end:
         raise ValueError(f"materialize start {start.isoformat()} is not before end {end.isoformat()}")
     open_store(settings).materialize(start_date=start, end_date=end, feature_views=views)
@@ -29,3 +29,8 @@ def materialize_incremental(settings: Settings, end: datetime | None = None) -> 
     end = end or datetime.now(UTC)
     open_store(settings).materialize_incremental(end_date=end)
     return end
+
+
+def _utc(moment: datetime) -> datetime:
+    # A date without a zone (`feastflow materialize --start 2026-03-06`) is UTC, like event times.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

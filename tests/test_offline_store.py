@@ -416,6 +416,22 @@ def test_materialize_loads_the_same_online_values(tmp_path: Path, pull_latest_fe
     assert ours["label"] == ["b", None, None]
 
 
+
+def test_materialize_reads_a_window_without_a_zone_as_utc(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from feastflow.settings import Settings
+    from pipelines.feast_ops import materialize
+
+    # `feastflow materialize --start 2999-01-01` (a date without a zone, the end left to "now")
+    # is compared as UTC instead of failing on naive against aware datetimes.
+    with pytest.raises(ValueError, match=r"start 2999-01-01T00:00:00\+00:00 is not before end"):
+        materialize(Settings(home=tmp_path), start=datetime(2999, 1, 1))
+    with pytest.raises(ValueError, match=r"start 2027-01-02T00:00:00\+00:00 is not before end "
+                                         r"2027-01-01T00:00:00\+00:00"):
+        materialize(Settings(home=tmp_path), start=datetime(2027, 1, 2),
+                    end=datetime(2027, 1, 1, tzinfo=UTC))
+
 # --- property tests: the plugin equals the stock store ----------------------------------------
 
 USERS, APPS, HOURS = ["u0", "u1", "u2"], ["a0", "a1"], [0, 1]
