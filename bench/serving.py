@@ -139,11 +139,22 @@ def ensure_home(home: Path, redis: RedisServer, spec: ModelSpec, users: int, day
         log(f"reusing the built home {home}: feastflow apply")
         subprocess.run([*feastflow_cmd(), "apply"], env=env, cwd=PROJECT_ROOT, stdout=sys.stderr,
                        stderr=sys.stderr, check=True)
-        if redis.dbsize() == 0:
-            log("its Redis is empty: feastflow materialize")
-            subprocess.run([*feastflow_cmd(), "materialize"], env=env, cwd=PROJECT_ROOT,
-                           stdout=sys.stderr, stderr=sys.stderr, check=True)
+        # An empty Redis gets everything; otherwise the last days go online again, as the nightly
+        # job would have put them (see check_fresh).
+        since = [] if redis.dbsize() == 0 else [
+            "--start", f"{newest_event_day(home) - pd.Timedelta(days=2):%Y-%m-%d}"]
+        log(" ".join(["feastflow materialize", *since]))
+        subprocess.run([*feastflow_cmd(), "materialize", *since], env=env, cwd=PROJECT_ROOT,
+                       stdout=sys.stderr, stderr=sys.stderr, check=True)
     log(f"Redis holds {redis.dbsize():,} keys; champion is v{champion_version(home, spec.name)}")
+
+
+def newest_event_day(home: Path) -> pd.Timestamp:
+    """The newest day of the home's event log (its date= partitions)."""
+    days = sorted((home / "events").glob("date=*"))
+    if not days:
+        raise FileNotFoundError(f"no event log under {home / 'events'}")
+    return pd.Timestamp(days[-1].name.partition("=")[2])
 
 
 # --- the request pool -------------------------------------------------------------------------
@@ -333,6 +344,31 @@ def check_feast_answers(client: httpx.Client, bodies: list[bytes], keys: set[str
     if values == 0 or nulls == values:
         raise RuntimeError("feast serve answered without any feature value")
     return {"responses": len(bodies), "null_value_share": round(nulls / values, 4)}
+
+
+def check_fresh(spec: ModelSpec, home: Path, redis_url: str, snapshot: pd.Timestamp,
+                known: list[Unlock]) -> None:
+    """Fail unless every request falls within the TTL of the newest candidate-list snapshot online.
+
+    Feast serves values of any age, while our server treats values older than their view's TTL
+    as missing (as the point-in-time join does): stale daily features would leave it only the
+    real-time candidates to read and score, a far cheaper request than a real one.
+    """
+    from feastflow.online import view_layouts
+    from feastflow.settings import Settings
+    from feastflow.store import open_store
+
+    settings = Settings(home=home, profile="redis", redis_url=redis_url)
+    name = spec.candidates.fallback_list
+    ttl = min(layout.ttl_seconds or float("inf") for layout in view_layouts(open_store(settings)).values()
+              if name in layout.features)
+    last = max(u.when for u in known)
+    age = last - (snapshot.tz_convert("UTC") if snapshot.tzinfo else snapshot.tz_localize("UTC"))
+    if age.total_seconds() > ttl:
+        raise RuntimeError(f"the newest {name} snapshot online is {snapshot}, but requests run until "
+                           f"{last}: {age} later, beyond the view's TTL of {ttl / 3600:g} h; put the "
+                           f"last days online (feastflow features && feastflow materialize)")
+    log(f"online snapshot {snapshot} is fresh for every request (newest {last}, TTL {ttl / 3600:g} h)")
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -907,6 +943,7 @@ def run_feast(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redi
     # Every good answer carries the latest daily snapshot's timestamp: the values were found.
     stamps = Counter(row.get(spec.candidates.fallback_list + "__ts") for row in stage1.values())
     latest = max(s for s in stamps if s and not s.startswith("1970"))
+    check_fresh(spec, home, redis.url, pd.Timestamp(latest), known)
     results = {}
     port = int(base.rsplit(":", 1)[1])
     for name, bodies in (("feast_serve", ranker), ("feast_serve_one_entity", one)):
