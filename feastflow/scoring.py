@@ -218,10 +218,13 @@ class Ranker:
         for (view, unique, keys), found in zip(reads, results, strict=True):
             by_key = dict(zip(unique, found, strict=True))
             empty = (None,) * len(view.features)
-            per_row = []
-            for r, key in enumerate(keys):
-                stamp, values = by_key[key]
-                per_row.append(empty if values is None or _stale(view, stamp, now[r]) else values)
+            rows_found = map(by_key.__getitem__, keys)
+            ttl = view.ttl_seconds
+            if ttl is None:
+                per_row = [empty if values is None else values for _, values in rows_found]
+            else:  # _stale, inlined: this runs for every candidate row of every view
+                per_row = [empty if values is None or (stamp is not None and at - stamp > ttl)
+                           else values for (stamp, values), at in zip(rows_found, now, strict=True)]
             columns.update(zip(view.features, map(list, zip(*per_row, strict=True)), strict=True))
         for name, values in frame.items():
             columns[name] = values.tolist()

@@ -85,16 +85,10 @@ class CachedReader:
                 missing.append((view, list(keys)))
                 slots.append((index, list(range(len(keys)))))
                 continue
-            rows: list[Row | None] = []
-            wanted: list[Sequence[Any]] = []
-            positions: list[int] = []
             name = view.name
-            for position, key in enumerate(keys):
-                row = cache.get((name, key))
-                if row is None:
-                    wanted.append(key)
-                    positions.append(position)
-                rows.append(row)
+            rows = cache.get_many([(name, key) for key in keys])
+            positions = [position for position, row in enumerate(rows) if row is None]
+            wanted = [keys[position] for position in positions]
             hits += len(keys) - len(wanted)
             misses += len(wanted)
             out.append(rows)
@@ -209,7 +203,7 @@ class PredictionService:
         self.budget_s = settings.latency_budget_ms / 1000
         self.features = CachedReader(
             reader, TTLCache(settings.feature_cache_ttl_seconds, settings.feature_cache_size,
-                             jitter=settings.cache_ttl_jitter),
+                             jitter=settings.cache_ttl_jitter, keep_stale=False),
             breaker, self.budget_s, metrics)
         self.batcher = MicroBatcher(self.features, settings.max_k, metrics)
         self.model_breaker = CircuitBreaker("model", settings.breaker_failures,

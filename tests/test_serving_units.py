@@ -66,6 +66,40 @@ def test_ttl_cache_entries_expire_after_their_ttl() -> None:
     assert cache.get("never-put") is None
 
 
+
+def test_ttl_cache_get_many_answers_like_get_with_one_clock_read() -> None:
+    clock = FakeClock()
+    reads = []
+    cache: TTLCache[str] = TTLCache(10.0, 100, clock=lambda: reads.append(1) or clock())
+    cache.put("old", "O")
+    clock.now += 6
+    cache.put("new", "N")
+    clock.now += 5  # "old" is 11 s old: expired; "new" is 5 s old
+    reads.clear()
+    assert cache.get_many(["old", "new", "never-put", "new"]) == [None, "N", None, "N"]
+    assert len(reads) == 1
+    assert cache.get_many([]) == []
+    assert cache.get_stale("old") == "O"  # expired, still a fallback
+
+
+def test_ttl_cache_without_stale_entries_drops_the_expired_ones_as_it_puts() -> None:
+    clock = FakeClock()
+    cache: TTLCache[str] = TTLCache(10.0, 100, clock=clock, keep_stale=False)
+    for i in range(5):
+        cache.put(f"early-{i}", "E")
+    clock.now += 5
+    cache.put("later", "L")
+    clock.now += 6  # the early ones are 11 s old, "later" 6 s
+    cache.put("now", "N")
+    assert len(cache) == 2
+    assert cache.get_many(["early-0", "later", "now"]) == [None, "L", "N"]
+    assert cache.get_stale("early-0") is None
+    kept: TTLCache[str] = TTLCache(10.0, 100, clock=clock)  # the default keeps them for fallbacks
+    kept.put("early", "E")
+    clock.now += 11
+    kept.put("now", "N")
+    assert len(kept) == 2 and kept.get_stale("early") == "E"
+
 def test_ttl_cache_jitter_spreads_the_expiry_of_entries_put_together() -> None:
     clock = FakeClock(0.0)
     cache: TTLCache[int] = TTLCache(10.0, 10_000, clock=clock, jitter=0.5)
