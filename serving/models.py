@@ -53,6 +53,7 @@ class ModelHolder:
         self.artifacts_uri = artifacts_uri
         self.models: dict[str, ServedModel] = {}
         self.registry_error: str | None = None
+        self._configured = False  # MLflow pointed at the registry once (see _from_registry)
         self.on_swap: list[Callable[[ServedModel, ServedModel | None], None]] = []
 
     def get(self, variant: str) -> ServedModel | None:
@@ -108,10 +109,15 @@ class ModelHolder:
     def _from_registry(self, variant: str, known: str | None) -> ServedModel | None:
         alias = self.aliases[variant]
         name = self.spec.registered_model_name
-        try:
-            lifecycle.configure(self.tracking_uri, self.artifacts_uri, self.spec.name)
-        except Exception as e:  # the registry's client raises whatever its backend raises
-            raise lifecycle.RegistryUnreachable(f"the model registry did not answer: {e}") from e
+        # Once, not at every poll: its experiment queries tripled a poll's Python work, which
+        # runs on a thread and takes the GIL from the event loop (measured: 76 answers over 5 ms
+        # within 0.2 s of a poll at 500 requests/s).
+        if not self._configured:
+            try:
+                lifecycle.configure(self.tracking_uri, self.artifacts_uri, self.spec.name)
+            except Exception as e:  # the registry's client raises whatever its backend raises
+                raise lifecycle.RegistryUnreachable(f"the model registry did not answer: {e}") from e
+            self._configured = True
         version = lifecycle.alias_version(name, alias)  # RegistryUnreachable when it is down
         if version is None:
             raise lifecycle.RegistryError(f"{name}@{alias} does not exist")

@@ -615,3 +615,33 @@ def test_the_circuit_open_error_names_the_last_store_error() -> None:
             await cached.read([(VIEW, [("u",)])])
 
     asyncio.run(run())
+
+
+def test_registry_polls_point_mlflow_at_the_registry_once(service: PredictionService,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A poll runs on a thread and competes with the event loop for the GIL: it asks each alias's
+    # version and nothing else once MLflow is configured (configure queries the experiment).
+    from registry import lifecycle
+
+    calls: list[str] = []
+
+    def configure(*_: Any) -> str:
+        calls.append("configure")
+        if calls.count("configure") == 1:
+            raise ConnectionError("registry down")
+        return "0"
+
+    def alias_version(name: str, alias: str) -> str | None:
+        calls.append(alias)
+        return "7" if alias == "champion" else None  # no challenger alias
+
+    monkeypatch.setattr(lifecycle, "configure", configure)
+    monkeypatch.setattr(lifecycle, "alias_version", alias_version)
+    install_fake_model(service, "7")
+    holder = service.holder
+    assert holder.check_registry() == []
+    assert holder.registry_error is not None and "registry down" in holder.registry_error
+    for _ in range(3):
+        assert holder.check_registry() == []  # the alias still points at the loaded version
+    assert holder.registry_error is None
+    assert calls == ["configure", "configure", *["champion", "challenger"] * 3]
