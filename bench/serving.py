@@ -43,7 +43,12 @@ keep-alive asyncio generator. A --warmup run, then a --duration run; `rps` count
 `fallback`, `fallback_known_users` and `full_model_rps` say how many. Then an open-loop run
 against ours only: --rate requests/s for --duration s over --open-loop-connections keep-alive
 connections, each latency measured from the request's scheduled send time (no coordinated
-omission); requests still unanswered 10 s after the schedule ends count as errors.
+omission); requests still unanswered 10 s after the schedule ends count as errors. Its generator is
+bench/open_loop.c, built with gcc into the temporary folder: a timerfd and epoll loop that writes
+each request within microseconds of its due time (at SCHED_FIFO priority 1 when allowed), for a few
+percent of a core. Without gcc, or with --tool python, the asyncio generator runs it: its timers
+have millisecond granularity (measured: sends 0.8-1.7 ms late at p99, counted as latency).
+`send_lateness_p99_ms` says how late the generator itself was.
 
 --faults: an asyncio load of at least --fault-duration (36) s against ours; at 8 s Redis is
 stopped (shutdown save), at 18 s restarted, at 24 s the champion's model source is registered
@@ -70,6 +75,7 @@ import secrets
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -101,6 +107,7 @@ from feastflow.settings import DEV_HASH_SECRET, FEATURE_REPO
 from feastflow.spec import ModelSpec, load_spec
 
 LUA = Path(__file__).resolve().with_name("serving_load.lua")
+OPEN_LOOP_C = Path(__file__).resolve().with_name("open_loop.c")
 PREDICT_PATH, FEAST_PATH = "/v1/predict", "/get-online-features"
 RAW_ID_FORMAT = "user_{:05d}"  # pipelines/generate.py names its simulated users so
 REQUEST_TIMEOUT_S = 10.0
@@ -588,8 +595,10 @@ async def open_loop(work: Workload, rate: float, seconds: float, connections: in
     raw = work.raw_requests()
     must = work.must_contain.encode()
     total = int(rate * seconds)
-    queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, float, bool] | None] = asyncio.Queue()
     latencies: list[float] = []
+    lateness: list[float] = []  # ms from due to send, of requests that had a connection waiting
+    idle = 0  # clients waiting in queue.get()
     counts: Counter[str] = Counter()
     # Connections open (each with one unmeasured request) before the schedule starts: a
     # keep-alive client's connect is not a request's latency (it put ~50 answers of 10,000,
@@ -606,14 +615,25 @@ async def open_loop(work: Workload, rate: float, seconds: float, connections: in
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            queue.put_nowait((i, due))
+            # Put while every waiting client already has an item: it waits for a connection, a
+            # wait the server's pace makes, not the generator's lateness.
+            waited = queue.qsize() >= idle
+            counts["queued"] += waited
+            queue.put_nowait((i, due, waited))
         for _ in range(connections):
             queue.put_nowait(None)
 
     async def client(conn: Connection) -> None:
-        nonlocal last_done
-        while (item := await queue.get()) is not None:
-            i, due = item
+        nonlocal last_done, idle
+        while True:
+            idle += 1
+            item = await queue.get()
+            idle -= 1
+            if item is None:
+                break
+            i, due, waited = item
+            if not waited:
+                lateness.append((time.perf_counter() - due) * 1000)
             try:
                 status, body = await conn.roundtrip(raw[i % len(raw)])
             except TimeoutError:
@@ -639,8 +659,89 @@ async def open_loop(work: Workload, rate: float, seconds: float, connections: in
                        unfinished=total - answered)
     result.update(target_rps=rate, connections=connections)
     seconds_run = max(last_done - start, seconds)
-    return with_fallbacks(result, counts["fallback"], counts["fallback_known"] if work.known else None,
-                          counts["ok"], seconds_run)
+    with_fallbacks(result, counts["fallback"], counts["fallback_known"] if work.known else None,
+                   counts["ok"], seconds_run)
+    lat = np.asarray(latencies, dtype=float)
+    late = np.asarray(lateness, dtype=float)
+    return open_loop_extras(result, "python",
+                            float(np.percentile(lat, 99.9)) if lat.size else None,
+                            float(lat.max()) if lat.size else None,
+                            float(np.percentile(late, 99)) if late.size else None,
+                            float(late.max()) if late.size else None, counts["queued"])
+
+
+def open_loop_extras(result: dict[str, Any], generator: str, p999_ms: float | None, max_ms: float | None,
+                     lateness_p99_ms: float | None, lateness_max_ms: float | None, queued: int
+                     ) -> dict[str, Any]:
+    """The open loop's own keys: the tail, and how late the generator sent (its health: a late
+    send counts as the server's latency). `queued` requests waited for a free connection."""
+    def ms(value: float | None, digits: int) -> float | None:
+        return round(value, digits) if value is not None else None
+
+    result.update(generator=generator, p999_ms=ms(p999_ms, 2), max_ms=ms(max_ms, 2),
+                  send_lateness_p99_ms=ms(lateness_p99_ms, 3), send_lateness_max_ms=ms(lateness_max_ms, 3),
+                  queued=int(queued))
+    return result
+
+
+def build_open_loop(folder: Path) -> Path | None:
+    """bench/open_loop.c compiled into `folder`; None without gcc or when it does not build."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return None
+    binary = folder / "open_loop"
+    out = subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(OPEN_LOOP_C)],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        log(f"gcc could not build {OPEN_LOOP_C.name} (the asyncio open loop runs): {out.stderr[-1000:]}")
+        return None
+    return binary
+
+
+def write_requests(path: Path, work: Workload) -> Path:
+    """open_loop.c's input: `<u32 little-endian length><u8 known><raw HTTP request>` per body."""
+    with path.open("wb") as f:
+        for i, raw in enumerate(work.raw_requests()):
+            f.write(struct.pack("<IB", len(raw), bool(work.known and work.known[i])) + raw)
+    return path
+
+
+def open_loop_c(binary: Path, work: Workload, folder: Path, rate: float, seconds: float, connections: int
+                ) -> dict[str, Any]:
+    """open_loop's run, by bench/open_loop.c: the same schedule, warm-up, counts and keys."""
+    requests = write_requests(folder / f"{work.name}.requests", work)
+    cmd = [str(binary), "-t", repr(REQUEST_TIMEOUT_S), str(work.port), repr(float(rate)),
+           repr(float(seconds)), str(connections), str(requests), repr(OPEN_LOOP_DRAIN_S), work.must_contain]
+    # its own deadlines end it: warm-up (at most the timeout), the schedule, the drain
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         timeout=REQUEST_TIMEOUT_S + seconds + OPEN_LOOP_DRAIN_S + 60)
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"open_loop failed ({out.returncode}): {out.stderr[-1000:]} {out.stdout[-1000:]}")
+    c = json.loads(lines[-1])
+    result = summarize(c["requests"], c["ok"], c["seconds"], [], non_2xx=c["non_2xx"],
+                       socket_errors=c["socket_errors"], timeouts=c["timeouts"], bad_bodies=c["bad_bodies"],
+                       unfinished=c["unfinished"])
+    result.update(p50_ms=round(c["p50_ms"], 2) if c["p50_ms"] is not None else None,
+                  p99_ms=round(c["p99_ms"], 2) if c["p99_ms"] is not None else None,
+                  target_rps=rate, connections=connections)
+    with_fallbacks(result, c["fallback"], c["fallback_known"] if work.known else None, c["ok"], c["seconds"])
+    open_loop_extras(result, "c", c["p999_ms"], c["max_ms"], c["send_lateness_p99_ms"],
+                     c["send_lateness_max_ms"], c["queued"])
+    result["realtime"] = c["realtime"]  # SCHED_FIFO: its wake-ups did not wait for a busy core
+    if c["warmup_errors"]:
+        log(f"open loop: {c['warmup_errors']} of {connections} warm-up requests failed")
+    return result
+
+
+def run_open_loop(work: Workload, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The open-loop run: by open_loop.c unless --tool python or no gcc, else the asyncio one."""
+    binary = build_open_loop(folder) if args.tool != "python" else None
+    log(f"{work.name}: open loop, {args.rate:g} requests/s for {args.duration:g} s over "
+        f"{args.open_loop_connections} connections, {'C' if binary else 'asyncio'} generator")
+    if binary is not None:
+        return open_loop_c(binary, work, folder, args.rate, args.duration, args.open_loop_connections)
+    return run_async(open_loop(work, args.rate, args.duration, args.open_loop_connections))
 
 
 def run_async(coro: Any) -> Any:
@@ -992,10 +1093,7 @@ def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redis
                               after_warmup=lambda: scraped.update(before=cache_counts(base)))
     results["cache_hit_rate"] = cache_hit_rate(scraped.get("before"), cache_counts(base))
     if args.rate > 0:
-        log(f"ours: open loop, {args.rate:g} requests/s for {args.duration:g} s over "
-            f"{args.open_loop_connections} connections")
-        results["open_loop"] = run_async(open_loop(work_ours, args.rate, args.duration,
-                                                   args.open_loop_connections))
+        results["open_loop"] = run_open_loop(work_ours, work, args)
         log(f"ours open loop: {json.dumps(results['open_loop'])}")
     if args.faults:
         log(f"ours: fault run, {args.fault_duration:g} s")
@@ -1022,7 +1120,9 @@ def main() -> None:
     parser.add_argument("--fault-duration", type=float, default=36.0)
     parser.add_argument("--pool", type=int, default=4000, help="different request bodies")
     parser.add_argument("--unknown-share", type=float, default=0.05)
-    parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto",
+                        help="auto: wrk when installed; the open loop runs bench/open_loop.c (gcc) "
+                             "unless python")
     parser.add_argument("--feast-max-requests", type=int, default=0,
                         help="feast serve --max-requests (its default, 1000, recycles the worker)")
     parser.add_argument("--skip-feast", action="store_true", help="measure our server only")
