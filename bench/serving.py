@@ -5,11 +5,13 @@
 
 Setup. A private redis-server on a free port, its data in <home>/bench_redis/dump.rdb (stopped with
 `redis-cli shutdown save`, so the data outlives a restart and, with --home, the run). The home is a
-Redis-profile FEASTFLOW_HOME built by `feastflow demo --users 150 --days 56` (generate, ingest,
-features, apply, train, promote, materialize; 2-3 min), or --home DIR when it is already built
-(champion in <home>/mlflow.db, Feast registry at <home>/feast/registry.db): then `feastflow apply`
-brings the registry to this checkout's definitions (an on-demand view's mode changes how fast Feast
-serves it) and an empty Redis is refilled with `feastflow materialize`.
+Redis-profile FEASTFLOW_HOME built by `feastflow demo --users 150 --days 56` (the whole demo, with
+its drift, replay and retrain; ~5 min), or --home DIR when it is already built (champion in
+<home>/mlflow.db, Feast registry at <home>/feast/registry.db): then `feastflow apply` brings the
+registry to this checkout's definitions (an on-demand view's mode changes how fast Feast serves
+it), and `feastflow materialize` refills an empty Redis or puts the last days online again. The
+run stops unless every request falls within the TTL of the newest daily snapshot online
+(check_fresh): our server reads older daily features as missing, which makes a cheaper request.
 
 Requests. The last day of the generated world (the event log under <home>/events, user ids hashed
 at ingest; raw ids are recovered by hashing the simulator's ids `user_NNNNN` with the same secret,
