@@ -158,12 +158,17 @@ def ensure_home(home: Path, redis: RedisServer, spec: ModelSpec, users: int, day
     log(f"Redis holds {redis.dbsize():,} keys; champion is v{champion_version(home, spec.name)}")
 
 
-def newest_event_day(home: Path) -> pd.Timestamp:
-    """The newest day of the home's event log (its date= partitions)."""
+def event_days(home: Path) -> list[Path]:
+    """The home's event log partitions (date=YYYY-MM-DD), oldest first."""
     days = sorted((home / "events").glob("date=*"))
     if not days:
         raise FileNotFoundError(f"no event log under {home / 'events'}")
-    return pd.Timestamp(days[-1].name.partition("=")[2])
+    return days
+
+
+def newest_event_day(home: Path) -> pd.Timestamp:
+    """The newest day of the home's event log."""
+    return pd.Timestamp(event_days(home)[-1].name.partition("=")[2])
 
 
 # --- the request pool -------------------------------------------------------------------------
@@ -188,9 +193,7 @@ def last_day_events(home: Path, secret: str) -> pd.DataFrame:
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
         last = frame["timestamp"].dt.floor("D").max()
         return frame[frame["timestamp"] >= last].reset_index(drop=True)
-    days = sorted((home / "events").glob("date=*"))
-    if not days:
-        raise FileNotFoundError(f"no event log under {home / 'events'}")
+    days = event_days(home)
     # The last day of the world: a few events streamed after its end (the demo posts some) do
     # not make a day, so take the latest of the last three days with at least half the busiest's.
     frames = [pd.concat([pd.read_parquet(f) for f in sorted(day.glob("hour=*/*.parquet"))],
