@@ -372,8 +372,8 @@ def check_fresh(spec: ModelSpec, home: Path, redis_url: str, snapshot: pd.Timest
 
     settings = Settings(home=home, profile="redis", redis_url=redis_url)
     name = spec.candidates.fallback_list
-    ttl = min(layout.ttl_seconds or float("inf") for layout in view_layouts(open_store(settings)).values()
-              if name in layout.features)
+    layouts = view_layouts(open_store(settings, spec.name)).values()
+    ttl = min(layout.ttl_seconds or float("inf") for layout in layouts if name in layout.features)
     last = max(u.when for u in known)
     age = last - (snapshot.tz_convert("UTC") if snapshot.tzinfo else snapshot.tz_localize("UTC"))
     if age.total_seconds() > ttl:

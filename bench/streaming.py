@@ -77,17 +77,18 @@ BASE_UNIX = 1_790_000_000  # event time of every user's first event (2026-09-21)
 
 def build_home(home: Path, redis_url: str) -> Settings:
     """A Redis-profile home whose log holds a small history; Feast registry applied."""
+    from feature_repo.next_app.world import generate_events
     from pipelines.feast_ops import apply_repo
     from pipelines.features import compute_feature_tables
-    from pipelines.generate import generate_events
     from pipelines.ingest import ingest_frame
 
     settings = Settings(home=home, profile="redis", redis_url=redis_url, user_hash_secret=SECRET)
     spec = load_spec("next_app", settings.feature_repo)
-    ingest_frame(generate_events(users=50, days=3, seed=5), settings.events_dir, SECRET)
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    ingest_frame(generate_events(users=50, days=3, seed=5), spec.event_log,
+                 settings.events_dir(spec.name), SECRET)
+    compute_feature_tables(settings, spec)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON result only
-        apply_repo(settings)
+        apply_repo(settings, spec.name)
     return settings
 
 
@@ -148,7 +149,7 @@ def poll(settings: Settings, tracker: Tracker, hashed_of: dict[str, str], stop: 
     """Read the feature through Feast for every user with events outstanding, back to back."""
     from feastflow.store import open_store
 
-    store = open_store(settings)
+    store = open_store(settings, "next_app")
     raw_of = {h: r for r, h in hashed_of.items()}
     while not stop.is_set():
         users = tracker.users()
@@ -291,7 +292,7 @@ def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[st
     from feastflow.event_log import events_glob, sql_string
     from feastflow.processor import RedisStateStore
 
-    glob = sql_string(events_glob(settings.events_dir))
+    glob = sql_string(events_glob(settings.events_dir("next_app")))
     rows, distinct = duckdb.connect().execute(
         f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet({glob}, "
         "hive_partitioning = false) WHERE event_id LIKE 'ours-%'").fetchone()

@@ -1,16 +1,19 @@
-"""The raw event log: Parquet partitioned by date/hour, user ids hashed, appended all-or-nothing.
+"""A use case's raw event log: Parquet partitioned by date/hour, personal ids hashed, appended
+all-or-nothing; one log per use case (`HOME/events/<use case>/`).
 
 Written by `feastflow ingest` and by the stream processor; read by the batch features.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,10 +23,14 @@ from feastflow.privacy import hash_user_id
 STAGING = "_staging"
 
 
-def hash_users(events: pd.DataFrame, secret: str) -> pd.DataFrame:
-    """Replace raw user ids by their keyed hash (each distinct id hashed once)."""
-    hashed = {raw: hash_user_id(raw, secret) for raw in events["user_id"].unique()}
-    return events.assign(user_id=events["user_id"].map(hashed).astype("string"))
+def hash_columns(events: pd.DataFrame, secret: str, columns: list[str]) -> pd.DataFrame:
+    """Replace the raw values of these columns by their keyed hash (each distinct value once)."""
+    out = events.copy()
+    for column in columns:
+        values = out[column]
+        hashed = {raw: hash_user_id(str(raw), secret) for raw in values.dropna().unique()}
+        out[column] = values.map(hashed).astype("string")
+    return out
 
 
 def has_events(events_dir: Path) -> bool:
@@ -38,34 +45,43 @@ def read_events(events_dir: Path, columns: list[str]) -> pd.DataFrame:
         "hive_partitioning = false)").df()
 
 
-def existing_event_ids(events_dir: Path, candidate_ids: pd.Series) -> set[str]:
+def existing_event_ids(events_dir: Path, candidate_ids: pd.Series, id_column: str = "event_id"
+                       ) -> set[str]:
     """Which of these event ids are already in the log."""
     if not has_events(events_dir):
         return set()
     con = duckdb.connect()
-    con.register("incoming", pa.table({"event_id": candidate_ids.astype(str).to_numpy()}))
+    con.register("incoming", pa.table({"id": candidate_ids.astype(str).to_numpy()}))
     found = con.execute(
-        f"""SELECT DISTINCT l.event_id FROM read_parquet({sql_string(events_glob(events_dir))},
-            hive_partitioning = false) l JOIN incoming i USING (event_id)"""
+        f"""SELECT DISTINCT l."{id_column}"::VARCHAR FROM read_parquet(
+            {sql_string(events_glob(events_dir))}, hive_partitioning = false) l
+            JOIN incoming i ON l."{id_column}"::VARCHAR = i.id"""
     ).fetchall()
     return {row[0] for row in found}
 
 
-def write_partitions(events: pd.DataFrame, events_dir: Path) -> list[str]:
+def write_partitions(events: pd.DataFrame, events_dir: Path, timestamp: str = "timestamp"
+                     ) -> list[str]:
     """Write events as one new file per date/hour partition; all files land or none do."""
     batch = uuid.uuid4().hex[:12]
     staging = events_dir / STAGING / batch
     staging.mkdir(parents=True, exist_ok=True)
-    timestamps = events["timestamp"]
-    keys = pd.DataFrame({"date": timestamps.dt.strftime("%Y-%m-%d"), "hour": timestamps.dt.hour})
+    # One conversion to Arrow, then zero-copy slices per partition: converting each hour's rows
+    # from pandas on its own took 20 of 48 s for a year of hourly partitions (28,638 events).
+    hours = events[timestamp].dt.floor("h")
+    order = np.argsort(hours.to_numpy(), kind="stable")
+    table = pa.Table.from_pandas(events.iloc[order], preserve_index=False)
+    sorted_hours = hours.iloc[order].reset_index(drop=True)
+    starts = np.flatnonzero(np.r_[True, sorted_hours.to_numpy()[1:] != sorted_hours.to_numpy()[:-1]])
+    bounds = [*starts.tolist(), len(sorted_hours)]
     planned: list[tuple[Path, Path]] = []
     try:
-        for (date, hour), index in keys.groupby(["date", "hour"]).groups.items():
-            part = f"date={date}/hour={hour:02d}"
+        for start, stop in itertools.pairwise(bounds):
+            hour = sorted_hours.iloc[start]
+            part = f"date={hour:%Y-%m-%d}/hour={hour:%H}"
             staged = staging / part.replace("/", "_") / f"part-{batch}.parquet"
             staged.parent.mkdir(parents=True, exist_ok=True)
-            table = pa.Table.from_pandas(events.loc[index], preserve_index=False)
-            pq.write_table(table, staged)
+            pq.write_table(table.slice(start, stop - start), staged)
             with open(staged, "rb") as f:
                 os.fsync(f.fileno())
             planned.append((staged, events_dir / part / f"part-{batch}.parquet"))

@@ -1,48 +1,26 @@
-"""The raw event schema (one row per unlock) and its validation rules, shared by ingest and the API."""
+"""Raw events checked against a use case's data contract (`event_log` in its model.yaml).
+
+One implementation of the rules for every way in: `feastflow ingest`, `POST /v1/events` and the
+stream all call `validate_events`, so a bad value gets the same `row N: field: reason` wherever it
+arrives. The contract says each column's type, whether it may be empty, its range, its allowed
+values or pattern; nothing here knows a use case.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
-LOCATIONS = ("home", "work", "commute", "other")
-NETWORKS = ("wifi", "cellular", "offline")
-APP_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
-MAX_SESSION_SECONDS = 24 * 3600
-MAX_FUTURE = pd.Timedelta(days=1)
+from feastflow.spec import ColumnSpec, EventLogSpec
 
-# name -> (type, required, description); the README renders this table.
-EVENT_SCHEMA: dict[str, tuple[str, bool, str]] = {
-    "event_id": ("string", True, "unique id of the unlock event (idempotency key)"),
-    "user_id": ("string", True, "raw user id; hashed with a keyed hash at ingest"),
-    "timestamp": ("timestamp (UTC)", True, "moment of the unlock; ISO 8601, naive means UTC"),
-    "app": ("string", True, "the app opened right after the unlock, e.g. `mail`"),
-    "secs_since_prev_unlock": ("float >= 0", False, "seconds since the previous unlock"),
-    "session_seconds": ("float 0..86400", True, "how long the phone stayed unlocked"),
-    "location": ("one of home, work, commute, other", True, "coarse location"),
-    "battery": ("int 0..100", True, "battery level in percent"),
-    "charging": ("bool", True, "phone is charging"),
-    "network": ("one of wifi, cellular, offline", True, "network type"),
-    "os_version": ("string", True, "operating system version, e.g. `android-14`"),
-}
-EVENT_COLUMNS = list(EVENT_SCHEMA)
-# the event log's column types after validation
-EVENT_DTYPES = {
-    "event_id": "string",
-    "user_id": "string",
-    "app": "string",
-    "location": "string",
-    "network": "string",
-    "os_version": "string",
-    "battery": "int64",
-    "charging": "bool",
-    "session_seconds": "float64",
-    "secs_since_prev_unlock": "float64",
-}
+_PANDAS_DTYPES = {"string": "string", "int": "int64", "float": "float64", "bool": "bool"}
+_NULLABLE_DTYPES = {"string": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
+TIMESTAMP_DTYPE = "datetime64[us, UTC]"
 
 
 @dataclass(frozen=True)
@@ -57,9 +35,25 @@ class RowError:
         return f"row {self.row}: {self.field}: {self.reason}"
 
 
-def unknown_field_reason() -> str:
-    """Why a field outside the schema is refused (ingest and the API say the same)."""
-    return "unknown field; expected one of " + ", ".join(EVENT_COLUMNS)
+def event_columns(contract: EventLogSpec) -> list[str]:
+    """The event log's columns, in the contract's order."""
+    return list(contract.columns)
+
+
+def event_dtypes(contract: EventLogSpec) -> dict[str, str]:
+    """Each column's pandas dtype after validation."""
+    out = {}
+    for name, column in contract.columns.items():
+        if column.type == "timestamp":
+            out[name] = TIMESTAMP_DTYPE
+        else:
+            out[name] = (_NULLABLE_DTYPES if column.nullable else _PANDAS_DTYPES)[column.type]
+    return out
+
+
+def unknown_field_reason(contract: EventLogSpec) -> str:
+    """Why a field outside the contract is refused (ingest and the API say the same)."""
+    return "unknown field; expected one of " + ", ".join(contract.columns)
 
 
 def _to_bool(series: pd.Series) -> pd.Series:
@@ -69,87 +63,161 @@ def _to_bool(series: pd.Series) -> pd.Series:
     )
 
 
-def validate_events(
-    raw: pd.DataFrame, now: pd.Timestamp | None = None
-) -> tuple[pd.DataFrame, list[RowError]]:
-    """Check every row against the schema; return the clean typed rows and one error per bad value."""
+def _is_empty(series: pd.Series) -> np.ndarray:
+    text = series.astype("string").str.strip()
+    return np.asarray((text.isna() | (text == "")).fillna(True), dtype=bool)
+
+
+def _bound(value: float | None) -> str:
+    return "inf" if value is None else f"{value:g}"
+
+
+def _one_of(values: list[Any]) -> str:
+    return "must be one of " + ", ".join(str(v) for v in values)
+
+
+class _Checker:
+    """Rejects values column by column; a row keeps only its first error."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.bad = np.zeros(len(frame), dtype=bool)
+        self.rows = np.arange(1, len(frame) + 1)
+        self.errors: list[RowError] = []
+
+    def reject(self, mask: Any, column: str, reason: str) -> None:
+        mask = np.asarray(mask, dtype=bool) & ~self.bad
+        self.errors.extend(RowError(int(row), column, reason) for row in self.rows[mask])
+        self.bad |= mask
+
+    def string(self, name: str, column: ColumnSpec) -> None:
+        text = self.frame[name].astype("string").str.strip()
+        empty = _is_empty(self.frame[name])
+        if not column.nullable:
+            self.reject(empty, name, "required value is empty")
+        if column.pattern is not None:
+            hint = column.pattern_hint or f"match {column.pattern}"
+            matches = text.fillna("").str.fullmatch(re.compile(column.pattern))
+            self.reject(~empty & ~np.asarray(matches, dtype=bool), name, f"must be {hint}")
+        if column.allowed is not None:
+            allowed = [str(v) for v in column.allowed]
+            self.reject(~empty & ~np.asarray(text.isin(allowed).fillna(False), dtype=bool), name,
+                        _one_of(column.allowed))
+        self.frame[name] = text.where(~empty, None)
+
+    def number(self, name: str, column: ColumnSpec) -> None:
+        raw = self.frame[name]
+        empty = _is_empty(raw)
+        values = pd.to_numeric(raw.where(~empty, None), errors="coerce")
+        self.reject(values.isna() & ~empty, name, "not a number")
+        if not column.nullable:
+            self.reject(empty, name, "required value is empty")
+        out_of_range = np.zeros(len(values), dtype=bool)
+        if column.min is not None:
+            out_of_range |= np.asarray((values < column.min).fillna(False), dtype=bool)
+        if column.max is not None:
+            out_of_range |= np.asarray((values > column.max).fillna(False), dtype=bool)
+        if column.min is not None or column.max is not None:
+            self.reject(out_of_range, name,
+                        f"out of range [{_bound(column.min)}, {_bound(column.max)}]")
+        if column.type == "int":
+            self.reject(np.asarray((values.notna() & (values % 1 != 0)), dtype=bool), name,
+                        "must be a whole number")
+        if column.allowed is not None:
+            allowed = pd.to_numeric(pd.Series(column.allowed), errors="coerce").to_numpy()
+            self.reject(values.notna() & ~values.isin(allowed), name, _one_of(column.allowed))
+        self.frame[name] = values
+
+    def boolean(self, name: str, column: ColumnSpec) -> None:
+        raw = self.frame[name]
+        empty = _is_empty(raw) if column.nullable else np.zeros(len(raw), dtype=bool)
+        values = _to_bool(raw.where(~empty, None))
+        self.reject(values.isna() & ~empty, name, "must be true or false")
+        self.frame[name] = values
+
+    def timestamp(self, name: str, column: ColumnSpec, now: pd.Timestamp,
+                  max_future: pd.Timedelta | None) -> None:
+        raw = self.frame[name]
+        empty = _is_empty(raw)
+        stamps = pd.to_datetime(raw.where(~empty, None), errors="coerce", utc=True, format="mixed")
+        if not column.nullable:
+            self.reject(empty, name, "required value is empty")
+        self.reject(stamps.isna() & ~empty, name, "not a valid ISO 8601 timestamp")
+        if max_future is not None:
+            self.reject(np.asarray((stamps > now + max_future).fillna(False), dtype=bool), name,
+                        f"more than {_describe(max_future)} in the future")
+        self.frame[name] = stamps.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)
+
+
+def _describe(delta: pd.Timedelta) -> str:
+    days = delta / pd.Timedelta(days=1)
+    if days == 1:
+        return "one day"
+    return f"{days:g} days" if days >= 1 else f"{delta.total_seconds():g} seconds"
+
+
+def validate_events(raw: pd.DataFrame, contract: EventLogSpec, now: pd.Timestamp | None = None
+                    ) -> tuple[pd.DataFrame, list[RowError]]:
+    """Check every row against the contract; return the clean typed rows and one error per bad
+    row (its first bad value). A missing required column or an unknown one rejects the input."""
     errors: list[RowError] = []
-    unknown = [c for c in raw.columns if c not in EVENT_SCHEMA]
-    for column in unknown:
-        errors.append(RowError(0, column, unknown_field_reason()))
-    missing = [c for c, (_, required, _) in EVENT_SCHEMA.items() if c not in raw.columns and required]
-    for column in missing:
-        errors.append(RowError(0, column, "required field is missing from the input"))
-    if missing or unknown:
+    columns = contract.columns
+    for name in raw.columns:
+        if name not in columns:
+            errors.append(RowError(0, str(name), unknown_field_reason(contract)))
+    missing = [n for n, c in columns.items() if n not in raw.columns and not c.nullable]
+    for name in missing:
+        errors.append(RowError(0, name, "required field is missing from the input"))
+    if errors:
         return raw.iloc[0:0], errors
 
-    df = raw.reset_index(drop=True).copy()
-    if "secs_since_prev_unlock" not in df:
-        df["secs_since_prev_unlock"] = np.nan
-    bad = np.zeros(len(df), dtype=bool)
-    rows = np.arange(1, len(df) + 1)
-
-    def reject(mask: pd.Series | np.ndarray, column: str, reason: str) -> None:
-        mask = np.asarray(mask, dtype=bool) & ~bad
-        for row in rows[mask]:
-            errors.append(RowError(int(row), column, reason))
-        bad[mask] = True
-
-    for column in ("event_id", "user_id", "app", "os_version", "location", "network"):
-        text = df[column].astype("string").str.strip()
-        reject(text.isna() | (text == ""), column, "required value is empty")
-        df[column] = text
-    reject(~df["app"].fillna("").str.fullmatch(APP_PATTERN), "app",
-           "must be 1-64 lowercase letters, digits, '_', '.', '-'")
-    reject(~df["location"].isin(LOCATIONS), "location", f"must be one of {', '.join(LOCATIONS)}")
-    reject(~df["network"].isin(NETWORKS), "network", f"must be one of {', '.join(NETWORKS)}")
-
-    timestamps = pd.to_datetime(df["timestamp"], errors="coerce", utc=True, format="mixed")
-    reject(timestamps.isna(), "timestamp", "not a valid ISO 8601 timestamp")
+    frame = raw.reset_index(drop=True).copy()
+    for name in columns:
+        if name not in frame:
+            frame[name] = None
+    check = _Checker(frame)
     now = now if now is not None else pd.Timestamp.now(tz="UTC")
-    reject(timestamps > now + MAX_FUTURE, "timestamp", "more than one day in the future")
-    df["timestamp"] = timestamps.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    # strings first (ids, categories), then time, then numbers and flags: the order in which a
+    # row with several bad values reports the first one
+    order = sorted(columns, key=lambda n: {"string": 0, "timestamp": 1}.get(columns[n].type, 2))
+    for name in order:
+        column = columns[name]
+        if column.type == "string":
+            check.string(name, column)
+        elif column.type in ("int", "float"):
+            check.number(name, column)
+        elif column.type == "bool":
+            check.boolean(name, column)
+        else:
+            future = pd.Timedelta(contract.max_future) if name == contract.timestamp else None
+            check.timestamp(name, column, now, future)
+    event_id = frame[contract.event_id]
+    check.reject(event_id.notna() & event_id.duplicated(keep="first"), contract.event_id,
+                 f"duplicate {contract.event_id} within the input")
 
-    for column, low, high in (
-        ("session_seconds", 0, MAX_SESSION_SECONDS),
-        ("secs_since_prev_unlock", 0, None),
-        ("battery", 0, 100),
-    ):
-        values = pd.to_numeric(df[column], errors="coerce")
-        required = EVENT_SCHEMA[column][1]
-        not_number = values.isna() & df[column].notna()
-        reject(not_number, column, "not a number")
-        if required:
-            reject(df[column].isna(), column, "required value is empty")
-        out_of_range = values < low
-        if high is not None:
-            out_of_range |= values > high
-        reject(out_of_range, column, f"out of range [{low}, {high if high is not None else 'inf'}]")
-        df[column] = values
-    reject(df["battery"].notna() & (df["battery"] % 1 != 0), "battery", "must be a whole number")
-
-    charging = _to_bool(df["charging"])
-    reject(charging.isna(), "charging", "must be true or false")
-    df["charging"] = charging
-
-    duplicated = df["event_id"].notna() & df["event_id"].duplicated(keep="first")
-    reject(duplicated, "event_id", "duplicate event_id within the input")
-
-    clean = df.loc[~bad, EVENT_COLUMNS].copy()
-    clean = clean.astype(EVENT_DTYPES)
-    errors.sort(key=lambda e: (e.row, e.field))
+    clean = frame.loc[~check.bad, list(columns)].astype(event_dtypes(contract))
+    errors = sorted(check.errors, key=lambda e: (e.row, e.field))
     return clean.reset_index(drop=True), errors
 
 
-def encode_events(clean: pd.DataFrame) -> list[tuple[str, bytes]]:
-    """Validated events as (event id, JSON bytes) for the event stream; time as Unix microseconds."""
-    frame = clean[EVENT_COLUMNS].astype(object).where(clean[EVENT_COLUMNS].notna(), None)
-    frame["timestamp"] = clean["timestamp"].astype("datetime64[us, UTC]").astype("int64").tolist()
-    return [(record["event_id"], orjson.dumps(record)) for record in frame.to_dict("records")]
+def encode_events(clean: pd.DataFrame, contract: EventLogSpec) -> list[tuple[str, bytes]]:
+    """Validated events as (event id, JSON bytes) for the event stream; times as Unix microseconds."""
+    names = event_columns(contract)
+    frame = clean[names].astype(object).where(clean[names].notna(), None)
+    for name, column in contract.columns.items():
+        if column.type == "timestamp":
+            stamps = clean[name].astype(TIMESTAMP_DTYPE)
+            micros = stamps.astype("int64").where(stamps.notna(), None)
+            frame[name] = micros.astype(object).where(stamps.notna(), None).tolist()
+    return [(str(record[contract.event_id]), orjson.dumps(record))
+            for record in frame.to_dict("records")]
 
 
-def decode_events(payloads: list[bytes]) -> pd.DataFrame:
+def decode_events(payloads: list[bytes], contract: EventLogSpec) -> pd.DataFrame:
     """The event log's typed frame from stream payloads (inverse of `encode_events`)."""
-    frame = pd.DataFrame([orjson.loads(p) for p in payloads], columns=EVENT_COLUMNS)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"].astype("int64"), unit="us", utc=True)
-    return frame.astype({**EVENT_DTYPES, "timestamp": "datetime64[us, UTC]"})
+    names = event_columns(contract)
+    frame = pd.DataFrame([orjson.loads(p) for p in payloads], columns=names)
+    for name, column in contract.columns.items():
+        if column.type == "timestamp":
+            frame[name] = pd.to_datetime(frame[name].astype("Int64"), unit="us", utc=True)
+    return frame.astype(event_dtypes(contract))

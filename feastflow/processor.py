@@ -155,8 +155,9 @@ class StreamProcessor:
             return 0
         seeded = 0
         if has_events(self.events_dir):
-            frame = read_events(self.events_dir, [self.realtime.entity_key,
-                                                  self.realtime.item_key, "event_id", "timestamp"])
+            rt = self.realtime
+            frame = read_events(self.events_dir, [rt.entity_key, rt.item_key, rt.event_id_key,
+                                                  rt.timestamp_key])
             states = self.realtime.states_from_log(frame)
             self.states.put(states)
             seeded = len(states)
@@ -191,6 +192,9 @@ class StreamProcessor:
             self._retrying(stop, self.flush_log, attempts_after_stop=5)
         return self.stats
 
+    def _decode(self, entries: list[StreamEntry]) -> pd.DataFrame:
+        return decode_events([e.payload for e in entries], self.realtime.contract)
+
     def recover(self) -> int:
         """Re-process entries taken before and never acknowledged (a crash); return how many."""
         self.stream.claim_abandoned()
@@ -200,8 +204,9 @@ class StreamProcessor:
             if not entries:
                 break
             after = entries[-1].entry_id
-            frame = decode_events([e.payload for e in entries])
-            logged = existing_event_ids(self.events_dir, frame["event_id"])
+            frame = self._decode(entries)
+            logged = existing_event_ids(self.events_dir, frame[self.realtime.event_id_key],
+                                        self.realtime.event_id_key)
             self.stats.already_logged += len(logged)
             self.handle(entries, frame, already_logged=logged)
             recovered += len(entries)
@@ -214,7 +219,7 @@ class StreamProcessor:
             self._in_hand = self.stream.read(self.batch_events, self.block_ms)
         entries = self._in_hand
         if entries:
-            self.handle(entries, decode_events([e.payload for e in entries]))
+            self.handle(entries, self._decode(entries))
         self._in_hand = None
         due = time.monotonic() - self._last_flush >= self.log_flush_seconds
         if due and self._unacked and not self._log_in_background:
@@ -227,10 +232,10 @@ class StreamProcessor:
         rt = self.realtime
         entity_ids = frame[rt.entity_key].tolist()
         states = self.states.get(dict.fromkeys(entity_ids))
-        unix_us = frame["timestamp"].astype("int64").tolist()
+        unix_us = frame[rt.timestamp_key].astype("int64").tolist()
         rows = []
         for entry, entity, event_id, item, us in zip(
-                entries, entity_ids, frame["event_id"].tolist(), frame[rt.item_key].tolist(),
+                entries, entity_ids, frame[rt.event_id_key].tolist(), frame[rt.item_key].tolist(),
                 unix_us, strict=True):
             state = states[entity]
             applied = state.applied
@@ -245,7 +250,8 @@ class StreamProcessor:
         self.states.put(states)
         self.stats.rows_pushed += len(rows)
         self.stats.batches += 1
-        fresh = frame[~frame["event_id"].isin(already_logged)] if already_logged else frame
+        ids = frame[rt.event_id_key]
+        fresh = frame[~ids.isin(already_logged)] if already_logged else frame
         with self._queue_lock:
             self._unlogged.append(fresh)
             self._unacked.extend(entries)
@@ -260,9 +266,9 @@ class StreamProcessor:
             frames = [f for f in self._flushing_frames if len(f)]
             written = 0
             if frames:
-                events = pd.concat(frames, ignore_index=True).sort_values("timestamp",
-                                                                         kind="stable")
-                write_partitions(events, self.events_dir)
+                timestamp = self.realtime.timestamp_key
+                events = pd.concat(frames, ignore_index=True).sort_values(timestamp, kind="stable")
+                write_partitions(events, self.events_dir, timestamp)
                 written = len(events)
             self._flushing_frames = []  # in the log now: a failed ack must not write them again
             self.stats.logged += written
@@ -320,7 +326,7 @@ def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | N
     """A processor for the settings' profile: Redis stream and states, or in-process ones."""
     from feast.data_source import PushMode
 
-    store = open_store(settings)
+    store = open_store(settings, spec.name)
 
     def push(source: str, rows: pd.DataFrame) -> None:
         store.push(source, rows, to=PushMode.ONLINE)
@@ -330,7 +336,8 @@ def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | N
     if states is None:
         states = (RedisStateStore(redis.Redis.from_url(settings.redis_url), spec.name)
                   if settings.profile == "redis" else MemoryStateStore())
-    return StreamProcessor(RealtimeFeatures(spec), stream, states, push, settings.events_dir,
+    return StreamProcessor(RealtimeFeatures(spec), stream, states, push,
+                           settings.events_dir(spec.name),
                            batch_events=settings.stream_batch_events,
                            block_ms=settings.stream_block_ms,
                            log_flush_seconds=settings.stream_log_flush_seconds)

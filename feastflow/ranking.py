@@ -32,15 +32,21 @@ def unix_seconds(timestamps: Any) -> np.ndarray:
     return micros // 1_000_000
 
 
+TIME_KEYS = ("hour_of_day", "day_of_week", "is_weekend", "unix_seconds")
+
+
 def time_key(seconds: np.ndarray, name: str) -> np.ndarray:
-    """A time key from Unix seconds: hour_of_day (UTC), is_weekend (0/1) or unix_seconds."""
+    """A time key from Unix seconds: hour_of_day (UTC), day_of_week (0 Monday), is_weekend (0/1)
+    or unix_seconds."""
     if name == "hour_of_day":
         return (seconds // 3600) % 24
+    if name == "day_of_week":
+        return (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday
     if name == "is_weekend":
-        return (((seconds // 86400 + 3) % 7) >= 5).astype(np.int64)  # 1970-01-01 was a Thursday
+        return (((seconds // 86400 + 3) % 7) >= 5).astype(np.int64)
     if name == "unix_seconds":
         return seconds
-    raise ValueError(f"unknown time source {name!r}: use hour_of_day, is_weekend or unix_seconds")
+    raise ValueError(f"unknown time source {name!r}: use one of {', '.join(TIME_KEYS)}")
 
 
 def time_values(timestamps: pd.Series, name: str) -> pd.Series:
@@ -58,6 +64,8 @@ def resolve(source: str, columns: Mapping[str, Any], spec: ModelSpec) -> np.ndar
     if kind == "entity":
         return np.asarray(columns[log.entity])
     if kind == "item":
+        if log.item is None:
+            raise ValueError(f"source {source!r}: the use case declares no event_log.item")
         return np.asarray(columns[log.item])
     if kind in ("context", "feature"):
         if name not in columns:
@@ -81,7 +89,8 @@ def entity_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 
 def as_of(timestamps: pd.Series) -> pd.Series:
-    """Feature lookup time: one microsecond before the unlock, so its own app is never a feature."""
+    """Feature lookup time: one microsecond before the event, so its own item or label is never
+    a feature."""
     ts = pd.to_datetime(timestamps, utc=True).astype("datetime64[us, UTC]")
     return ts - pd.Timedelta(microseconds=1)
 
@@ -143,13 +152,23 @@ def frame_columns(expanded: Mapping[str, Any], spec: ModelSpec) -> dict[str, np.
     features, the item and its `rank_in_<list>` values.
     """
     out: dict[str, np.ndarray] = {}
-    for key, source in {**spec.features.join_keys, **spec.features.request_fields}.items():
+    features = spec.features
+    for key, source in {**features.join_keys, **features.request_fields, **features.inputs}.items():
         out[key] = resolve(source, expanded, spec)
-    rows = len(np.asarray(expanded[spec.event_log.item]))
+    rows = len(np.asarray(expanded[spec.event_log.entity]))
     for name in spec.model.extra_features:
         if name not in out:
             out[name] = np.asarray(expanded[name]) if name in expanded else np.full(rows, np.nan)
     return out
+
+
+def event_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Per-event tasks: one row per request with its join keys, request fields and inputs, as
+    of just before it (Feast's entity frame; the model reads the same columns when serving)."""
+    frame = pd.DataFrame({REQUEST_ID: requests[REQUEST_ID].to_numpy(),
+                          **frame_columns(requests, spec)})
+    frame[EVENT_TIMESTAMP] = as_of(requests[spec.event_log.timestamp]).to_numpy()
+    return frame
 
 
 def _as_list(value: object) -> list[str] | None:

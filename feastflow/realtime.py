@@ -14,7 +14,6 @@ Redis writer skips a row whose event time is not newer than the stored one.
 from __future__ import annotations
 
 import bisect
-import importlib.util
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from feastflow.plugins import use_case_module
 from feastflow.spec import ModelSpec, RealtimeSpec
 
 WindowEvent = tuple[int, str, str]  # (unix microseconds, event id, item), ordered by time then id
@@ -67,11 +67,16 @@ class RealtimeFeatures:
     def __init__(self, spec: ModelSpec) -> None:
         if spec.realtime is None:
             raise ValueError(f"use case {spec.name!r} declares no `realtime` section in model.yaml")
-        assert spec.source_dir is not None
         self.spec: RealtimeSpec = spec.realtime
+        self.contract = spec.event_log
         self.entity_key = spec.event_log.entity
-        self.item_key = spec.event_log.item
-        module = _load_module(spec.source_dir / f"{self.spec.module}.py", spec.name)
+        self.item_key = spec.event_log.item or ""
+        self.event_id_key = spec.event_log.event_id
+        self.timestamp_key = spec.event_log.timestamp
+        if not self.item_key:
+            raise ValueError(f"use case {spec.name!r}: real-time features fold items: declare "
+                             "event_log.item")
+        module = use_case_module(spec, self.spec.module)
         self.entity_table = self.spec.entity_table.table
         self._entity_fn: Callable[[list[WindowEvent]], dict[str, Any]] = _function(
             module, self.spec.entity_table.function)
@@ -137,11 +142,12 @@ class RealtimeFeatures:
         return self._fold(events)[1]
 
     def _fold(self, events: pd.DataFrame) -> tuple[list[Row], dict[str, EntityState]]:
-        ordered = events.sort_values([self.entity_key, "timestamp", "event_id"], kind="stable")
+        ordered = events.sort_values([self.entity_key, self.timestamp_key, self.event_id_key],
+                                     kind="stable")
         entities = ordered[self.entity_key].to_numpy(dtype=object)
         items = ordered[self.item_key].to_numpy(dtype=object)
-        event_ids = ordered["event_id"].to_numpy(dtype=object)
-        unix_us = _unix_us(ordered["timestamp"])
+        event_ids = ordered[self.event_id_key].to_numpy(dtype=object)
+        unix_us = _unix_us(ordered[self.timestamp_key])
         rows: list[Row] = []
         states: dict[str, EntityState] = {}
         state, current = EntityState(), None
@@ -176,16 +182,6 @@ class RealtimeFeatures:
 def _unix_us(timestamps: pd.Series) -> np.ndarray:
     return timestamps.dt.tz_convert("UTC").astype("datetime64[us, UTC]").to_numpy(
         dtype="datetime64[us]").astype("int64")
-
-
-def _load_module(path: Any, use_case: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"realtime module {path} of use case {use_case!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"feastflow_realtime_{use_case}", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def _function(module: Any, name: str) -> Callable[..., dict[str, Any]]:

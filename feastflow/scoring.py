@@ -2,8 +2,10 @@
 
 The same functions as training build every row (`feastflow.ranking`: source resolution,
 candidate generation, frame columns) and the on-demand views run their own Feast UDF, so the
-rows scored here are the rows the model learned from. A batch of requests costs two online
-round trips (stage-1 entity features, then stage-2 candidate features) and one model call.
+rows scored here are the rows the model learned from. Two scorers, one per shape of task:
+- `Ranker` (ranking): two online round trips a batch (stage-1 entity features and candidate
+  lists, then stage-2 features of every candidate) and one model call;
+- `EventScorer` (classification, regression): one row per request, one round trip, one call.
 """
 
 from __future__ import annotations
@@ -76,11 +78,14 @@ class FeaturePlan:
 
     @classmethod
     def from_store(cls, store: FeatureStore, spec: ModelSpec) -> FeaturePlan:
-        """Resolve the spec's two feature services against the store's registry."""
+        """Resolve the spec's feature services against the store's registry (a per-event task
+        has one service: every view is read in its single stage)."""
         layouts = view_layouts(store)
         names: list[str] = []
         odfvs: list[OnDemandFeatureView] = []
-        for service_name in (spec.features.entity_service, spec.features.ranking_service):
+        services = ([spec.features.service] if spec.per_event else
+                    [spec.features.entity_service, spec.features.ranking_service])
+        for service_name in services:
             service = store.get_feature_service(service_name)
             for projection in service.feature_view_projections:
                 if projection.name in layouts:
@@ -89,7 +94,7 @@ class FeaturePlan:
                     odfv = store.get_on_demand_feature_view(projection.name)
                     odfvs.append(odfv)
                     names += [p.name for p in odfv.source_feature_view_projections.values()]
-        stage1_keys = set(spec.features.entity_join_keys)
+        stage1_keys = set(spec.features.entity_join_keys) if not spec.per_event else set()
         unique = [layouts[n] for n in dict.fromkeys(names)]
         return cls(
             stage1=tuple(v for v in unique if set(v.join_keys) <= stage1_keys),
@@ -98,8 +103,8 @@ class FeaturePlan:
         )
 
 
-class Ranker:
-    """One model scoring batches of requests with features from an online reader."""
+class _Scorer:
+    """What both scorers share: the model, its inputs, and scoring rows from the online store."""
 
     def __init__(self, spec: ModelSpec, plan: FeaturePlan, booster: Any) -> None:
         self.spec = spec
@@ -108,15 +113,96 @@ class Ranker:
         self.predictor = RowPredictor(booster)
         self.feature_names: list[str] = booster.feature_name()
         self.categories = model_categories(booster, spec.model.categorical)
-        lists = spec.candidates.lists
-        self.list_names, self.list_limits = list(lists), list(lists.values())
-        self.own_lists = [n for n in lists if n != spec.candidates.fallback_list]
         log = spec.event_log
         self.request_columns = [log.entity, log.timestamp, *log.context]
-        # stage-1 features that stage-2 rows carry (sources `feature:x`, extra inputs)
+        # stage-1 features that scored rows carry (sources `feature:x`, extra inputs)
         sources = {**spec.features.join_keys, **spec.features.request_fields}.values()
         self.carried = {s.partition(":")[2] for s in sources if s.startswith("feature:")}
         self.carried |= set(spec.model.extra_features)
+
+    async def _score_rows(self, expanded: dict[str, list[Any]], reader: OnlineReader,
+                          timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        log = self.spec.event_log
+        rows = len(expanded[log.entity])
+        arrays: dict[str, Any] = {name: _objects(values) for name, values in expanded.items()
+                                  if name in self.carried or name in (log.entity, log.item)
+                                  or name in log.context or name.startswith("rank_in_")}
+        arrays[log.timestamp] = np.array(expanded[log.timestamp], dtype="datetime64[us]")
+        frame = frame_columns(arrays, self.spec)
+        columns: dict[str, Any] = {name: values for name, values in expanded.items()}
+        now = expanded["__now"]
+        reads = []
+        for view in self.plan.stage2:
+            keys = list(zip(*(frame[k].tolist() for k in view.join_keys), strict=True))
+            unique = list(dict.fromkeys(keys))
+            reads.append((view, unique, keys))
+        started = time.perf_counter()
+        results = await reader.read([(view, unique) for view, unique, _ in reads])
+        timings["feature_fetch"] += time.perf_counter() - started
+        for (view, unique, keys), found in zip(reads, results, strict=True):
+            by_key = dict(zip(unique, found, strict=True))
+            empty = (None,) * len(view.features)
+            rows_found = map(by_key.__getitem__, keys)
+            ttl = view.ttl_seconds
+            if ttl is None:
+                per_row = [empty if values is None else values for _, values in rows_found]
+            else:  # _stale, inlined: this runs for every candidate row of every view
+                per_row = [empty if values is None or (stamp is not None and at - stamp > ttl)
+                           else values for (stamp, values), at in zip(rows_found, now, strict=True)]
+            columns.update(zip(view.features, map(list, zip(*per_row, strict=True)), strict=True))
+        for name, values in frame.items():
+            columns[name] = values.tolist()
+        for odfv in self.plan.odfvs:
+            columns.update(_run_odfv(odfv, columns))
+        started = time.perf_counter()
+        matrix = model_array(columns, rows, self.feature_names, self.categories)
+        scores = self.predictor.predict(matrix)
+        timings["inference"] = time.perf_counter() - started
+        return scores, matrix
+
+
+class EventScorer(_Scorer):
+    """One model scoring batches of per-event requests (classification: the positive class's
+    probability; regression: the prediction) with features from an online reader."""
+
+    def __init__(self, spec: ModelSpec, plan: FeaturePlan, booster: Any) -> None:
+        super().__init__(spec, plan, booster)
+        stored = {f for view in plan.stage2 for f in view.features}
+        # the model inputs read from the online store (not from the request)
+        self.stored_columns = [j for j, name in enumerate(self.feature_names) if name in stored]
+
+    async def score(self, requests: Sequence[ScoreRequest], reader: OnlineReader, k: int = 1,
+                    timings: dict[str, float] | None = None) -> list[Scored]:
+        """One Scored per request: `scores` holds its one value, `known` whether any of its
+        stored features was found."""
+        timings = {} if timings is None else timings
+        timings["feature_fetch"] = 0.0
+        log = self.spec.event_log
+        expanded: dict[str, list[Any]] = {
+            log.entity: [r.entity for r in requests],
+            log.timestamp: [r.unix_us for r in requests],
+            "__now": [r.unix_us / 1e6 for r in requests],
+        }
+        for name in log.context:
+            expanded[name] = [r.context.get(name) for r in requests]
+        scores, inputs = await self._score_rows(expanded, reader, timings)
+        stored = self.stored_columns
+        found = (~np.isnan(inputs[:, stored]).all(axis=1) if stored
+                 else np.ones(len(requests), dtype=bool))
+        return [Scored([], [float(scores[i])], bool(found[i]), inputs[i:i + 1], [])
+                for i in range(len(requests))]
+
+
+class Ranker(_Scorer):
+    """One model ranking candidates for batches of requests with features from an online reader."""
+
+    def __init__(self, spec: ModelSpec, plan: FeaturePlan, booster: Any) -> None:
+        super().__init__(spec, plan, booster)
+        if spec.candidates is None:
+            raise ValueError(f"use case {spec.name!r} declares no candidates: it does not rank")
+        lists = spec.candidates.lists
+        self.list_names, self.list_limits = list(lists), list(lists.values())
+        self.own_lists = [n for n in lists if n != spec.candidates.fallback_list]
 
     async def stage1(self, requests: Sequence[ScoreRequest], reader: OnlineReader,
                      enforce_ttl: bool = True) -> list[dict[str, Any]]:
@@ -196,45 +282,9 @@ class Ranker:
         for j, name in enumerate(self.list_names):
             add(f"rank_in_{name}", []).extend(ranks[:, j].tolist())
 
-    async def _score_rows(self, expanded: dict[str, list[Any]], reader: OnlineReader,
-                          timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-        log = self.spec.event_log
-        rows = len(expanded[log.item])
-        arrays: dict[str, Any] = {name: _objects(values) for name, values in expanded.items()
-                                  if name in self.carried or name in (log.entity, log.item)
-                                  or name in log.context or name.startswith("rank_in_")}
-        arrays[log.timestamp] = np.array(expanded[log.timestamp], dtype="datetime64[us]")
-        frame = frame_columns(arrays, self.spec)
-        columns: dict[str, Any] = {name: values for name, values in expanded.items()}
-        now = expanded["__now"]
-        reads = []
-        for view in self.plan.stage2:
-            keys = list(zip(*(frame[k].tolist() for k in view.join_keys), strict=True))
-            unique = list(dict.fromkeys(keys))
-            reads.append((view, unique, keys))
-        started = time.perf_counter()
-        results = await reader.read([(view, unique) for view, unique, _ in reads])
-        timings["feature_fetch"] += time.perf_counter() - started
-        for (view, unique, keys), found in zip(reads, results, strict=True):
-            by_key = dict(zip(unique, found, strict=True))
-            empty = (None,) * len(view.features)
-            rows_found = map(by_key.__getitem__, keys)
-            ttl = view.ttl_seconds
-            if ttl is None:
-                per_row = [empty if values is None else values for _, values in rows_found]
-            else:  # _stale, inlined: this runs for every candidate row of every view
-                per_row = [empty if values is None or (stamp is not None and at - stamp > ttl)
-                           else values for (stamp, values), at in zip(rows_found, now, strict=True)]
-            columns.update(zip(view.features, map(list, zip(*per_row, strict=True)), strict=True))
-        for name, values in frame.items():
-            columns[name] = values.tolist()
-        for odfv in self.plan.odfvs:
-            columns.update(_run_odfv(odfv, columns))
-        started = time.perf_counter()
-        matrix = model_array(columns, rows, self.feature_names, self.categories)
-        scores = self.predictor.predict(matrix)
-        timings["inference"] = time.perf_counter() - started
-        return scores, matrix
+def scorer_for(spec: ModelSpec, plan: FeaturePlan, booster: Any) -> Ranker | EventScorer:
+    """The scorer of the spec's task: candidates ranked, or one value per event."""
+    return EventScorer(spec, plan, booster) if spec.per_event else Ranker(spec, plan, booster)
 
 
 def _put(values: dict[str, Any], view: ViewLayout, row: Row, now: float | None) -> None:
@@ -248,7 +298,8 @@ def _put(values: dict[str, Any], view: ViewLayout, row: Row, now: float | None) 
 
 def _stale(view: ViewLayout, stamp: float | None, now: float) -> bool:
     # Feast's online read does not enforce the view's TTL: a value older than it is missing,
-    # as it would be in the point-in-time join.
+    # as it would be in the point-in-time join. A value stamped after the request is kept: a
+    # phone's clock a little behind must not hide the user's own last events.
     return view.ttl_seconds is not None and stamp is not None and now - stamp > view.ttl_seconds
 
 

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 DEV_HASH_SECRET = "feastflow-dev-secret-change-me"
+DEFAULT_USE_CASE = "next_app"  # the flagship: the CLI's and the server's default use case
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://localhost:6379/0", validation_alias="REDIS_URL")
     user_hash_secret: str = DEV_HASH_SECRET
     feature_repo: Path = FEATURE_REPO
+    use_case: str = Field(default=DEFAULT_USE_CASE, description="the use case of a CLI command "
+                          "without -u, and of the server's routes that name none")
+    data_dir: Path = Field(default=PROJECT_ROOT.parent / "shared" / "data",
+                           description="public data sets the use cases' loaders read")
     mlflow_tracking_uri: str | None = None
     api_key: str | None = None
 
@@ -42,7 +47,7 @@ class Settings(BaseSettings):
     stream_log_flush_seconds: float = Field(
         default=2.0, gt=0, description="append to the offline event log (and acknowledge) this often")
 
-    @field_validator("home", "feature_repo")
+    @field_validator("home", "feature_repo", "data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
@@ -67,6 +72,7 @@ class Settings(BaseSettings):
             "REDIS_URL": self.redis_url,
             "FEASTFLOW_USER_HASH_SECRET": self.user_hash_secret,
             "FEASTFLOW_FEATURE_REPO": str(self.feature_repo),
+            "FEASTFLOW_DATA_DIR": str(self.data_dir),
         }
         if self.mlflow_tracking_uri:
             env["FEASTFLOW_MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
@@ -74,10 +80,13 @@ class Settings(BaseSettings):
             env["FEASTFLOW_API_KEY"] = self.api_key
         return env
 
-    @property
-    def events_dir(self) -> Path:
-        """Raw event log: Parquet partitioned by date and hour."""
-        return self.home / "events"
+    def events_dir(self, use_case: str) -> Path:
+        """A use case's raw event log: Parquet partitioned by date and hour."""
+        return self.home / "events" / use_case
+
+    def feature_tables_dir(self, use_case: str) -> Path:
+        """A use case's batch feature tables, one Parquet file per table."""
+        return self.features_dir / use_case
 
     @property
     def features_dir(self) -> Path:

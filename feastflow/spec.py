@@ -5,41 +5,161 @@ Pipelines read the spec and never name a use case; adding one means adding a fol
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EventLogSpec(_Strict):
-    """Which columns of the raw event log are the entity, the predicted item and the time."""
+TASKS = ("ranking", "binary_classification", "regression")
+# Metrics where smaller is better; every other metric is better when larger.
+LOWER_IS_BETTER = frozenset({"mae", "rmse", "mape", "log_loss", "brier"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
-    entity: str
-    item: str
+
+def parse_duration(value: Any) -> timedelta:
+    """`30d`, `6h`, `15m`, `90s`, a number of seconds, or a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration: use e.g. 30d, 6h, 15m, 90s or 0")
+    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class ColumnSpec(_Strict):
+    """One raw column of the data contract: its type, whether it may be empty, and its range."""
+
+    type: Literal["string", "int", "float", "bool", "timestamp"]
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[Any] | None = Field(default=None, description="the only values accepted")
+    pattern: str | None = Field(default=None, description="a regular expression strings match")
+    pattern_hint: str | None = Field(default=None, description="what the pattern means, in words")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError(f"min/max apply to int and float columns, not {self.type}")
+        if self.pattern is not None:
+            if self.type != "string":
+                raise ValueError("pattern applies to string columns")
+            re.compile(self.pattern)
+        return self
+
+
+class EventLogSpec(_Strict):
+    """The use case's data contract: its raw columns and which is the entity, time and label.
+
+    From this one declaration come ingest validation, `POST /v1/events` validation, the request
+    schema of the predict endpoint, the response shape and the cache key.
+    """
+
+    event_id: str = Field(default="event_id", description="unique id of an event (idempotency)")
+    entity: str = Field(description="whose event; hashed at ingest unless `hashed` says otherwise")
+    hashed: list[str] | None = Field(
+        default=None, description="columns replaced by their keyed hash at ingest (default: entity)")
+    item: str | None = Field(default=None, description="ranking: the item an event chose")
     timestamp: str = "timestamp"
+    label: str | None = Field(default=None, description="what the model predicts (ranking: item)")
+    label_delay: Duration = Field(default=timedelta(0),
+                                  description="how long after the event its label is known")
     context: list[str] = Field(default_factory=list, description="request-time columns")
     example_context: dict[str, Any] = Field(
-        default_factory=dict, description="a typical request context (server warm-up, docs)"
-    )
+        default_factory=dict, description="a typical request context (server warm-up, docs)")
+    columns: dict[str, ColumnSpec] = Field(description="every raw column of an event")
+    max_future: Duration = Field(default=timedelta(days=1),
+                                 description="events further in the future are refused")
+
+    @property
+    def hashed_columns(self) -> list[str]:
+        """The columns ingest replaces by their keyed hash."""
+        return [self.entity] if self.hashed is None else list(self.hashed)
+
+    @property
+    def label_column(self) -> str:
+        """The label's column (a ranking's label is the chosen item)."""
+        label = self.label or self.item
+        if label is None:
+            raise ValueError("the event log declares neither a label nor an item")
+        return label
+
+    @model_validator(mode="after")
+    def _names_are_columns(self) -> EventLogSpec:
+        named = {"event_id": [self.event_id], "entity": [self.entity],
+                 "timestamp": [self.timestamp], "context": self.context,
+                 "hashed": self.hashed or [], "item": [self.item] if self.item else [],
+                 "label": [self.label] if self.label else []}
+        for field_name, names in named.items():
+            for name in names:
+                if name not in self.columns:
+                    raise ValueError(f"{field_name} {name!r} is not one of the declared columns")
+        if self.columns[self.timestamp].type != "timestamp":
+            raise ValueError(f"timestamp column {self.timestamp!r} must have type timestamp")
+        for name in (self.event_id, self.entity):
+            if self.columns[name].nullable:
+                raise ValueError(f"column {name!r} identifies an event: it cannot be nullable")
+        unknown = set(self.example_context) - set(self.context)
+        if unknown:
+            raise ValueError(f"example_context names fields outside context: {sorted(unknown)}")
+        return self
+
+
+class LoaderSpec(_Strict):
+    """Where the use case's raw events come from: a function in `<use case>/<module>.py`.
+
+    `loader` reads a data set: `function(data_dir) -> raw events`. `generator` simulates a world:
+    `function(users=, days=, seed=, drift_day=, on_user=, **options) -> raw events`.
+    """
+
+    module: str = "data"
+    function: str = "raw_events"
 
 
 class FeatureSpec(_Strict):
-    """Where the batch feature SQL lives and which Feast feature services the model reads."""
+    """Where the batch feature SQL lives and which Feast feature services the model reads.
+
+    Sources of keys and inputs: `entity`, `item`, `context:<col>`, `time:hour_of_day` /
+    `time:is_weekend` / `time:day_of_week` / `time:unix_seconds`, `feature:<stage-1 feature>`.
+    """
 
     sql_dir: str = "features"
-    entity_service: str = Field(description="stage 1: per-entity features (candidate lists)")
-    ranking_service: str = Field(description="stage 2: per entity-item-context features")
-    entity_join_keys: dict[str, str] = Field(description="stage-1 join key -> value source")
-    # stage-2 join key -> where its value comes from: "item", "context:<col>",
-    # "time:hour_of_day" / "time:is_weekend", or "feature:<feature name from stage 1>"
-    join_keys: dict[str, str]
-    # request-source fields of the on-demand views -> same sources as join_keys
-    request_fields: dict[str, str] = Field(default_factory=dict)
+    reference_tables: dict[str, str] = Field(
+        default_factory=dict, description="name -> file the feature SQL reads as a view "
+        "(`${data}` is the shared data folder)")
+    service: str | None = Field(default=None, description="per-event tasks: the feature service")
+    entity_service: str | None = Field(default=None, description="ranking stage 1 (candidates)")
+    ranking_service: str | None = Field(default=None, description="ranking stage 2")
+    entity_join_keys: dict[str, str] = Field(default_factory=dict,
+                                             description="ranking stage-1 join key -> source")
+    join_keys: dict[str, str] = Field(default_factory=dict,
+                                      description="join key of the scored rows -> source")
+    request_fields: dict[str, str] = Field(
+        default_factory=dict, description="request-source fields of on-demand views -> source")
+    inputs: dict[str, str] = Field(default_factory=dict,
+                                   description="model inputs derived from a source")
 
 
 class CandidateSpec(_Strict):
@@ -85,9 +205,10 @@ class RealtimeSpec(_Strict):
 
 
 class ModelAlgoSpec(_Strict):
-    """The learner and its parameters."""
+    """The learner and its parameters: LightGBM, its objective in `params` (binary, regression,
+    regression_l1, huber, lambdarank, ...)."""
 
-    algorithm: Literal["lightgbm_lambdarank"] = "lightgbm_lambdarank"
+    algorithm: Literal["lightgbm", "lightgbm_lambdarank"] = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
     num_boost_round: int = 300
     categorical: list[str] = Field(default_factory=list)
@@ -111,14 +232,68 @@ class SplitSpec(_Strict):
     seed: int = 13
 
 
-class GateSpec(_Strict):
-    """Promotion gate: a challenger may lose at most `max_top1_drop` of top-1 and must win at
-    least `min_top4_gain` of top-4 against the champion; the first model must beat the
-    baselines (`must_beat_baselines`)."""
+BaselineKind = Literal[
+    "class_prior",          # classification: the training positive rate for everyone
+    "feature",              # one model input as the score (`feature`, missing -> `fill`)
+    "logistic_regression",  # classification: scikit-learn on the model inputs (or `features`)
+    "linear_regression",    # regression: scikit-learn on the inputs, `one_hot` ones one-hot
+    "label_median",         # regression: the training median for everyone
+    "label_mean",           # regression: the training mean for everyone
+    "most_recent",          # ranking: the entity's most recent distinct items
+    "most_frequent",        # ranking: its most frequent items over 28 days
+    "most_frequent_at_hour",  # ranking: ... at this hour of day, topped up by most_frequent
+]
 
-    max_top1_drop: float = 0.0
-    min_top4_gain: float = 0.0
+
+class BaselineSpec(_Strict):
+    """A model a user would try first; evaluated beside ours on the same holdout."""
+
+    kind: BaselineKind
+    feature: str | None = None
+    fill: Literal["label_median", "label_mean", "zero"] = "label_median"
+    features: list[str] | None = Field(default=None, description="inputs (default: the model's)")
+    one_hot: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _feature_named(self) -> BaselineSpec:
+        if (self.kind == "feature") != (self.feature is not None):
+            raise ValueError("`feature` is required with kind feature, and only then")
+        return self
+
+
+class GateSpec(_Strict):
+    """Promotion gate in metric-neutral terms. Against the champion, on the same holdout: each
+    metric of `min_gain` must improve by at least its value, each of `max_drop` may worsen by at
+    most its value (in the metric's own direction). Without a champion, the model must beat every
+    baseline on `beat_baselines_on` (default: the primary metric)."""
+
+    min_gain: dict[str, float] = Field(default_factory=dict)
+    max_drop: dict[str, float] = Field(default_factory=dict)
     must_beat_baselines: bool = True
+    beat_baselines_on: list[str] = Field(default_factory=list)
+
+
+class DecisionSpec(_Strict):
+    """A classifier's answer in words: `above` when the score is at least `threshold`."""
+
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    above: str = "positive"
+    below: str = "negative"
+    review_band: tuple[float, float] | None = Field(
+        default=None, description="scores in [low, high) answer `review`")
+
+
+class ServingSpec(_Strict):
+    """What the predict endpoint answers beyond the score, and its last-resort default."""
+
+    items_key: str | None = Field(default=None, description="ranking: the response's list key")
+    decision: DecisionSpec | None = None
+    default: dict[str, Any] = Field(
+        default_factory=dict, description="per-event tasks: the answer when nothing can score "
+        "(`score`/`decision` for a classifier, `prediction` for a regression)")
+    cache: bool | None = Field(
+        default=None, description="L1 prediction cache; default on for ranking, off for per-event "
+        "tasks (whose answer depends on the whole request)")
 
 
 class MonitorSpec(_Strict):
@@ -156,24 +331,104 @@ class RetrainSpec(_Strict):
     train_days: int = Field(default=28, ge=7)
 
 
-class ModelSpec(_Strict):
-    """A use case: its Feast services, label, candidates, learner, split, metrics and gate."""
+RANKING_METRICS = frozenset({"top1", "candidate_recall", "ndcg", "recall"})
+CLASSIFICATION_METRICS = frozenset({"roc_auc", "average_precision", "log_loss", "brier",
+                                    "precision_at_threshold", "recall_at_threshold",
+                                    "precision_at_budget", "recall_at_budget"})
+REGRESSION_METRICS = frozenset({"mae", "rmse", "mape", "r2"})
+_BASELINES_OF_TASK = {
+    "ranking": {"most_recent", "most_frequent", "most_frequent_at_hour"},
+    "binary_classification": {"class_prior", "feature", "logistic_regression"},
+    "regression": {"feature", "linear_regression", "label_median", "label_mean"},
+}
 
-    name: str
+
+class ModelSpec(_Strict):
+    """A use case: its data contract, task, Feast services, learner, split, metrics, baselines
+    and gate."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="also its Feast project")
     description: str = ""
-    task: Literal["ranking"] = "ranking"
+    task: Literal["ranking", "binary_classification", "regression"] = "ranking"
     event_log: EventLogSpec
+    loader: LoaderSpec | None = None
+    generator: LoaderSpec | None = None
     features: FeatureSpec
-    candidates: CandidateSpec
+    candidates: CandidateSpec | None = None
     realtime: RealtimeSpec | None = None
     model: ModelAlgoSpec
     split: SplitSpec = SplitSpec()
-    metrics: list[str] = Field(default_factory=lambda: ["top1", "top4", "candidate_recall"])
+    primary_metric: str | None = None
+    metrics: list[str] = Field(default_factory=list)
     top_k: int = 4
+    threshold: float = Field(default=0.5, ge=0, le=1,
+                             description="classification: precision/recall at this score")
+    daily_budget: int | None = Field(
+        default=None, ge=1, description="classification: precision/recall of the day's top N")
+    baselines: dict[str, BaselineSpec] = Field(default_factory=dict)
     gate: GateSpec = GateSpec()
+    serving: ServingSpec = ServingSpec()
     monitor: MonitorSpec = MonitorSpec()
     retrain: RetrainSpec = RetrainSpec()
     source_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _fits_its_task(self) -> ModelSpec:
+        log, features = self.event_log, self.features
+        if self.task == "ranking":
+            missing = [n for n, v in (("event_log.item", log.item), ("candidates", self.candidates),
+                                      ("features.entity_service", features.entity_service),
+                                      ("features.ranking_service", features.ranking_service))
+                       if v is None]
+            if missing:
+                raise ValueError(f"task ranking needs {', '.join(missing)}")
+        else:
+            missing = [n for n, v in (("event_log.label", log.label),
+                                      ("features.service", features.service)) if v is None]
+            if missing:
+                raise ValueError(f"task {self.task} needs {', '.join(missing)}")
+            if self.model.algorithm == "lightgbm_lambdarank":
+                raise ValueError(f"algorithm lightgbm_lambdarank ranks; task {self.task} does not")
+        known = self.known_metrics
+        for name in [*self.metrics, self.primary, *self.gate.min_gain, *self.gate.max_drop,
+                     *self.gate.beat_baselines_on]:
+            if name not in known:
+                raise ValueError(f"metric {name!r} does not apply to task {self.task}; "
+                                 f"use one of {', '.join(sorted(known))}")
+        for name, baseline in self.baselines.items():
+            if baseline.kind not in _BASELINES_OF_TASK[self.task]:
+                raise ValueError(f"baseline {name!r}: kind {baseline.kind} does not apply to "
+                                 f"task {self.task}")
+        return self
+
+    @property
+    def known_metrics(self) -> set[str]:
+        """The metric names this task computes."""
+        if self.task == "ranking":
+            k = self.top_k
+            return set(RANKING_METRICS) | {f"top{k}", f"ndcg{k}", f"recall{k}"}
+        if self.task == "binary_classification":
+            return set(CLASSIFICATION_METRICS)
+        return set(REGRESSION_METRICS)
+
+    @property
+    def primary(self) -> str:
+        """The metric the first model must win on: declared, else the task's usual one."""
+        if self.primary_metric:
+            return self.primary_metric
+        return {"ranking": f"top{self.top_k}", "binary_classification": "roc_auc",
+                "regression": "mae"}[self.task]
+
+    def gate_rules(self) -> GateSpec:
+        """The gate with its defaults filled in: baselines are beaten on the primary metric."""
+        if self.gate.beat_baselines_on:
+            return self.gate
+        return self.gate.model_copy(update={"beat_baselines_on": [self.primary]})
+
+    @property
+    def per_event(self) -> bool:
+        """One prediction per event (classification, regression) rather than a ranked list."""
+        return self.task != "ranking"
 
     @property
     def registered_model_name(self) -> str:
@@ -189,21 +444,37 @@ class ModelSpec(_Strict):
     @property
     def sql_dir(self) -> Path:
         """Folder of this use case's batch feature SQL files."""
-        assert self.source_dir is not None
+        if self.source_dir is None:
+            raise SpecError(f"use case {self.name!r} was not loaded from a folder")
         return self.source_dir / self.features.sql_dir
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of this metric is better (errors and losses)."""
+    return metric in LOWER_IS_BETTER
 
 
 class SpecError(ValueError):
     """The model spec is missing or invalid; the message names the file and the field."""
 
 
+def use_cases(feature_repo: Path) -> list[str]:
+    """Every use case of the feature repo: the folders with a model.yaml, by name."""
+    return sorted(p.parent.name for p in feature_repo.glob("*/model.yaml"))
+
+
 def load_spec(use_case: str, feature_repo: Path) -> ModelSpec:
     """Read and validate `feature_repo/<use_case>/model.yaml`."""
     path = feature_repo / use_case / "model.yaml"
     if not path.is_file():
-        known = sorted(p.parent.name for p in feature_repo.glob("*/model.yaml"))
+        known = use_cases(feature_repo)
         raise SpecError(f"no model spec at {path}; known use cases: {', '.join(known) or 'none'}")
     raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise SpecError(f"invalid model spec {path}: expected a mapping of fields")
+    if raw.get("name", use_case) != use_case:
+        raise SpecError(f"invalid model spec {path}: name {raw['name']!r} is not its folder's "
+                        f"name {use_case!r}")
     try:
         return ModelSpec(**raw, source_dir=path.parent)
     except ValidationError as e:

@@ -1,4 +1,8 @@
-"""Open the Feast feature store of a profile, with paths and Redis taken from Settings."""
+"""Open a use case's Feast feature store for a profile, with paths and Redis from Settings.
+
+Each use case is its own Feast project (named after its folder), in one registry: its entities,
+views and online rows never meet another use case's, and `apply` parses only its folder.
+"""
 
 from __future__ import annotations
 
@@ -33,12 +37,14 @@ def redis_connection_string(redis_url: str) -> str:
     return ",".join(parts)
 
 
-def repo_config(settings: Settings) -> RepoConfig:
-    """The profile's feature_store.yaml with registry, online store and Redis from settings."""
+def repo_config(settings: Settings, use_case: str) -> RepoConfig:
+    """The profile's feature_store.yaml with the use case as project, and registry, online store
+    and Redis from settings."""
     yaml_path = settings.feature_repo / PROFILE_YAML[settings.profile]
     raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))
     feast_dir = settings.feast_dir
     feast_dir.mkdir(parents=True, exist_ok=True)
+    raw["project"] = use_case
     raw["registry"]["path"] = f"sqlite:///{feast_dir / 'registry.db'}"
     if settings.profile == "redis":
         raw["online_store"]["connection_string"] = redis_connection_string(settings.redis_url)
@@ -66,23 +72,35 @@ def _feast_environment(settings: Settings) -> Iterator[None]:
             os.environ["FEASTFLOW_HOME"] = old_home
 
 
-def open_store(settings: Settings) -> FeatureStore:
-    """A FeatureStore for the settings' profile (no repo import: reads the registry only)."""
-    return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
+def open_store(settings: Settings, use_case: str) -> FeatureStore:
+    """The use case's FeatureStore for the settings' profile (no repo import: registry only)."""
+    return FeatureStore(repo_path=str(settings.feature_repo / use_case),
+                        config=repo_config(settings, use_case))
 
 
-def apply_repo(settings: Settings) -> None:
-    """Exactly what `feast apply` does, for the settings' profile and home."""
-    from feast.repo_operations import apply_total
+def apply_repo(settings: Settings, use_case: str) -> None:
+    """What `feast apply` does, for one use case: parse its folder, apply it as its project
+    (objects of the project no longer defined are deleted; other projects are not touched)."""
+    from feast.project import Project
+    from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
-    config = repo_config(settings)
+    config = repo_config(settings, use_case)
+    folder = settings.feature_repo / use_case
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no use case folder {folder}")
     with _feast_environment(settings):
-        _forget_repo_modules(settings.feature_repo)
-        apply_total(config, Path(settings.feature_repo), skip_source_validation=False)
+        _forget_repo_modules(folder)
+        repo = parse_repo(folder)
+        if not repo.projects:
+            repo.projects.append(Project(name=use_case, description=""))
+        store = FeatureStore(repo_path=str(folder), config=config)
+        with contextlib.redirect_stdout(sys.stderr):  # Feast prints its diff: keep stdout clean
+            apply_total_with_repo_instance(store, use_case, store.registry, repo,
+                                           skip_source_validation=False)
 
 
-def _forget_repo_modules(feature_repo: Path) -> None:
+def _forget_repo_modules(folder: Path) -> None:
     # A second apply in one process (tests) must re-import definitions with the current home.
-    for sub in (p.name for p in feature_repo.iterdir() if p.is_dir()):
-        for name in [m for m in sys.modules if m == sub or m.startswith(sub + ".")]:
-            del sys.modules[name]
+    package = folder.name
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,12 +25,13 @@ from rich.progress import (
 from rich.table import Table
 
 from feastflow.settings import Settings
-from feastflow.spec import SpecError, load_spec
+from feastflow.spec import ModelSpec, SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="feastflow: Feast features -> DuckDB training sets -> MLflow -> serving.")
 console = Console(stderr=True)
-UseCase = Annotated[str, typer.Option("--use-case", "-u", help="folder under feature_repo/")]
+UseCase = Annotated[str | None, typer.Option(
+    "--use-case", "-u", help="folder under feature_repo/ (default: FEASTFLOW_USE_CASE)")]
 
 
 def _quiet_third_party_warnings() -> None:
@@ -65,9 +67,9 @@ def main(
         raise typer.Exit(2) from e
 
 
-def _spec(settings: Settings, use_case: str):
+def _spec(settings: Settings, use_case: str | None) -> ModelSpec:
     try:
-        return load_spec(use_case, settings.feature_repo)
+        return load_spec(use_case or settings.use_case, settings.feature_repo)
     except SpecError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
@@ -78,45 +80,55 @@ def _bar() -> Progress:
                     TimeElapsedColumn(), console=console, transient=True)
 
 
+def _option_value(text: str) -> object:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--set")
+    return key, yaml.safe_load(value)
+
+
 @app.command()
 def generate(
     ctx: typer.Context,
-    users: Annotated[int, typer.Option(min=1, help="number of simulated people")] = 150,
+    use_case: UseCase = None,
+    users: Annotated[int, typer.Option(min=1, help="number of simulated entities")] = 150,
     days: Annotated[int, typer.Option(min=1, help="days of activity")] = 56,
     seed: Annotated[int, typer.Option(help="same seed, same events")] = 7,
     start: Annotated[str, typer.Option(help="first day (UTC)")] = "2026-01-05",
     out: Annotated[Path | None, typer.Option(help=".parquet or .csv; default HOME/raw/")] = None,
     drift_day: Annotated[int | None, typer.Option(
         min=1, help="day index from which the world drifts (default: no drift)")] = None,
-    drift_adopt_share: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="share of users who adopt the new app `novaapp`")] = 0.4,
-    drift_shift_share: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="share of users whose day moves later")] = 0.4,
-    drift_shift_hours: Annotated[int, typer.Option(
-        min=1, max=23, help="how many hours later their day runs")] = 4,
-    drift_habit_share: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="share of users who turn to habit: they reopen their last apps "
-        "far more and follow their long-run taste less")] = 0.8,
+    options: Annotated[list[str] | None, typer.Option(
+        "--set", help="a generator option KEY=VALUE (see the use case's generator), repeatable"
+    )] = None,
 ) -> None:
-    """Simulate phone unlocks and write them in the raw event schema (raw ids: ingest hashes)."""
-    from pipelines.generate import Drift, generate_events
+    """Simulate the use case's world (its model.yaml `generator`) into raw events (raw ids:
+    ingest hashes them)."""
+    from feastflow.plugins import use_case_function
 
     settings = _settings(ctx)
-    drift = None
-    name = f"unlocks_u{users}_d{days}_s{seed}"
+    spec = _spec(settings, use_case)
+    if spec.generator is None:
+        console.print(f"[red]{spec.name} declares no `generator` in its model.yaml[/red]")
+        raise typer.Exit(2)
+    if drift_day is not None and drift_day >= days:
+        raise typer.BadParameter(f"must be < --days ({days}), got {drift_day}",
+                                 param_hint="--drift-day")
+    extra = dict(_option_value(o) for o in options or [])
+    name = f"{spec.name}_u{users}_d{days}_s{seed}"
     if drift_day is not None:
-        if drift_day >= days:
-            raise typer.BadParameter(f"must be < --days ({days}), got {drift_day}",
-                                     param_hint="--drift-day")
-        drift = Drift(drift_day, drift_adopt_share, drift_shift_share, drift_shift_hours,
-                      habit_share=drift_habit_share)
-        name += (f"_drift{drift_day}_a{drift_adopt_share:g}_s{drift_shift_share:g}"
-                 f"_h{drift_shift_hours}_r{drift_habit_share:g}")
+        name += f"_drift{drift_day}" + "".join(f"_{k}{v}" for k, v in sorted(extra.items()))
     out = out or settings.home / "raw" / f"{name}.parquet"
+    generate_world = use_case_function(spec, spec.generator.module, spec.generator.function)
     with _bar() as bar:
-        task = bar.add_task("simulating users", total=users)
-        events = generate_events(users, days, seed, start, on_user=lambda _: bar.advance(task),
-                                 drift=drift)
+        task = bar.add_task("simulating", total=users)
+        try:
+            events = generate_world(users=users, days=days, seed=seed, start=start,
+                                    drift_day=drift_day, on_user=lambda _: bar.advance(task),
+                                    **extra)
+        except (TypeError, ValueError) as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from e
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix == ".csv":
@@ -124,23 +136,27 @@ def generate(
     else:
         events.to_parquet(tmp, index=False)
     tmp.replace(out)
-    console.print(f"{len(events):,} events of {users} users over {days} days -> {out}")
+    console.print(f"{len(events):,} events of {users} over {days} days -> {out}")
     typer.echo(str(out))
 
 
 @app.command()
 def ingest(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="CSV or Parquet in the raw event schema")],
+    path: Annotated[Path, typer.Argument(help="CSV or Parquet in the use case's raw event schema")],
+    use_case: UseCase = None,
     strict: Annotated[bool, typer.Option(help="reject the whole file if any row is bad")] = False,
     max_errors: Annotated[int, typer.Option(help="errors to print")] = 20,
 ) -> None:
-    """Validate, hash user ids, append to the event log; exit 1 if any row was rejected."""
+    """Validate against the use case's data contract, hash its personal columns, append to its
+    event log; exit 1 if any row was rejected."""
     from pipelines.ingest import ingest_file
 
     settings = _settings(ctx)
+    spec = _spec(settings, use_case)
     try:
-        report = ingest_file(path, settings.events_dir, settings.user_hash_secret, strict=strict)
+        report = ingest_file(path, spec.event_log, settings.events_dir(spec.name),
+                             settings.user_hash_secret, strict=strict)
     except (FileNotFoundError, ValueError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
@@ -159,7 +175,7 @@ def ingest(
 
 
 @app.command()
-def features(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
+def features(ctx: typer.Context, use_case: UseCase = None) -> None:
     """Compute the use case's batch feature tables from the event log (SQL and real-time fold)."""
     from pipelines.features import compute_feature_tables, feature_table_names
 
@@ -167,37 +183,42 @@ def features(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
     spec = _spec(settings, use_case)
     with _bar() as bar:
         task = bar.add_task("feature tables", total=len(feature_table_names(spec)))
-        rows = compute_feature_tables(
-            spec, settings.events_dir, settings.features_dir / spec.name,
-            on_table=lambda name, n: bar.advance(task),
-        )
+        rows = compute_feature_tables(settings, spec, on_table=lambda name, n: bar.advance(task))
     for name, n in rows.items():
         console.print(f"  {name}: {n:,} rows")
 
 
 @app.command()
-def apply(ctx: typer.Context) -> None:
-    """Register the Feast definitions of feature_repo/ (what `feast apply` does)."""
+def apply(ctx: typer.Context, use_case: UseCase = None) -> None:
+    """Register the use case's Feast definitions as its own Feast project (`feast apply`)."""
     from pipelines.feast_ops import apply_repo
 
-    apply_repo(_settings(ctx))
+    settings = _settings(ctx)
+    apply_repo(settings, _spec(settings, use_case).name)
 
 
 @app.command()
 def materialize(
     ctx: typer.Context,
-    start: Annotated[datetime | None, typer.Option(help="default: 400 days before end")] = None,
-    end: Annotated[datetime | None, typer.Option(help="default: now")] = None,
+    use_case: UseCase = None,
+    start: Annotated[datetime | None, typer.Option(help="default: the first feature row")] = None,
+    end: Annotated[datetime | None, typer.Option(help="default: past the last feature row")]
+    = None,
 ) -> None:
-    """Load the latest feature values into the online store (what `feast materialize` does)."""
+    """Load the use case's latest feature values into the online store (`feast materialize`)."""
     from pipelines.feast_ops import materialize as run
 
-    first, last = run(_settings(ctx), start, end)
+    settings = _settings(ctx)
+    try:
+        first, last = run(settings, _spec(settings, use_case).name, start, end)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
     console.print(f"materialized {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}")
 
 
 @app.command()
-def train(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
+def train(ctx: typer.Context, use_case: UseCase = None) -> None:
     """Train on the spec's window, log the run to MLflow, register the model as challenger."""
     from pipelines.training import train_use_case
 
@@ -210,7 +231,7 @@ def train(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
     alias: Annotated[str, typer.Option(help="champion or challenger")] = "champion",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -232,33 +253,37 @@ def evaluate(
 
 
 def metrics_table(report: dict) -> Table:
-    """Holdout hit rates of the model and the baselines, as a table."""
-    table = Table(title=f"holdout {report['holdout_start'][:10]} .. {report['holdout_end'][:10]}"
-                  f", {report['n_holdout_events']} events")
-    for column in ("", "top-1", "top-4"):
-        table.add_column(column)
-    table.add_row(f"model v{report.get('model_version', '?')}", f"{report['top1']:.3f}",
-                  f"{report['top4']:.3f}")
-    for name, values in report["baselines"].items():
-        table.add_row(name, f"{values['top1']:.3f}", f"{values['top4']:.3f}")
-    table.caption = f"candidate recall {report['candidate_recall']:.3f}"
+    """Holdout metrics of the model and the baselines, as a table (primary metric first)."""
+    table = Table(title=f"{report['use_case']} ({report['task']}): holdout "
+                  f"{report['holdout_start'][:10]} .. {report['holdout_end'][:10]}, "
+                  f"{report['n_holdout']:,} events")
+    metrics = [report["primary_metric"], *(m for m in report["model"]
+                                           if m != report["primary_metric"])]
+    table.add_column("")
+    for metric in metrics:
+        table.add_column(metric + (" (primary)" if metric == report["primary_metric"] else ""))
+    rows = {f"model v{report.get('model_version', '?')}": report["model"], **report["baselines"]}
+    for name, values in rows.items():
+        table.add_row(name, *(f"{values[m]:.4f}" if m in values else "" for m in metrics))
     return table
 
 
 @app.command()
 def promote(
     ctx: typer.Context,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
     version: Annotated[str | None, typer.Option(help="default: the challenger")] = None,
 ) -> None:
     """Move `champion` to the challenger if the spec's gate passes; exit 1 if it does not."""
+    from feastflow.spec import lower_is_better
     from registry import lifecycle
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
     lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
     try:
-        decision = lifecycle.promote(spec.registered_model_name, spec.gate, version)
+        decision = lifecycle.promote(spec.registered_model_name, spec.gate_rules(),
+                                     lower_is_better, version)
     except lifecycle.RegistryError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
@@ -272,7 +297,7 @@ def promote(
 
 
 @app.command()
-def rollback(ctx: typer.Context, use_case: UseCase = "next_app") -> None:
+def rollback(ctx: typer.Context, use_case: UseCase = None) -> None:
     """Move `champion` back to the version the last promotion replaced."""
     from registry import lifecycle
 
@@ -293,7 +318,7 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="processes sharing the port")] = 1,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
 ) -> None:
     """Start the prediction server (champion and challenger from the registry, hot reload).
 
@@ -302,7 +327,8 @@ def serve(
     """
     import uvicorn
 
-    os.environ.update({"FEASTFLOW_USE_CASE": use_case, "FEASTFLOW_HOST": host,
+    os.environ.update({"FEASTFLOW_USE_CASE": use_case or _settings(ctx).use_case,
+                       "FEASTFLOW_HOST": host,
                        "FEASTFLOW_PORT": str(port)})
     uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers,
                 loop="uvloop", http="httptools", log_level="warning", access_log=False,
@@ -312,7 +338,7 @@ def serve(
 @app.command()
 def stream(
     ctx: typer.Context,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
     consumer: Annotated[str | None, typer.Option(help="this processor's name in the group")] = None,
     idle_exit: Annotated[float | None, typer.Option(
         help="exit after the stream has been empty this many seconds (replays, tests)")] = None,
@@ -365,7 +391,7 @@ def stream(
 @app.command()
 def precompute(
     ctx: typer.Context,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
     top: Annotated[int, typer.Option(min=1, help="how many of the busiest users")] = 1000,
     start: Annotated[datetime | None, typer.Option(help="first hour (UTC); default: now")] = None,
     k: Annotated[int, typer.Option(min=1, max=20)] = 4,
@@ -389,13 +415,13 @@ def replay(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="raw events (CSV or Parquet), e.g. from generate")],
     url: Annotated[str, typer.Option(help="the running server")] = "http://127.0.0.1:8000",
-    predict_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of unlocks "
+    predict_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of events "
                                                  "that ask for a prediction first")] = 1.0,
     since: Annotated[datetime | None, typer.Option(help="replay events from this time (UTC)")]
     = None,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
 ) -> None:
-    """Replay events through a running server in time order: predict at each unlock, then post it.
+    """Replay events through a running server in time order: predict at each event, then post it.
 
     At each midnight the daily job runs (feature tables, materialize). Serve with
     FEASTFLOW_REQUEST_LOG_SAMPLE=1 so that `feastflow monitor` sees every prediction.
@@ -429,7 +455,7 @@ def replay(
 @app.command()
 def monitor(
     ctx: typer.Context,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
     since: Annotated[datetime | None, typer.Option(help="window start (UTC); default: until - "
                                                    "monitor.window_days")] = None,
     until: Annotated[datetime | None, typer.Option(help="window end (UTC); default: the newest "
@@ -491,7 +517,7 @@ def monitor_table(summary: dict, top_k: int) -> Table:
 @app.command()
 def retrain(
     ctx: typer.Context,
-    use_case: UseCase = "next_app",
+    use_case: UseCase = None,
     refresh_features: Annotated[bool, typer.Option(
         help="recompute the feature tables from the event log first")] = True,
 ) -> None:
@@ -505,7 +531,7 @@ def retrain(
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
     if refresh_features:
-        compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+        compute_feature_tables(settings, spec)
     result = retrain_use_case(settings, spec, progress=console.print)
     for reason in result.decision.reasons:
         console.print(f"  {reason}")
@@ -525,20 +551,21 @@ def retrain(
 @app.command()
 def demo(
     ctx: typer.Context,
-    users: Annotated[int, typer.Option(min=1)] = 150,
-    days: Annotated[int, typer.Option(min=1, help="days of history the first model sees")] = 56,
-    live_days: Annotated[int, typer.Option(min=1, help="days after it, in which the world "
-                                           "drifts")] = 7,
-    replay_days: Annotated[int, typer.Option(min=1, help="the last live days replayed through "
-                                             "the server (the monitoring window)")] = 1,
+    use_case: UseCase = None,
+    users: Annotated[int, typer.Option(min=1, help="generated worlds: entities")] = 150,
+    days: Annotated[int, typer.Option(min=1, help="generated worlds: days of history the first "
+                                      "model sees")] = 56,
+    live_days: Annotated[int, typer.Option(min=1, help="generated worlds: days after it, in "
+                                           "which the world drifts")] = 7,
+    replay_days: Annotated[int, typer.Option(min=1, help="generated worlds: the last live days "
+                                             "replayed through the server")] = 1,
     seed: Annotated[int, typer.Option()] = 7,
-    use_case: UseCase = "next_app",
 ) -> None:
-    """The whole flagship job end to end: generate ... serve, replay, monitor, retrain."""
+    """The use case end to end: its data (generated world or data set) ... served over HTTP."""
     from pipelines.demo import run_demo
 
     settings = _settings(ctx)
-    ok = run_demo(settings, _spec(settings, use_case), users, days, seed, console, live_days,
+    ok = run_demo(settings, _spec(settings, use_case), console, users, days, seed, live_days,
                   replay_days)
     sys.exit(0 if ok else 1)
 

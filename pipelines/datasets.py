@@ -2,7 +2,11 @@
 
 The split is by time: the last `holdout_days` of the event log are the holdout, the
 `train_days` before them the training window. Feature values are those known one microsecond
-before each unlock (Feast's point-in-time join over the feature tables).
+before each event (Feast's point-in-time join over the feature tables). A label known only
+`label_delay` after its event is trained on only if it was known when the holdout starts.
+
+Two shapes: ranking (candidates per request, label 1 on the chosen item) and per event (one row
+per event, its label as it is: classification and regression).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import duckdb
 import pandas as pd
 from feast import FeatureStore
 
-from feastflow.ranking import LABEL, REQUEST_ID, candidate_rows, entity_rows
+from feastflow.ranking import LABEL, REQUEST_ID, candidate_rows, entity_rows, event_rows
 from feastflow.spec import ModelSpec
 
 ROW_ID = "row_id"
@@ -39,8 +43,9 @@ class SplitWindow:
 
 def split_window(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> SplitWindow:
     """The holdout is the last `holdout_days` whole days; training the `train_days` before."""
+    ts = spec.event_log.timestamp
     first, last = con.execute(
-        "SELECT min(date_trunc('day', timestamp)), max(date_trunc('day', timestamp)) FROM events"
+        f'SELECT min(date_trunc(\'day\', "{ts}")), max(date_trunc(\'day\', "{ts}")) FROM all_events'
     ).fetchone()
     holdout_end = pd.Timestamp(last).tz_convert("UTC") + pd.Timedelta(days=1)
     holdout_start = holdout_end - pd.Timedelta(days=spec.split.holdout_days)
@@ -59,20 +64,48 @@ def split_window(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> SplitWindow
 
 
 def sample_requests(con: duckdb.DuckDBPyConnection, start: pd.Timestamp, end: pd.Timestamp,
-                    n: int, seed: int) -> pd.DataFrame:
-    """A reproducible uniform sample of up to n events in [start, end), as prediction requests.
+                    n: int, seed: int, spec: ModelSpec) -> pd.DataFrame:
+    """A reproducible uniform sample of up to n events in [start, end), as prediction requests
+    (every column of the log, the label included: it is what the request will be judged on).
 
     Ordered by md5 of the event id and the seed: stable across DuckDB versions, unlike hash().
     """
+    ts, event_id = spec.event_log.timestamp, spec.event_log.event_id
     events = con.execute(
-        """SELECT * FROM events WHERE timestamp >= ? AND timestamp < ?
-           ORDER BY md5(event_id || ?::VARCHAR), event_id LIMIT ?""",
+        f"""SELECT * FROM all_events WHERE "{ts}" >= ? AND "{ts}" < ?
+           ORDER BY md5("{event_id}"::VARCHAR || ?::VARCHAR), "{event_id}" LIMIT ?""",
         [start.to_pydatetime(), end.to_pydatetime(), seed, n],
     ).df()
-    events = events.sort_values(["timestamp", "event_id"], ignore_index=True)
-    events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True).astype("datetime64[us, UTC]")
+    events = events.sort_values([ts, event_id], ignore_index=True)
+    events[ts] = pd.to_datetime(events[ts], utc=True).astype("datetime64[us, UTC]")
     events.insert(0, REQUEST_ID, range(len(events)))
     return events
+
+
+def labelled_by(spec: ModelSpec, moment: pd.Timestamp) -> pd.Timestamp:
+    """The last event time whose label is known at `moment` (training stops there)."""
+    return moment - pd.Timedelta(spec.event_log.label_delay)
+
+
+def build_event_set(store: FeatureStore, requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Per-event tasks: each request with its point-in-time features and its label."""
+    entities = event_rows(requests, spec)
+    rows = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service(spec.features.service)).to_df()
+    rows = rows.sort_values(REQUEST_ID, ignore_index=True)
+    if len(rows) != len(requests):
+        raise ValueError(f"the point-in-time join returned {len(rows)} rows for "
+                         f"{len(requests)} events")
+    label = requests.set_index(REQUEST_ID)[spec.event_log.label_column]
+    rows[LABEL] = pd.to_numeric(label.loc[rows[REQUEST_ID]].to_numpy(), errors="coerce")
+    return rows
+
+
+def build_set(store: FeatureStore, requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """The task's rows: candidates per request (ranking) or one row per event."""
+    if spec.per_event:
+        return build_event_set(store, requests, spec)
+    return build_ranking_set(store, requests, spec)
 
 
 def build_ranking_set(store: FeatureStore, requests: pd.DataFrame, spec: ModelSpec
@@ -97,9 +130,11 @@ def build_ranking_set(store: FeatureStore, requests: pd.DataFrame, spec: ModelSp
     return stage2
 
 
-def ranking_feature_names(store: FeatureStore, spec: ModelSpec) -> list[str]:
-    """The model's inputs: every feature of the ranking service, then the spec's extra columns."""
-    service = store.get_feature_service(spec.features.ranking_service)
+def model_feature_names(store: FeatureStore, spec: ModelSpec) -> list[str]:
+    """The model's inputs: every feature of its service (ranking: stage 2), then the spec's
+    extra columns."""
+    service_name = spec.features.service if spec.per_event else spec.features.ranking_service
+    service = store.get_feature_service(service_name)
     names = [f.name for projection in service.feature_view_projections
              for f in projection.features]
     return names + [n for n in spec.model.extra_features if n not in names]

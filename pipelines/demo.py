@@ -1,6 +1,11 @@
-"""The flagship job end to end, each step timed: generate (with drift), ingest, features, apply,
-train, evaluate, promote, materialize, serve and predict over HTTP, the live days (the last
-replayed through the server and the stream), monitor, retrain; then a summary."""
+"""A use case's job end to end, each step timed, then a summary. Two shapes, chosen by the spec:
+
+- a use case with a `generator` and real-time features (the flagship): simulate a world with
+  drift, ingest, features, apply, train, evaluate, promote, materialize, serve and predict over
+  HTTP, the live days (the last replayed through the server and the stream), monitor, retrain;
+- a use case with a `loader` (a public data set): load, ingest, features, apply, train, evaluate
+  against its baselines, promote, materialize, serve and predict its last events over HTTP.
+"""
 
 from __future__ import annotations
 
@@ -85,21 +90,49 @@ def running_processor(settings: Settings, use_case: str) -> Iterator[None]:
             proc.kill()
 
 
-def demo_requests(raw: pd.DataFrame, at: pd.Timestamp, n_known: int = 3) -> list[dict[str, Any]]:
-    """Requests for a few real (raw-id) users in their latest context, plus an unknown user."""
-    latest = raw.sort_values("timestamp").groupby("user_id").tail(1)
-    busiest = raw["user_id"].value_counts().index[:n_known]
-    out = []
-    for user in [*busiest, "someone-new"]:
-        row = latest[latest["user_id"] == user]
-        context = ({"location": "home", "battery": 80, "charging": False, "network": "wifi"}
-                   if row.empty else {
-                       "location": row["location"].iloc[0], "battery": int(row["battery"].iloc[0]),
-                       "charging": bool(row["charging"].iloc[0]),
-                       "network": row["network"].iloc[0]})
-        out.append({"user_id": user, "timestamp": at.isoformat(),
-                    "context": {**context, "secs_since_prev_unlock": 1800.0}, "k": 4})
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def request_body(spec: ModelSpec, entity: Any, at: pd.Timestamp, context: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """A prediction request as `POST /v1/{use_case}/predict` takes it (raw entity id)."""
+    body = {spec.event_log.entity: _jsonable(entity), "timestamp": at.isoformat(),
+            "context": {k: _jsonable(v) for k, v in context.items() if _jsonable(v) is not None}}
+    if not spec.per_event:
+        body["k"] = spec.top_k
+    return body
+
+
+def demo_requests(spec: ModelSpec, raw: pd.DataFrame, at: pd.Timestamp, n_known: int = 3
+                  ) -> list[dict[str, Any]]:
+    """Requests for a few real (raw-id) entities in their latest context, plus an unknown one."""
+    log = spec.event_log
+    latest = raw.sort_values(log.timestamp).groupby(log.entity).tail(1).set_index(log.entity)
+    busiest = raw[log.entity].value_counts().index[:n_known].tolist()
+    out = [request_body(spec, entity, at, latest.loc[entity, log.context].to_dict())
+           for entity in busiest]
+    column = log.columns[log.entity]
+    if column.type == "string" and column.pattern is None and column.allowed is None:
+        out.append(request_body(spec, "someone-new", at, dict(log.example_context)))
     return out
+
+
+def describe_answer(spec: ModelSpec, response: dict[str, Any]) -> str:
+    """One served answer in a few words: the top items, the score and decision, the prediction."""
+    if spec.task == "ranking":
+        key = spec.serving.items_key or f"{spec.event_log.item}s"
+        text = ", ".join(str(entry[spec.event_log.item]) for entry in response[key])
+    elif spec.task == "binary_classification":
+        text = f"score {response['score']:.3f}" + (f" -> {response['decision']}"
+                                                   if response.get("decision") else "")
+    else:
+        text = f"{response['prediction']:.1f}"
+    return text + (f" ({response['fallback']})" if response.get("fallback") else "")
 
 
 # The server of the demo's last steps: every prediction logged (monitoring reads them); no
@@ -113,88 +146,165 @@ REPLAY_SERVER_ENV = {"FEASTFLOW_REQUEST_LOG_SAMPLE": "1", "FEASTFLOW_REQUEST_LOG
                      "FEASTFLOW_LATENCY_BUDGET_MS": "5000"}
 
 
-def run_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: int,
-             console: Console, live_days: int = 7, replay_days: int = 1) -> bool:
-    """Run every step, print each with its duration, end with the summary; True if all passed.
+class _Steps:
+    """Runs named steps, prints each with its duration and a one-line result, keeps them."""
 
-    The world has `days` days of history and `live_days` more in which it drifts. The model is
-    trained on the history; the live days arrive, the last `replay_days` of them through the
-    running server (a prediction at each sampled unlock, then the unlock as an event); then
-    `monitor` reads what was served and `retrain` decides whether a new model takes over.
-    """
-    from pipelines.feast_ops import apply_repo, materialize
-    from pipelines.features import compute_feature_tables
-    from pipelines.generate import Drift, generate_events
-    from pipelines.ingest import ingest_frame
-    from pipelines.monitor import run_monitor
-    from pipelines.replay import daily_job, replay_events
-    from pipelines.training import evaluate_alias, retrain_use_case, train_use_case
-    from registry import lifecycle
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.durations: list[tuple[str, float, str]] = []
 
-    if not 1 <= replay_days <= live_days:
-        raise ValueError(f"replay_days must be between 1 and live_days ({live_days}), "
-                         f"got {replay_days}")
-    durations: list[tuple[str, float, str]] = []
-
-    def step(name: str, fn: Callable[[], Any], describe: Callable[[Any], str] = str) -> Any:
-        console.rule(f"[bold]{name}")
+    def __call__(self, name: str, fn: Callable[[], Any], describe: Callable[[Any], str] = str
+                 ) -> Any:
+        self.console.rule(f"[bold]{name}")
         started = time.perf_counter()
         result = fn()
         elapsed = time.perf_counter() - started
         note = describe(result)
-        durations.append((name, elapsed, note))
-        console.print(f"[green]done[/green] {name} in {elapsed:.1f} s: {note}")
+        self.durations.append((name, elapsed, note))
+        self.console.print(f"[green]done[/green] {name} in {elapsed:.1f} s: {note}")
         return result
 
-    def features() -> dict[str, int]:
-        return compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
 
+def _first_champion(step: _Steps, settings: Settings, spec: ModelSpec, console: Console
+                    ) -> tuple[Any, dict[str, Any], Any] | None:
+    """Features, apply, train, evaluate, promote, materialize: the steps every demo shares.
+    None when the gate keeps the first model from becoming champion."""
+    from feastflow.spec import lower_is_better
+    from pipelines.feast_ops import apply_repo, materialize
+    from pipelines.features import compute_feature_tables
+    from pipelines.training import evaluate_alias, train_use_case
+    from registry import lifecycle
+
+    step("features", lambda: compute_feature_tables(settings, spec),
+         lambda r: f"{len(r)} tables, {sum(r.values()):,} rows")
+    step("apply", lambda: apply_repo(settings, spec.name), lambda _: f"Feast project {spec.name}")
+    trained = step("train", lambda: train_use_case(settings, spec, progress=console.print),
+                   lambda r: f"v{r.version} registered as challenger, {r.n_train_events:,} "
+                             f"events / {r.n_train_rows:,} rows")
+    evaluation = step("evaluate", lambda: evaluate_alias(settings, spec, lifecycle.CHALLENGER,
+                                                         progress=console.print),
+                      lambda r: ", ".join(f"{m} {v:.3f}" for m, v in r["model"].items()))
+    decision = step("promote", lambda: lifecycle.promote(spec.registered_model_name,
+                                                         spec.gate_rules(), lower_is_better),
+                    lambda d: "passed" if d.passed else "rejected: " + "; ".join(d.reasons))
+    if lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION) is None:
+        console.print("[red]no champion: the gate rejected the first model[/red]")
+        return None
+    step("materialize", lambda: materialize(settings, spec.name),
+         lambda w: f"{w[0]:%Y-%m-%d} .. {w[1]:%Y-%m-%d} into the {settings.profile} online store")
+    return trained, evaluation, decision
+
+
+def run_demo(settings: Settings, spec: ModelSpec, console: Console, users: int = 150,
+             days: int = 56, seed: int = 7, live_days: int = 7, replay_days: int = 1) -> bool:
+    """The use case's demo: the live world (generator and real-time features) or its data set
+    (loader); True if every step passed."""
+    if spec.generator is not None and spec.realtime is not None:
+        return run_world_demo(settings, spec, users, days, seed, console, live_days, replay_days)
+    if spec.loader is not None:
+        return run_loader_demo(settings, spec, console)
+    raise ValueError(f"{spec.name} declares neither a `loader` nor a `generator` with "
+                     "`realtime`: the demo has no events to start from")
+
+
+def run_loader_demo(settings: Settings, spec: ModelSpec, console: Console) -> bool:
+    """Load the use case's data set, then ingest ... serve its champion and ask it over HTTP."""
+    from feastflow.plugins import use_case_function
+    from pipelines.ingest import ingest_frame
+
+    assert spec.loader is not None
+    step = _Steps(console)
+    console.print(f"use case [bold]{spec.name}[/bold] ({spec.task}), profile "
+                  f"[bold]{settings.profile}[/bold], home {settings.home}")
+    load = use_case_function(spec, spec.loader.module, spec.loader.function)
+    raw = step("load", lambda: load(settings.data_dir),
+               lambda r: f"{len(r):,} raw events from {settings.data_dir}")
+    report = step("ingest", lambda: ingest_frame(raw, spec.event_log,
+                                                 settings.events_dir(spec.name),
+                                                 settings.user_hash_secret),
+                  lambda r: f"{r.rows_written:,} written, {r.duplicates_skipped:,} already there, "
+                            f"{r.rows_rejected} rejected by the contract")
+    for error in report.errors[:5]:
+        console.print(f"[yellow]rejected[/yellow] {error}")
+    first = _first_champion(step, settings, spec, console)
+    if first is None:
+        return False
+    trained, evaluation, decision = first
+    log = spec.event_log
+    # after the last label is known: online rows are the latest, stamped up to then
+    at = (pd.Timestamp(raw[log.timestamp].max()).tz_convert("UTC")
+          + pd.Timedelta(log.label_delay) + pd.Timedelta(minutes=1))
+    requests = demo_requests(spec, raw, at)
+    with running_server(settings, spec.name) as url:
+        answers, latencies = step(
+            "serve, predict", lambda: _predict_over_http(url, spec, requests),
+            lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP")
+    console.rule("[bold]summary")
+    console.print(_steps_table(step.durations))
+    _served_summary(console, spec, evaluation, trained.version, decision.passed, answers,
+                    latencies)
+    return True
+
+
+def run_world_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: int,
+                   console: Console, live_days: int = 7, replay_days: int = 1) -> bool:
+    """Run every step, print each with its duration, end with the summary; True if all passed.
+
+    The world has `days` days of history and `live_days` more in which it drifts. The model is
+    trained on the history; the live days arrive, the last `replay_days` of them through the
+    running server (a prediction at each sampled event, then the event itself); then
+    `monitor` reads what was served and `retrain` decides whether a new model takes over.
+    """
+    from feastflow.plugins import use_case_function
+    from pipelines.ingest import ingest_frame
+    from pipelines.monitor import run_monitor
+    from pipelines.replay import daily_job, replay_events
+    from pipelines.training import retrain_use_case
+
+    if not 1 <= replay_days <= live_days:
+        raise ValueError(f"replay_days must be between 1 and live_days ({live_days}), "
+                         f"got {replay_days}")
+    step = _Steps(console)
+    durations = step.durations
+    if spec.generator is None:
+        raise ValueError(f"{spec.name} declares no `generator`: nothing to simulate")
+    generate_world = use_case_function(spec, spec.generator.module, spec.generator.function)
     console.print(f"profile [bold]{settings.profile}[/bold], home {settings.home}")
-    drift = Drift(start_day=days)
-    world = step("generate", lambda: generate_events(users, days + live_days, seed, drift=drift),
-                 lambda r: f"{len(r):,} unlocks of {users} users over {days} + {live_days} days "
-                           f"(drift from day {days}: {drift})")
+    world = step("generate", lambda: generate_world(users=users, days=days + live_days, seed=seed,
+                                                    drift_day=days),
+                 lambda r: f"{len(r):,} events of {users} over {days} + {live_days} days "
+                           f"(drift from day {days})")
     live_start = pd.Timestamp(world["timestamp"].min()).floor("D") + pd.Timedelta(days=days)
     raw = world[world["timestamp"] < live_start]
     live = world[world["timestamp"] >= live_start]
     replay_start = live_start + pd.Timedelta(days=live_days - replay_days)
-    report = step("ingest", lambda: ingest_frame(raw, settings.events_dir,
+    events_dir = settings.events_dir(spec.name)
+    report = step("ingest", lambda: ingest_frame(raw, spec.event_log, events_dir,
                                                  settings.user_hash_secret),
                   lambda r: f"{r.rows_written:,} written, {r.duplicates_skipped:,} already there, "
                             f"{r.rows_rejected} rejected")
     if report.errors:
         return False
-    step("features", features, lambda r: f"{len(r)} tables, {sum(r.values()):,} rows")
-    step("apply", lambda: apply_repo(settings), lambda _: "feature repo registered")
-    trained = step("train", lambda: train_use_case(settings, spec, progress=console.print),
-                   lambda r: f"v{r.version} registered as challenger, "
-                             f"{r.n_train_events} events / {r.n_train_rows} rows")
-    evaluation = step("evaluate", lambda: evaluate_alias(settings, spec, lifecycle.CHALLENGER,
-                                                         progress=console.print),
-                      lambda r: f"top1 {r['top1']:.3f}, top4 {r['top4']:.3f}")
-    decision = step("promote", lambda: lifecycle.promote(spec.registered_model_name, spec.gate),
-                    lambda d: "passed" if d.passed else "rejected: " + "; ".join(d.reasons))
-    if lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION) is None:
-        console.print("[red]no champion: the gate rejected the first model[/red]")
+    first = _first_champion(step, settings, spec, console)
+    if first is None:
         return False
-    step("materialize", lambda: materialize(settings),
-         lambda w: f"{w[0]:%Y-%m-%d} .. {w[1]:%Y-%m-%d} into the {settings.profile} online store")
+    trained, evaluation, decision = first
     at = pd.Timestamp(evaluation["holdout_end"]) + pd.Timedelta(hours=8, minutes=5)
-    requests = demo_requests(raw, at)
+    requests = demo_requests(spec, raw, at)
     api_key = settings.api_key or secrets.token_hex(16)  # POST /v1/events needs one
     with contextlib.ExitStack() as running:
         url = running.enter_context(running_server(
             settings, spec.name, extra_env={"FEASTFLOW_API_KEY": api_key, **REPLAY_SERVER_ENV}))
         running.enter_context(running_processor(settings, spec.name))
         answers, latencies = step(
-            "serve, predict", lambda: _predict_over_http(url, requests),
+            "serve, predict", lambda: _predict_over_http(url, spec, requests),
             lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP")
 
         def live_days_arrive() -> str:
             batch = live[live["timestamp"] < replay_start]
-            ingest_frame(batch, settings.events_dir, settings.user_hash_secret)
+            ingest_frame(batch, spec.event_log, events_dir, settings.user_hash_secret)
             daily_job(settings, spec, live_start)
-            return f"{len(batch):,} unlocks of {live_start:%Y-%m-%d} .. {replay_start:%Y-%m-%d}"
+            return f"{len(batch):,} events of {live_start:%Y-%m-%d} .. {replay_start:%Y-%m-%d}"
 
         step(f"live days: {live_days - replay_days} days arrive in batch", live_days_arrive)
 
@@ -217,34 +327,30 @@ def run_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: i
     retrained = step("retrain", lambda: retrain_use_case(settings, spec, progress=console.print),
                      lambda r: f"challenger v{r.trained.version} "
                                f"{'promoted' if r.decision.passed else 'rejected'}")
-    _summary(console, durations, evaluation, trained.version, decision.passed, answers,
+    _summary(console, spec, durations, evaluation, trained.version, decision.passed, answers,
              latencies, replayed, monitored, retrained)
     return True
 
 
-def _predict_over_http(url: str, requests: list[dict[str, Any]], repeat: int = 100
-                       ) -> tuple[list[dict[str, Any]], list[float]]:
+def _predict_over_http(url: str, spec: ModelSpec, requests: list[dict[str, Any]],
+                       repeat: int = 100) -> tuple[list[dict[str, Any]], list[float]]:
+    path = f"/v1/{spec.name}/predict"
     with httpx.Client(base_url=url, timeout=60) as client:
         answers = []
         for body in requests:
-            response = client.post("/v1/predict", json=body)
-            response.raise_for_status()
+            response = client.post(path, json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"{path} answered {response.status_code}: {response.text}")
             answers.append({"request": body, "response": response.json()})
         latencies = []
         for i in range(repeat):  # client-side round trips, one connection
             started = time.perf_counter()
-            client.post("/v1/predict", json=requests[i % len(requests)]).raise_for_status()
+            client.post(path, json=requests[i % len(requests)]).raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
     return answers, latencies
 
 
-def _summary(console: Console, durations: list[tuple[str, float, str]],
-             evaluation: dict[str, Any], version: str, promoted: bool,
-             answers: list[dict[str, Any]], latencies: list[float], replayed: ReplayStats,
-             monitored: MonitorResult, retrained: RetrainResult) -> None:
-    from pipelines.cli import metrics_table, monitor_table
-
-    console.rule("[bold]summary")
+def _steps_table(durations: list[tuple[str, float, str]]) -> Table:
     steps = Table(title="steps")
     steps.add_column("step")
     steps.add_column("seconds", justify="right")
@@ -252,30 +358,46 @@ def _summary(console: Console, durations: list[tuple[str, float, str]],
     for name, seconds, note in durations:
         steps.add_row(name, f"{seconds:.1f}", note)
     steps.add_row("total", f"{sum(d[1] for d in durations):.1f}", "")
-    console.print(steps)
+    return steps
+
+
+def _served_summary(console: Console, spec: ModelSpec, evaluation: dict[str, Any], version: str,
+                    promoted: bool, answers: list[dict[str, Any]], latencies: list[float]) -> None:
+    from pipelines.cli import metrics_table
+
     console.print(metrics_table(evaluation))
-    console.print(f"model registry: next_app v{version} "
+    console.print(f"model registry: {spec.name} v{version} "
                   f"{'is champion (alias champion)' if promoted else 'stayed challenger'}")
     preds = Table(title="predictions answered by the running server")
-    for column in ("user", "context", "top apps", "model", "server ms"):
+    for column in (spec.event_log.entity, "time", "context", "answer", "model", "server ms"):
         preds.add_column(column)
     for answer in answers:
         body, response = answer["request"], answer["response"]
-        apps = ", ".join(a["app"] for a in response["apps"])
-        note = f" ({response['fallback']})" if response["fallback"] else ""
-        ctx = body["context"]
-        preds.add_row(body["user_id"], f"{body['timestamp'][11:16]} {ctx['location']} "
-                      f"{ctx['network']} {ctx['battery']}%", apps + note,
-                      f"v{response['model_version']}", f"{response['latency_ms']:.1f}")
+        context = ", ".join(f"{k}={v}" for k, v in body["context"].items())
+        preds.add_row(str(body[spec.event_log.entity]), body["timestamp"][:16], context,
+                      describe_answer(spec, response), f"v{response['model_version']}",
+                      f"{response['latency_ms']:.1f}")
     console.print(preds)
-    console.print(f"/v1/predict round trip over HTTP: p50 {statistics.median(latencies):.1f} ms, "
-                  f"p95 {sorted(latencies)[int(len(latencies) * 0.95) - 1]:.1f} ms "
+    console.print(f"/v1/{spec.name}/predict round trip over HTTP: p50 "
+                  f"{statistics.median(latencies):.1f} ms, p95 "
+                  f"{sorted(latencies)[int(len(latencies) * 0.95) - 1]:.1f} ms "
                   f"({len(latencies)} requests)")
+
+
+def _summary(console: Console, spec: ModelSpec, durations: list[tuple[str, float, str]],
+             evaluation: dict[str, Any], version: str, promoted: bool,
+             answers: list[dict[str, Any]], latencies: list[float], replayed: ReplayStats,
+             monitored: MonitorResult, retrained: RetrainResult) -> None:
+    from pipelines.cli import monitor_table
+
+    console.rule("[bold]summary")
+    console.print(_steps_table(durations))
+    _served_summary(console, spec, evaluation, version, promoted, answers, latencies)
     visible = sorted(replayed.visible_ms)
     console.print(f"POST /v1/events -> the online store, replayed rounds of up to one event per "
                   f"user: p50 {statistics.median(visible):.0f} ms, max {visible[-1]:.0f} ms "
                   f"({replayed.rounds} rounds, {replayed.events:,} events)")
-    console.print(monitor_table(monitored.summary, 4))
+    console.print(monitor_table(monitored.summary, spec.top_k))
     for alert in monitored.alerts:
         console.print(f"[red]alert[/red] {alert}")
     verdict = "promoted to champion" if retrained.decision.passed else "rejected"

@@ -1,4 +1,6 @@
-"""Holdout metrics: top-k hit rates of the model and of the baselines a user would try first."""
+"""Ranking baselines a user would try first, from the event log strictly before each request:
+the entity's most recent distinct items, its most frequent over 28 days, its most frequent at this
+hour of day (topped up with the most frequent)."""
 
 from __future__ import annotations
 
@@ -6,25 +8,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from feastflow.ranking import LABEL, REQUEST_ID
+from feastflow.ranking import REQUEST_ID
 from feastflow.spec import ModelSpec
+from pipelines.metrics import list_metrics
 
 BASELINE_WINDOW_DAYS = 28
-
-
-def hit_rates(scored: pd.DataFrame, n_requests: int, ks: tuple[int, ...] = (1, 4)
-              ) -> dict[str, float]:
-    """top-k hit rate over all requests (a request whose answer is not a candidate is a miss)."""
-    if n_requests == 0:
-        raise ValueError("no holdout requests to evaluate")
-    ranked = scored.sort_values([REQUEST_ID, "score"], ascending=[True, False], kind="stable")
-    position = ranked.groupby(REQUEST_ID).cumcount() + 1
-    hits = ranked.loc[ranked[LABEL] == 1, REQUEST_ID].to_frame().assign(
-        position=position[ranked[LABEL] == 1]
-    )
-    out = {f"top{k}": float((hits["position"] <= k).sum() / n_requests) for k in ks}
-    out["candidate_recall"] = float(hits[REQUEST_ID].nunique() / n_requests)
-    return out
+_LIST_OF_KIND = {"most_recent": "mru", "most_frequent": "mfu", "most_frequent_at_hour": "mfu_hour"}
 
 
 def baseline_rankings(con: duckdb.DuckDBPyConnection, requests: pd.DataFrame, spec: ModelSpec,
@@ -65,12 +54,8 @@ def baseline_rankings(con: duckdb.DuckDBPyConnection, requests: pd.DataFrame, sp
 
 def baseline_metrics(con: duckdb.DuckDBPyConnection, requests: pd.DataFrame, spec: ModelSpec,
                      k: int = 4) -> dict[str, dict[str, float]]:
-    """top1 and topk hit rates of each baseline on the same requests as the model."""
-    actual = requests[spec.event_log.item].to_numpy()
-    out = {}
-    for name, suggestions in baseline_rankings(con, requests, spec, k).items():
-        lists = suggestions.to_numpy()
-        top1 = np.mean([len(s) > 0 and s[0] == a for s, a in zip(lists, actual, strict=True)])
-        topk = np.mean([a in s[:k] for s, a in zip(lists, actual, strict=True)])
-        out[name] = {"top1": float(top1), f"top{k}": float(topk)}
-    return out
+    """The ranking metrics of each declared baseline on the same requests as the model."""
+    actual = requests[spec.event_log.label_column].tolist()
+    lists = baseline_rankings(con, requests, spec, k)
+    return {name: list_metrics(lists[_LIST_OF_KIND[baseline.kind]].tolist(), actual, (1, k))
+            for name, baseline in spec.baselines.items()}

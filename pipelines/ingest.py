@@ -1,4 +1,5 @@
-"""Ingest raw events: validate, hash user ids, append to the Parquet event log all-or-nothing."""
+"""Ingest raw events: validate against the use case's contract, hash its personal columns, append
+to its Parquet event log all-or-nothing."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from feastflow.event_log import existing_event_ids, hash_users, write_partitions
-from feastflow.events import EVENT_COLUMNS, RowError, validate_events
+from feastflow.event_log import existing_event_ids, hash_columns, write_partitions
+from feastflow.events import RowError, event_columns, validate_events
+from feastflow.spec import EventLogSpec
 
 
 @dataclass
@@ -40,24 +42,27 @@ def read_raw(path: Path) -> pd.DataFrame:
     raise ValueError(f"{path}: unsupported format; give a .csv, .csv.gz or .parquet file")
 
 
-def ingest_frame(raw: pd.DataFrame, events_dir: Path, secret: str, strict: bool = False,
-                 now: pd.Timestamp | None = None) -> IngestReport:
+def ingest_frame(raw: pd.DataFrame, contract: EventLogSpec, events_dir: Path, secret: str,
+                 strict: bool = False, now: pd.Timestamp | None = None) -> IngestReport:
     """Validate, hash and append; with `strict`, any bad row rejects the whole call."""
-    clean, errors = validate_events(raw, now=now)
+    clean, errors = validate_events(raw, contract, now=now)
     report = IngestReport(rows_read=len(raw), rows_written=0, duplicates_skipped=0, errors=errors)
     if clean.empty or (strict and errors):
         return report
-    seen = existing_event_ids(events_dir, clean["event_id"])
-    fresh = clean[~clean["event_id"].isin(seen)]
+    ids = contract.event_id
+    seen = existing_event_ids(events_dir, clean[ids], ids)
+    fresh = clean[~clean[ids].astype(str).isin(seen)]
     report.duplicates_skipped = len(clean) - len(fresh)
     if fresh.empty:
         return report
-    hashed = hash_users(fresh, secret)[EVENT_COLUMNS].sort_values("timestamp", kind="stable")
-    report.partitions = write_partitions(hashed, events_dir)
+    hashed = hash_columns(fresh, secret, contract.hashed_columns)[event_columns(contract)]
+    hashed = hashed.sort_values(contract.timestamp, kind="stable")
+    report.partitions = write_partitions(hashed, events_dir, contract.timestamp)
     report.rows_written = len(hashed)
     return report
 
 
-def ingest_file(path: Path, events_dir: Path, secret: str, strict: bool = False) -> IngestReport:
-    """Ingest one CSV or Parquet file of raw events into the event log."""
-    return ingest_frame(read_raw(path), events_dir, secret, strict=strict)
+def ingest_file(path: Path, contract: EventLogSpec, events_dir: Path, secret: str,
+                strict: bool = False) -> IngestReport:
+    """Ingest one CSV or Parquet file of raw events into the use case's event log."""
+    return ingest_frame(read_raw(path), contract, events_dir, secret, strict=strict)

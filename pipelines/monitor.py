@@ -276,7 +276,7 @@ def hit_rate(hits: int, n: int) -> HitRate:
 def labelled_answers(served: pd.DataFrame, events_dir: Path, spec: ModelSpec) -> pd.DataFrame:
     """Served answers with the item the user really opened next (within the label horizon)."""
     log = spec.event_log
-    con = event_log_connection(events_dir)
+    con = event_log_connection(events_dir, spec.event_log.timestamp)
     con.register("served_df", served[["request_id", "request_ts", "user_hash", "variant",
                                       "model_version", "fallback", "shadow", "items"]])
     horizon = pd.Timedelta(seconds=spec.monitor.label_horizon_seconds).to_pytimedelta()
@@ -364,7 +364,7 @@ def offline_replay(settings: Settings, spec: ModelSpec, records: pd.DataFrame) -
     })
     for name in log.context:
         requests[name] = [c.get(name) for c in contexts]
-    return build_ranking_set(open_store(settings), requests, spec)
+    return build_ranking_set(open_store(settings, spec.name), requests, spec)
 
 
 def training_serving_skew(settings: Settings, spec: ModelSpec, records: pd.DataFrame,
@@ -417,7 +417,7 @@ def offline_tables_lag(settings: Settings, spec: ModelSpec) -> pd.Timedelta | No
     table = settings.features_dir / spec.name / f"{spec.realtime.entity_table.table}.parquet"
     if not table.is_file():
         return None
-    con = event_log_connection(settings.events_dir)
+    con = event_log_connection(settings.events_dir(spec.name), spec.event_log.timestamp)
     newest_row = con.execute(
         f"SELECT max(event_timestamp) FROM read_parquet({sql_string(table)})").fetchone()[0]
     newest_event = con.execute(
@@ -432,7 +432,7 @@ def data_quality(settings: Settings, spec: ModelSpec, window: Window,
     """Events of the window: volume against the 28 days before, null rates, and the values
     never seen before `known_until` (the end of the champion's data; default: the window)."""
     log = spec.event_log
-    con = event_log_connection(settings.events_dir)
+    con = event_log_connection(settings.events_dir(spec.name), spec.event_log.timestamp)
     before = window.start - pd.Timedelta(days=28)
     daily = con.execute(f"""
         SELECT date_trunc('day', {log.timestamp}) AS day, count(*) AS events FROM events
@@ -471,11 +471,12 @@ def data_quality(settings: Settings, spec: ModelSpec, window: Window,
     }
 
 
-def feature_freshness(settings: Settings, window: Window) -> dict[str, dict[str, Any]]:
+def feature_freshness(settings: Settings, spec: ModelSpec, window: Window
+                      ) -> dict[str, dict[str, Any]]:
     """Each feature view: the newest row of its offline table and where materialization reached."""
     from feastflow.store import open_store
 
-    store = open_store(settings)
+    store = open_store(settings, spec.name)
     out: dict[str, dict[str, Any]] = {}
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -518,8 +519,12 @@ def run_monitor(settings: Settings, spec: ModelSpec, out_dir: Path | None = None
     from registry import lifecycle
 
     thresholds = spec.monitor
-    if not has_events(settings.events_dir):
-        raise MonitorError(f"the event log {settings.events_dir} is empty: ingest events first")
+    if spec.per_event:
+        raise MonitorError(f"monitoring of {spec.task} use cases is not built yet: `feastflow "
+                           "monitor` reads ranked answers against the next event")
+    events_dir = settings.events_dir(spec.name)
+    if not has_events(events_dir):
+        raise MonitorError(f"the event log {events_dir} is empty: ingest events first")
     served, window = load_served(settings.served_dir(spec.name), thresholds.window_days, since,
                                  until)
     progress(f"{len(served):,} served requests logged between {window.start:%Y-%m-%d %H:%M} and "
@@ -558,7 +563,7 @@ def run_monitor(settings: Settings, spec: ModelSpec, out_dir: Path | None = None
                       f"{thresholds.prediction_psi_alert}")
 
     progress("online accuracy per variant (served answers against the next event)")
-    answers = labelled_answers(served, settings.events_dir, spec)
+    answers = labelled_answers(served, events_dir, spec)
     accuracy = accuracy_by_variant(answers, spec.top_k)
     topk = f"top{spec.top_k}"
     for variant, entry in accuracy.items():
@@ -594,7 +599,7 @@ def run_monitor(settings: Settings, spec: ModelSpec, out_dir: Path | None = None
             alerts.append(f"null rate: {column} {rate:.1%} > {thresholds.max_null_rate:.0%}")
     for column, values in quality["new_categories"].items():
         warnings.append(f"{column} values the champion never saw: {', '.join(values[:10])}")
-    freshness = feature_freshness(settings, window)
+    freshness = feature_freshness(settings, spec, window)
     for view, entry in freshness.items():
         if entry["age_hours"] > thresholds.max_feature_age_hours:
             alerts.append(f"freshness: {view}'s newest row is {entry['age_hours']:.0f} h older than "
@@ -633,8 +638,8 @@ def run_monitor(settings: Settings, spec: ModelSpec, out_dir: Path | None = None
 
 
 def _nullable(spec: ModelSpec) -> set[str]:
-    """Event columns that are empty by design (the first unlock has no previous one)."""
-    return {"secs_since_prev_unlock"} & set(spec.event_log.context)
+    """Event columns the data contract allows to be empty (no null-rate alert on them)."""
+    return {name for name, column in spec.event_log.columns.items() if column.nullable}
 
 
 def _skew(settings: Settings, spec: ModelSpec, answered: pd.DataFrame, booster: Any,

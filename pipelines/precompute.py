@@ -42,7 +42,7 @@ class PrecomputeResult:
 def most_active_users(settings: Settings, spec: ModelSpec, top: int, days: int = 7) -> list[str]:
     """The `top` entities with the most events in the log's last `days` days, busiest first."""
     log = spec.event_log
-    con = event_log_connection(settings.events_dir)
+    con = event_log_connection(settings.events_dir(spec.name), log.timestamp)
     rows = con.execute(
         f'SELECT "{log.entity}" FROM events WHERE "{log.timestamp}" > '
         f'(SELECT max("{log.timestamp}") FROM events) - INTERVAL {int(days)} DAY '
@@ -54,12 +54,15 @@ def most_active_users(settings: Settings, spec: ModelSpec, top: int, days: int =
 def precompute(settings: Settings, spec: ModelSpec, top: int, start: datetime | None, k: int,
                progress: Callable[[int, int], None] | None = None) -> PrecomputeResult:
     """Score 24 hourly requests for each of the `top` busiest users with the champion."""
+    if spec.per_event:
+        raise ValueError(f"{spec.name} predicts per event ({spec.task}): bundles of ranked "
+                         "items per hour apply to ranking use cases")
     start = (start or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0,
                                                                  microsecond=0)
     users = most_active_users(settings, spec, top)
     lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
     model = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
-    store = open_store(settings)
+    store = open_store(settings, spec.name)
     ranker = Ranker(spec, FeaturePlan.from_store(store, spec), model.booster)
     reader = open_reader(settings, store)
     start_us = int(start.timestamp()) * 1_000_000

@@ -4,7 +4,7 @@ For each event: ask the server for a prediction at the event's time and context 
 sampled share of events), then POST the event itself, as a phone would. Events go in rounds
 that hold at most one event per user, and a round waits until the stream processor has put
 its events online (the spec's `realtime.freshness_feature`), so every prediction sees every
-earlier event of its user, as in production where unlocks are seconds or minutes apart.
+earlier event of its user, as in production where an entity's events are seconds or minutes apart.
 
 At each day boundary `on_day(day)` runs the daily batch job (feature tables, materialize) once
 the event log holds the whole previous day, as a scheduler would. This makes a replay's
@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from feastflow.events import EVENT_COLUMNS
 from feastflow.privacy import hash_user_id
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
@@ -74,16 +73,17 @@ def _jsonable(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def event_body(row: dict[str, Any]) -> dict[str, Any]:
-    """One event as POST /v1/events takes it."""
-    return {k: _jsonable(row[k]) for k in EVENT_COLUMNS if k in row and _jsonable(row[k]) is not None}
+def event_body(row: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """One event as POST /v1/{use_case}/events takes it."""
+    return {k: _jsonable(row[k]) for k in spec.event_log.columns
+            if k in row and _jsonable(row[k]) is not None}
 
 
 def predict_body(row: dict[str, Any], spec: ModelSpec, k: int) -> dict[str, Any]:
-    """The prediction request a phone would send at this unlock."""
+    """The prediction request a client would send at this event."""
     log = spec.event_log
     context = {name: _jsonable(row[name]) for name in log.context}
-    return {"user_id": row[log.entity], "timestamp": _jsonable(row[log.timestamp]),
+    return {log.entity: row[log.entity], "timestamp": _jsonable(row[log.timestamp]),
             "context": {n: v for n, v in context.items() if v is not None}, "k": k}
 
 
@@ -93,20 +93,23 @@ def daily_job(settings: Settings, spec: ModelSpec, since: pd.Timestamp) -> None:
     from pipelines.feast_ops import materialize
     from pipelines.features import compute_feature_tables
 
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
-    materialize(settings, start=since.to_pydatetime())
+    compute_feature_tables(settings, spec)
+    materialize(settings, spec.name, start=since.to_pydatetime())
 
 
-def wait_for_log(settings: Settings, event_ids: list[str], timeout_s: float = 120.0) -> None:
-    """Block until every one of these events is in the offline event log (the processor's
-    writer appends every couple of seconds)."""
+def wait_for_log(settings: Settings, spec: ModelSpec, event_ids: list[str],
+                 timeout_s: float = 120.0) -> None:
+    """Block until every one of these events is in the use case's offline event log (the
+    processor's writer appends every couple of seconds)."""
     from pipelines.features import event_log_connection
 
     deadline = time.monotonic() + timeout_s
-    con = event_log_connection(settings.events_dir)  # its view reads the files at each query
-    con.register("wanted", pd.DataFrame({"event_id": event_ids}))
-    query = ("SELECT count(DISTINCT event_id) FROM events "
-             "WHERE event_id IN (SELECT event_id FROM wanted)")
+    log = spec.event_log
+    # the view reads the files at each query
+    con = event_log_connection(settings.events_dir(spec.name), log.timestamp)
+    con.register("wanted", pd.DataFrame({"id": event_ids}))
+    query = (f'SELECT count(DISTINCT "{log.event_id}") FROM events '
+             f'WHERE "{log.event_id}" IN (SELECT id FROM wanted)')
     while True:
         n = con.execute(query).fetchone()[0]
         if n >= len(event_ids):
@@ -130,7 +133,7 @@ class OnlineWatcher:
         self.entity = spec.event_log.entity
         self.timestamp = spec.event_log.timestamp
         self.secret = settings.user_hash_secret
-        self.store = open_store(settings)
+        self.store = open_store(settings, spec.name)
 
     def wait(self, round_: pd.DataFrame, timeout_s: float = 60.0) -> None:
         """Block until each user's last event time online is at least the round's event."""
@@ -171,7 +174,7 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
         round_day = round_[ts].iloc[0].floor("D")
         if day is not None and round_day > day:
             # the daily job runs once the log holds the whole finished day
-            wait_for_log(settings, day_ids)
+            wait_for_log(settings, spec, day_ids)
             if on_day is not None:
                 on_day(round_day)
             stats.days += 1
@@ -180,26 +183,27 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
         rows = round_.to_dict("records")
         asked = [r for r in rows if draw.random() < predict_share]
         answers = await asyncio.gather(*(
-            _post(client, limit, "/v1/predict", predict_body(r, spec, k)) for r in asked))
+            _post(client, limit, f"/v1/{spec.name}/predict", predict_body(r, spec, k))
+            for r in asked))
         for response in answers:
             if response.status_code != 200:
-                raise RuntimeError(f"/v1/predict answered {response.status_code}: "
+                raise RuntimeError(f"/v1/{spec.name}/predict answered {response.status_code}: "
                                    f"{response.text[:300]}")
             body = response.json()
             stats.fallbacks[body.get("fallback") or "model"] += 1
             stats.variants[body.get("variant", "?")] += 1
         sent = time.perf_counter()
-        response = await client.post("/v1/events", json={"events": [event_body(r) for r in rows]},
-                                     headers=headers)
+        response = await client.post(f"/v1/{spec.name}/events", headers=headers,
+                                     json={"events": [event_body(r, spec) for r in rows]})
         if response.status_code != 202 or response.json().get("rejected"):
-            raise RuntimeError(f"/v1/events answered {response.status_code}: "
+            raise RuntimeError(f"/v1/{spec.name}/events answered {response.status_code}: "
                                f"{response.text[:300]}")
         await asyncio.to_thread(watcher.wait, round_)
         stats.visible_ms.append((time.perf_counter() - sent) * 1000)
         stats.events += len(rows)
         stats.predictions += len(asked)
         stats.rounds += 1
-        day_ids.extend(str(r["event_id"]) for r in rows)
+        day_ids.extend(str(r[spec.event_log.event_id]) for r in rows)
         if progress is not None:
             progress(len(rows))
     stats.seconds = time.perf_counter() - started
@@ -214,7 +218,7 @@ def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
     if not 0.0 <= predict_share <= 1.0:
         raise ValueError(f"predict_share must be in [0, 1], got {predict_share}")
     ts = spec.event_log.timestamp
-    events = events.sort_values([ts, "event_id"], ignore_index=True)
+    events = events.sort_values([ts, spec.event_log.event_id], ignore_index=True)
     events[ts] = pd.to_datetime(events[ts], utc=True)
 
     async def run() -> ReplayStats:

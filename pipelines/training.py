@@ -1,11 +1,14 @@
-"""Train a use case's ranker from its spec, evaluate it on the time holdout, track it in MLflow."""
+"""Train a use case from its spec, evaluate it on the time holdout beside its declared baselines,
+track it in MLflow and register it as challenger. Every task goes through the same steps:
+sample requests by time, join their point-in-time features, fit, score the holdout, compare.
+"""
 
 from __future__ import annotations
 
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import infer_signature
 
 from feastflow.ranking import (
     EVENT_TIMESTAMP,
@@ -24,18 +28,21 @@ from feastflow.ranking import (
     model_matrix,
 )
 from feastflow.settings import Settings
-from feastflow.spec import ModelSpec
+from feastflow.spec import ModelSpec, lower_is_better
 from feastflow.store import open_store
+from pipelines.baselines import all_baseline_scores
 from pipelines.datasets import (
     SplitWindow,
-    build_ranking_set,
+    build_set,
     data_fingerprint,
-    ranking_feature_names,
+    labelled_by,
+    model_feature_names,
     sample_requests,
     split_window,
 )
-from pipelines.evaluate import baseline_metrics, hit_rates
+from pipelines.evaluate import baseline_metrics
 from pipelines.features import event_log_connection
+from pipelines.metrics import event_metrics, hit_rates
 from registry import lifecycle
 
 Progress = Callable[[str], None]
@@ -51,6 +58,13 @@ class Datasets:
     train_rows: pd.DataFrame
     holdout_requests: pd.DataFrame
     holdout_rows: pd.DataFrame
+    _baselines: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    def baseline_scores(self, spec: ModelSpec, inputs: list[str]) -> dict[str, np.ndarray]:
+        """Every declared baseline fitted on the training rows, scored on the holdout (once)."""
+        if self._baselines is None:
+            self._baselines = all_baseline_scores(spec, self.train_rows, self.holdout_rows, inputs)
+        return self._baselines
 
 
 def _cached(path: Path, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
@@ -65,78 +79,130 @@ def _cached(path: Path, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
 
 
 def build_datasets(settings: Settings, spec: ModelSpec, progress: Progress = print) -> Datasets:
-    """Sample requests in both windows and join their point-in-time features (cached by input)."""
-    con = event_log_connection(settings.events_dir)
+    """Sample requests in both windows and join their point-in-time features (cached by input).
+
+    Training requests stop where their labels stop being known at the holdout's start
+    (`label_delay`): the model never learns from a label the holdout's first day could not see.
+    """
+    events_dir = settings.events_dir(spec.name)
+    con = event_log_connection(events_dir, spec.event_log.timestamp)
     window = split_window(con, spec)
-    features_dir = settings.features_dir / spec.name
-    fingerprint = data_fingerprint(settings.events_dir, features_dir, window, spec)
+    features_dir = settings.feature_tables_dir(spec.name)
+    fingerprint = data_fingerprint(events_dir, features_dir, window, spec)
     cache = settings.home / "datasets" / spec.name / fingerprint
-    store = open_store(settings)
+    store = open_store(settings, spec.name)
     split = spec.split
+    train_end = labelled_by(spec, window.holdout_start)
+    if train_end <= window.train_start:
+        raise ValueError(f"label_delay {spec.event_log.label_delay} leaves no training events "
+                         f"between {window.train_start:%Y-%m-%d} and {window.holdout_start:%Y-%m-%d}")
     train_requests = _cached(cache / "train_requests.parquet", lambda: sample_requests(
-        con, window.train_start, window.holdout_start, split.max_train_events, split.seed))
+        con, window.train_start, train_end, split.max_train_events, split.seed, spec))
     holdout_requests = _cached(cache / "holdout_requests.parquet", lambda: sample_requests(
-        con, window.holdout_start, window.holdout_end, split.max_holdout_events, split.seed))
+        con, window.holdout_start, window.holdout_end, split.max_holdout_events, split.seed, spec))
+    if train_requests.empty or holdout_requests.empty:
+        raise ValueError(f"no {'training' if train_requests.empty else 'holdout'} events in "
+                         f"{window.as_dict()}: widen the split in model.yaml")
     progress(f"training set: {len(train_requests)} events, point-in-time join")
     train_rows = _cached(cache / "train_rows.parquet",
-                         lambda: build_ranking_set(store, train_requests, spec))
+                         lambda: build_set(store, train_requests, spec))
     progress(f"holdout set: {len(holdout_requests)} events, point-in-time join")
     holdout_rows = _cached(cache / "holdout_rows.parquet",
-                           lambda: build_ranking_set(store, holdout_requests, spec))
+                           lambda: build_set(store, holdout_requests, spec))
     return Datasets(window, fingerprint, train_requests, train_rows, holdout_requests,
                     holdout_rows)
 
 
-def fit_ranker(rows: pd.DataFrame, features: list[str], spec: ModelSpec) -> lgb.Booster:
-    """LightGBM lambdarank on groups of candidates, a fixed number of rounds.
+def fit_model(rows: pd.DataFrame, features: list[str], spec: ModelSpec) -> lgb.Booster:
+    """LightGBM with the spec's parameters: lambdarank on candidate groups (ranking), else one row
+    per event with the spec's objective; a fixed number of rounds.
 
     No early stopping: a validation slice small enough to spare stopped training after a few
     rounds on small worlds; the untouched time holdout is the honest judge.
     """
-    has_answer = rows.groupby(REQUEST_ID)[LABEL].transform("max") == 1
-    usable = rows[has_answer]  # a group without the right answer teaches a ranker nothing
-    train_set = lgb.Dataset(
-        model_matrix(usable, features, spec.model.categorical), label=usable[LABEL],
-        group=usable.groupby(REQUEST_ID, sort=False).size().to_numpy(),
-        categorical_feature=spec.model.categorical,
-    )
+    if not spec.per_event:
+        has_answer = rows.groupby(REQUEST_ID)[LABEL].transform("max") == 1
+        rows = rows[has_answer]  # a group without the right answer teaches a ranker nothing
+    rows = rows[rows[LABEL].notna()]
+    group = rows.groupby(REQUEST_ID, sort=False).size().to_numpy() if not spec.per_event else None
+    train_set = lgb.Dataset(model_matrix(rows, features, spec.model.categorical),
+                            label=rows[LABEL], group=group,
+                            categorical_feature=spec.model.categorical or "auto")
     return lgb.train(spec.model.params, train_set, num_boost_round=spec.model.num_boost_round)
 
 
 def score(booster: lgb.Booster, rows: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
-    """The rows' request, item, label and the model's score."""
+    """The rows' request, label and the model's score."""
     matrix = model_matrix(rows, booster.feature_name(), categorical)
     return rows[[REQUEST_ID, LABEL]].assign(score=booster.predict(matrix, num_threads=1))
 
 
 def holdout_report(booster: lgb.Booster, data: Datasets, spec: ModelSpec,
                    settings: Settings) -> dict[str, Any]:
-    """The evaluate JSON: model and baseline hit rates on the holdout, and its time range."""
+    """The evaluate JSON: the model's and every baseline's metrics on the same holdout."""
     scored = score(booster, data.holdout_rows, spec.model.categorical)
-    model = hit_rates(scored, len(data.holdout_requests), ks=(1, spec.top_k))
-    con = event_log_connection(settings.events_dir)
-    baselines = baseline_metrics(con, data.holdout_requests, spec, k=spec.top_k)
+    if spec.per_event:
+        model, baselines = _event_report(booster, scored, data, spec)
+    else:
+        k = spec.top_k
+        found = hit_rates(scored, len(data.holdout_requests), ks=(1, k))
+        wanted = dict.fromkeys(["top1", f"top{k}", *spec.metrics, spec.primary])
+        model = {m: found[m] for m in wanted}
+        con = event_log_connection(settings.events_dir(spec.name), spec.event_log.timestamp)
+        baselines = {name: {m: v for m, v in values.items() if m in model}
+                     for name, values in baseline_metrics(con, data.holdout_requests, spec,
+                                                          k=k).items()}
     return {
-        "top1": model["top1"],
-        "top4": model[f"top{spec.top_k}"],
-        "candidate_recall": model["candidate_recall"],
-        "n_holdout_events": len(data.holdout_requests),
+        "use_case": spec.name, "task": spec.task, "primary_metric": spec.primary,
+        "model": model, "baselines": baselines, "n_holdout": len(data.holdout_requests),
         "holdout_start": data.window.holdout_start.isoformat(),
         "holdout_end": data.window.holdout_end.isoformat(),
-        "baselines": {name: {"top1": m["top1"], "top4": m[f"top{spec.top_k}"]}
-                      for name, m in baselines.items()},
     }
 
 
-def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report as MLflow metrics: top1, top4, candidate_recall, <baseline>_top1/_top4."""
-    out = {k: float(report[k]) for k in ("top1", "top4", "candidate_recall")}
-    for name, values in report["baselines"].items():
-        out.update({f"{name}_{k}": float(v) for k, v in values.items()})
+def _event_report(booster: lgb.Booster, scored: pd.DataFrame, data: Datasets, spec: ModelSpec
+                  ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    holdout = data.holdout_rows
+    labels = holdout[LABEL].to_numpy(dtype=float)
+    days = pd.to_datetime(holdout[EVENT_TIMESTAMP], utc=True).dt.floor("D").to_numpy()
+    model = event_metrics(spec, labels, scored["score"].to_numpy(), days)
+    inputs = booster.feature_name()
+    baselines = {name: event_metrics(spec, labels, values, days) for name, values
+                 in data.baseline_scores(spec, inputs).items()}
+    return model, baselines
+
+
+def holdout_predictions(booster: lgb.Booster, data: Datasets, spec: ModelSpec) -> pd.DataFrame:
+    """Every holdout row's label and the model's and each baseline's score: anyone can recompute
+    the report from it."""
+    rows = data.holdout_rows
+    log = spec.event_log
+    requests = data.holdout_requests.set_index(REQUEST_ID)
+    out = pd.DataFrame({
+        REQUEST_ID: rows[REQUEST_ID].to_numpy(),
+        log.event_id: requests[log.event_id].loc[rows[REQUEST_ID]].to_numpy(),
+        log.timestamp: requests[log.timestamp].loc[rows[REQUEST_ID]].to_numpy(),
+        LABEL: rows[LABEL].to_numpy(),
+        "model": score(booster, rows, spec.model.categorical)["score"].to_numpy(),
+    })
+    if not spec.per_event:
+        out.insert(1, log.item, rows[log.item].to_numpy())
+        return out
+    for name, values in data.baseline_scores(spec, booster.feature_name()).items():
+        out[f"baseline.{name}"] = values
     return out
 
 
-def _plots(booster: lgb.Booster, report: dict[str, Any], out: Path) -> list[Path]:
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report as MLflow metrics: `<metric>` for the model, `<baseline>.<metric>` for each
+    baseline (the registry keeps them on the version; the gate reads them back)."""
+    out = {k: float(v) for k, v in report["model"].items()}
+    for name, values in report["baselines"].items():
+        out.update({f"{name}.{k}": float(v) for k, v in values.items()})
+    return out
+
+
+def _importance_plot(booster: lgb.Booster, out: Path) -> Path:
     from matplotlib.figure import Figure  # no pyplot: no global backend, nothing to close
 
     importance = pd.Series(booster.feature_importance("gain"), index=booster.feature_name())
@@ -147,21 +213,81 @@ def _plots(booster: lgb.Booster, report: dict[str, Any], out: Path) -> list[Path
     ax.set_title("Feature importance (total gain)")
     fig.tight_layout()
     fig.savefig(out / "feature_importance.png", dpi=110)
+    return out / "feature_importance.png"
+
+
+def _comparison_plot(report: dict[str, Any], out: Path) -> Path:
+    from matplotlib.figure import Figure
+
     names = ["model", *report["baselines"]]
-    top1 = [report["top1"], *(b["top1"] for b in report["baselines"].values())]
-    top4 = [report["top4"], *(b["top4"] for b in report["baselines"].values())]
-    fig = Figure(figsize=(7, 4))
+    metrics = list(report["model"])
+    fig = Figure(figsize=(1.6 + 1.1 * len(names) * max(1, len(metrics)) / 2, 4))
     ax = fig.subplots()
     x = np.arange(len(names))
-    ax.bar(x - 0.2, top1, 0.4, label="top-1")
-    ax.bar(x + 0.2, top4, 0.4, label="top-4")
+    width = 0.8 / len(metrics)
+    for j, metric in enumerate(metrics):
+        values = [report["model"][metric], *(b.get(metric, np.nan)
+                                             for b in report["baselines"].values())]
+        ax.bar(x + (j - (len(metrics) - 1) / 2) * width, values, width, label=metric)
     ax.set_xticks(x, names)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Holdout hit rate ({report['n_holdout_events']} events)")
-    ax.legend()
+    ax.set_title(f"Holdout: model vs baselines ({report['n_holdout']} events)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "holdout_vs_baselines.png", dpi=110)
-    return [out / "feature_importance.png", out / "holdout_vs_baselines.png"]
+    return out / "holdout_vs_baselines.png"
+
+
+def _task_plots(predictions: pd.DataFrame, spec: ModelSpec, out: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    if not spec.per_event:
+        return []
+    y = predictions[LABEL].to_numpy(dtype=float)
+    scores = {"model": predictions["model"].to_numpy(),
+              **{c.removeprefix("baseline."): predictions[c].to_numpy()
+                 for c in predictions if c.startswith("baseline.")}}
+    paths = []
+    if spec.task == "binary_classification":
+        fig = Figure(figsize=(11, 4))
+        roc, pr, calibration = fig.subplots(1, 3)
+        for name, values in scores.items():
+            fpr, tpr, _ = roc_curve(y, values)
+            roc.plot(fpr, tpr, label=name)
+            precision, recall, _ = precision_recall_curve(y, values)
+            pr.plot(recall, precision, label=name)
+        observed, predicted = calibration_curve(y, scores["model"], n_bins=10, strategy="quantile")
+        calibration.plot(predicted, observed, marker="o", label="model")
+        calibration.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        for ax, title, xl, yl in ((roc, "ROC", "false positive rate", "true positive rate"),
+                                  (pr, "precision-recall", "recall", "precision"),
+                                  (calibration, "calibration", "predicted", "observed")):
+            ax.set_title(title)
+            ax.set_xlabel(xl)
+            ax.set_ylabel(yl)
+        roc.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "roc_pr_calibration.png", dpi=110)
+        paths.append(out / "roc_pr_calibration.png")
+    else:
+        fig = Figure(figsize=(10, 4))
+        scatter, residuals = fig.subplots(1, 2)
+        scatter.scatter(y, scores["model"], s=4, alpha=0.4)
+        top = np.nanpercentile(y, 99)
+        scatter.plot([0, top], [0, top], "k--", linewidth=0.8)
+        scatter.set_xlim(0, top)
+        scatter.set_ylim(0, top)
+        scatter.set_xlabel("actual")
+        scatter.set_ylabel("predicted")
+        scatter.set_title("predicted vs actual")
+        errors = scores["model"] - y
+        residuals.hist(np.clip(errors, *np.nanpercentile(errors, [1, 99])), bins=60)
+        residuals.set_title("residuals (model - actual), 1-99 %")
+        fig.tight_layout()
+        fig.savefig(out / "residuals.png", dpi=110)
+        paths.append(out / "residuals.png")
+    return paths
 
 
 REFERENCE_DIR = "reference"  # MLflow artifact folder of the monitoring reference
@@ -205,6 +331,11 @@ def write_reference(booster: lgb.Booster, data: Datasets, spec: ModelSpec, out: 
     return folder
 
 
+def _metric_key(name: str) -> str:
+    # MLflow metric names: a baseline's metric reads `baseline.<name>.<metric>` in the UI
+    return f"baseline.{name}" if "." in name else name
+
+
 @dataclass
 class TrainResult:
     """What `feastflow train` produced."""
@@ -221,16 +352,21 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
                    ) -> TrainResult:
     """Build the sets, fit, evaluate on the holdout, log one MLflow run, register a challenger."""
     data = build_datasets(settings, spec, progress)
-    store = open_store(settings)
-    features = ranking_feature_names(store, spec)
-    progress(f"fitting {spec.model.algorithm} on {len(data.train_rows)} candidate rows")
-    booster = fit_ranker(data.train_rows, features, spec)
+    store = open_store(settings, spec.name)
+    features = model_feature_names(store, spec)
+    progress(f"fitting {spec.model.algorithm} ({spec.task}) on {len(data.train_rows)} rows")
+    booster = fit_model(data.train_rows, features, spec)
     report = holdout_report(booster, data, spec, settings)
     metrics = flat_metrics(report)
     lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
+    services = ({"feature_service": spec.features.service} if spec.per_event else
+                {"feature_service.entity": spec.features.entity_service,
+                 "feature_service.ranking": spec.features.ranking_service})
     tags = {
-        "feature_service.entity": spec.features.entity_service,
-        "feature_service.ranking": spec.features.ranking_service,
+        **{k: str(v) for k, v in services.items()},
+        "task": spec.task,
+        "primary_metric": spec.primary,
+        "label_delay_seconds": str(int(spec.event_log.label_delay.total_seconds())),
         "data_fingerprint": data.fingerprint,
         "train_start": data.window.train_start.isoformat(),
         "holdout_start": data.window.holdout_start.isoformat(),
@@ -246,21 +382,27 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
             "n_train_events": len(data.train_requests),
             "n_train_rows": len(data.train_rows),
             "n_features": len(features),
-            "max_candidates": spec.candidates.max_candidates,
+            **({"max_candidates": spec.candidates.max_candidates} if spec.candidates else {}),
         })
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as tmp:
-            for plot in _plots(booster, report, Path(tmp)):
+            predictions = holdout_predictions(booster, data, spec)
+            for plot in [_importance_plot(booster, Path(tmp)), _comparison_plot(report, Path(tmp)),
+                         *_task_plots(predictions, spec, Path(tmp))]:
                 mlflow.log_artifact(str(plot), "plots")
             (Path(tmp) / "holdout_report.json").write_text(json.dumps(report, indent=2))
             mlflow.log_artifact(str(Path(tmp) / "holdout_report.json"))
+            predictions.to_parquet(Path(tmp) / "holdout_predictions.parquet", index=False)
+            mlflow.log_artifact(str(Path(tmp) / "holdout_predictions.parquet"))
             mlflow.log_artifacts(str(write_reference(booster, data, spec, Path(tmp))),
                                  REFERENCE_DIR)
         mlflow.log_artifact(str(spec.source_dir / "model.yaml"))
         example = model_matrix(data.holdout_rows.head(5), features, spec.model.categorical)
+        signature = infer_signature(example, booster.predict(example, num_threads=1))
         # Served natively with pandas categoricals, not through pyfunc: skip pyfunc validation.
         model_info = mlflow.lightgbm.log_model(
-            booster, name="model", input_example=example, validate_serving_input=False,
+            booster, name="model", input_example=example, signature=signature,
+            validate_serving_input=False,
             pip_requirements=[f"lightgbm=={lgb.__version__}", f"pandas=={pd.__version__}"],
         )
         run_id = run.info.run_id
@@ -278,10 +420,7 @@ def evaluate_alias(settings: Settings, spec: ModelSpec, alias: str = lifecycle.C
     loaded = lifecycle.load_by_alias(spec.registered_model_name, alias)
     data = build_datasets(settings, spec, progress)
     report = holdout_report(loaded.booster, data, spec, settings)
-    keys = ["top1", "top4", "candidate_recall", "n_holdout_events", "holdout_start",
-            "holdout_end"]
-    return {**{k: report[k] for k in keys}, "model_version": loaded.version,
-            "baselines": report["baselines"]}
+    return {**report, "model_version": loaded.version}
 
 
 @dataclass
@@ -311,8 +450,9 @@ def retrain_use_case(settings: Settings, spec: ModelSpec, progress: Progress = p
         champion_metrics = flat_metrics(holdout_report(loaded.booster, data, latest, settings))
     report = trained.report
     evidence = {"judged_on": f"{report['holdout_start']} .. {report['holdout_end']}",
-                "n_holdout_events": report["n_holdout_events"],
+                "n_holdout": report["n_holdout"],
                 "train_days": latest.split.train_days, "data_fingerprint": trained.fingerprint}
-    decision = lifecycle.decide(spec.registered_model_name, spec.gate, trained.version,
-                                challenger_metrics, champion, champion_metrics, evidence)
+    decision = lifecycle.decide(spec.registered_model_name, spec.gate_rules(), trained.version,
+                                challenger_metrics, champion, champion_metrics, lower_is_better,
+                                evidence)
     return RetrainResult(trained, champion, challenger_metrics, champion_metrics, decision)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,6 @@ from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-BASELINES = ("mru", "mfu", "mfu_hour")
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model or alias
 log = logging.getLogger(__name__)
 
@@ -110,34 +110,52 @@ class GateDecision:
     reasons: list[str]
 
 
-def gate(challenger: dict[str, float], champion: dict[str, float] | None,
-         max_top1_drop: float, min_top4_gain: float, must_beat_baselines: bool) -> GateDecision:
-    """The promotion gate: the first model must beat every baseline; later ones, the champion.
+def gate(challenger: dict[str, float], champion: dict[str, float] | None, rules: Any,
+         lower_is_better: Callable[[str], bool]) -> GateDecision:
+    """The promotion gate, in the spec's metric-neutral terms (`rules`: min_gain, max_drop,
+    must_beat_baselines, beat_baselines_on).
 
-    Once there is a champion it is the bar: a challenger that beats it but not a baseline still
-    replaces a worse model (measured: after a drift toward habits, most-recently-used led both).
+    The first model must beat every baseline (the metrics `<baseline>.<metric>` it recorded) on
+    `beat_baselines_on`; once there is a champion it is the bar: a challenger that beats it but
+    not a baseline still replaces a worse model (measured on the flagship: after a drift toward
+    habits, most-recently-used led both).
     """
     reasons: list[str] = []
     passed = True
-    if must_beat_baselines and champion is None:
-        for baseline in BASELINES:
-            for metric in ("top1", "top4"):
-                ours, theirs = challenger[metric], challenger[f"{baseline}_{metric}"]
-                ok = ours > theirs
+
+    def better(metric: str, ours: float, theirs: float, margin: float = 0.0) -> bool:
+        # ours improves on theirs by at least `margin` (negative: may be worse by -margin)
+        gain = theirs - ours if lower_is_better(metric) else ours - theirs
+        return gain >= margin
+
+    if rules.must_beat_baselines and champion is None:
+        baselines = sorted({k.split(".", 1)[0] for k in challenger if "." in k})
+        for metric in rules.beat_baselines_on:
+            for baseline in baselines:
+                theirs = challenger.get(f"{baseline}.{metric}")
+                if theirs is None:
+                    continue
+                ours = challenger[metric]
+                ok = better(metric, ours, theirs) and ours != theirs
                 passed &= ok
-                reasons.append(f"{metric} {ours:.4f} {'>' if ok else '<='} {baseline} {theirs:.4f}")
+                reasons.append(f"{metric} {ours:.4f} {'beats' if ok else 'does not beat'} "
+                               f"{baseline} {theirs:.4f}")
     if champion is not None:
-        top1_ok = challenger["top1"] >= champion["top1"] - max_top1_drop
-        top4_ok = challenger["top4"] >= champion["top4"] + min_top4_gain
-        passed &= top1_ok and top4_ok
-        reasons.append(f"top1 {challenger['top1']:.4f} vs champion {champion['top1']:.4f} "
-                       f"(allowed drop {max_top1_drop}): {'ok' if top1_ok else 'fails'}")
-        reasons.append(f"top4 {challenger['top4']:.4f} vs champion {champion['top4']:.4f} "
-                       f"(needed gain {min_top4_gain}): {'ok' if top4_ok else 'fails'}")
+        for metric, margin in rules.min_gain.items():
+            ok = better(metric, challenger[metric], champion[metric], margin)
+            passed &= ok
+            reasons.append(f"{metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f} "
+                           f"(needed gain {margin}): {'ok' if ok else 'fails'}")
+        for metric, margin in rules.max_drop.items():
+            ok = better(metric, challenger[metric], champion[metric], -margin)
+            passed &= ok
+            reasons.append(f"{metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f} "
+                           f"(allowed drop {margin}): {'ok' if ok else 'fails'}")
     return GateDecision(passed, reasons)
 
 
-def promote(model_name: str, gate_spec: Any, version: str | None = None) -> GateDecision:
+def promote(model_name: str, rules: Any, lower_is_better: Callable[[str], bool],
+            version: str | None = None) -> GateDecision:
     """Move `champion` to the challenger (or `version`) if the gate passes on the metrics each
     version recorded at registration; record the decision."""
     candidate = version or alias_version(model_name, CHALLENGER)
@@ -147,18 +165,18 @@ def promote(model_name: str, gate_spec: Any, version: str | None = None) -> Gate
     if current == candidate:
         return GateDecision(True, [f"version {candidate} is already {CHAMPION}"])
     champion_metrics = version_metrics(model_name, current) if current else None
-    return decide(model_name, gate_spec, candidate, version_metrics(model_name, candidate),
-                  current, champion_metrics)
+    return decide(model_name, rules, candidate, version_metrics(model_name, candidate),
+                  current, champion_metrics, lower_is_better)
 
 
-def decide(model_name: str, gate_spec: Any, candidate: str, candidate_metrics: dict[str, float],
+def decide(model_name: str, rules: Any, candidate: str, candidate_metrics: dict[str, float],
            champion: str | None, champion_metrics: dict[str, float] | None,
+           lower_is_better: Callable[[str], bool],
            evidence: dict[str, Any] | None = None) -> GateDecision:
     """Gate `candidate` against `champion` on the given metrics, move the alias if it passes,
     and record the decision, both sets of metrics and `evidence` on both versions."""
     client = MlflowClient()
-    decision = gate(candidate_metrics, champion_metrics, gate_spec.max_top1_drop,
-                    gate_spec.min_top4_gain, gate_spec.must_beat_baselines)
+    decision = gate(candidate_metrics, champion_metrics, rules, lower_is_better)
     detail = json.dumps({"passed": decision.passed, "reasons": decision.reasons,
                          "previous_champion": champion, "candidate": candidate,
                          "candidate_metrics": candidate_metrics,

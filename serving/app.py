@@ -1,5 +1,10 @@
 """The prediction server: a Starlette app whose state is built in the lifespan.
 
+One server serves every use case of the feature repo (or those FEASTFLOW_USE_CASES names), each
+with its own spec, feature store (its Feast project), models, caches, fallbacks and request log:
+`POST /v1/{use_case}/predict`; the routes without a use case serve FEASTFLOW_USE_CASE (the
+flagship by default).
+
 Start-up never fails for want of Redis or the registry: the server comes up degraded (last good
 model from disk, answers from fallbacks) and says so on /readyz.
 """
@@ -26,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from feastflow.online import OnlineReader, OnlineStoreError, open_reader
 from feastflow.processor import BackgroundProcessor, build_processor
 from feastflow.scoring import FeaturePlan
-from feastflow.spec import ModelSpec, load_spec
+from feastflow.spec import ModelSpec, load_spec, use_cases
 from feastflow.store import open_store
 from feastflow.stream import open_event_stream
 from serving.events import EventIntake
@@ -34,9 +39,12 @@ from serving.logs import RequestIdMiddleware, configure_logging
 from serving.metrics import ServingMetrics
 from serving.models import ModelHolder
 from serving.request_log import PredictionLog
-from serving.routes import admin, events, health, predict
-from serving.routes.common import AppState, json_response, too_large
-from serving.service import PredictionService
+from serving.resilience import describe
+from serving.routes import admin, docs, events, health, predict
+from serving.routes.common import ServerState, UseCaseState, json_response, too_large
+from serving.routes.docs import render_docs
+from serving.schemas import request_type
+from serving.service import build_service
 from serving.settings import ServingSettings, get_serving_settings
 
 log = logging.getLogger(__name__)
@@ -49,48 +57,129 @@ for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
     os.environ.setdefault(_name, _value)
 
 
-def build_state(settings: ServingSettings, reader: OnlineReader | None = None) -> AppState:
-    """Load the spec, the feature plan and the models (blocking: call it off the event loop)."""
-    metrics = ServingMetrics()
-    spec, plan, startup_error = None, None, None
+def served_use_cases(settings: ServingSettings) -> list[str]:
+    """The use cases to serve: FEASTFLOW_USE_CASES if set, else every folder with a model.yaml
+    (and the default use case, so that a missing one says why)."""
+    if settings.use_cases:
+        return list(dict.fromkeys(n.strip() for n in settings.use_cases.split(",") if n.strip()))
+    names = use_cases(settings.feature_repo)
+    return names if settings.use_case in names else [settings.use_case, *names]
+
+
+def build_state(settings: ServingSettings, reader: OnlineReader | None = None) -> ServerState:
+    """Every use case's state (blocking: call it off the event loop). One that cannot be set up
+    answers 503 with the reason; the others are served all the same."""
+    metrics = ServingMetrics(use_case=settings.use_case)
+    states: dict[str, UseCaseState] = {}
+    for name in served_use_cases(settings):
+        bound = metrics if name == settings.use_case else metrics.for_use_case(name)
+        states[name] = build_use_case(settings, name, bound,
+                                      reader if name == settings.use_case else None)
+    lock = asyncio.Lock()
+    app = ServerState(settings, metrics, states, settings.use_case, None,
+                   unknown_metrics=metrics.for_use_case("unknown"))
+
+    async def reload() -> dict[str, Any]:
+        # One use case at a time: MLflow's client is configured per use case (process-global).
+        async with lock:
+            results: dict[str, Any] = {}
+            for name, uc in list(app.use_cases.items()):
+                if uc.retry:
+                    uc = await _retry(settings, app, uc)
+                if uc.reload is None:
+                    results[name] = {"swapped": [], "models": {}, "error": uc.unavailable}
+                    continue
+                try:
+                    results[name] = await uc.reload()
+                except Exception as e:  # one use case's failure must not stop the others
+                    log.exception("reload of %s failed", name)
+                    results[name] = {"swapped": [], "models": {}, "error": describe(e)}
+            default = results.get(app.default, {"swapped": [], "models": {}})
+            return {**default, "use_cases": results}
+
+    app.reload = reload
+    return app
+
+
+async def _retry(settings: ServingSettings, app: ServerState, old: UseCaseState) -> UseCaseState:
+    # Its feature store was not usable at start: it may have been applied since.
+    if old.spec is None or not await asyncio.to_thread(_store_ready, settings, old.spec):
+        return old
+    fresh = await asyncio.to_thread(build_use_case, settings, old.name, old.metrics, None)
+    app.use_cases[old.name] = fresh
+    await _close_use_case(old)
+    if fresh.service is not None:
+        await fresh.service.refresh_popular()
+        fresh.service.load_precomputed(settings.precomputed_dir_of(old.name))
+    log.info("use case %s is set up now", old.name)
+    return fresh
+
+
+def _store_ready(settings: ServingSettings, spec: ModelSpec) -> bool:
     try:
-        spec = load_spec(settings.use_case, settings.feature_repo)
-        store = open_store(settings)
+        FeaturePlan.from_store(open_store(settings, spec.name), spec)
+    except Exception:  # still not applied
+        return False
+    return True
+
+
+def build_use_case(settings: ServingSettings, name: str, metrics: ServingMetrics,
+                   reader: OnlineReader | None = None) -> UseCaseState:
+    """One use case's spec, feature plan, models, service and intake (blocking)."""
+    try:
+        spec = load_spec(name, settings.feature_repo)
+        request = request_type(spec, settings.max_k)
+    except Exception as e:  # an invalid spec: this use case cannot be served
+        reason = f"model spec not usable: {e}"
+        log.error("use case %s: %s", name, reason)
+        return UseCaseState(name, None, metrics, unavailable=reason)
+    plan, startup_error = None, None
+    try:
+        store = open_store(settings, name)
         plan = FeaturePlan.from_store(store, spec)
         reader = reader or open_reader(settings, store)
     except Exception as e:  # no feature registry yet: serve static defaults, say why
-        startup_error = f"feature store not usable: {e}: run `feastflow apply` first"
-        log.error(startup_error)
-    if spec is None:
-        spec = load_spec(settings.use_case, settings.feature_repo)
+        startup_error = (f"feature store not usable: {describe(e)}: run `feastflow apply` "
+                         "first")
+        log.error("use case %s: %s", name, startup_error)
     holder = ModelHolder(spec, plan, {"champion": settings.model_alias,  # type: ignore[arg-type]
                                       "challenger": settings.challenger_alias},
                          settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
     if plan is not None:
         holder.load_initial()
-    prediction_log = PredictionLog(settings.served_log_dir, settings.request_log_sample,
+    prediction_log = PredictionLog(settings.served_dir(name), settings.request_log_sample,
                                    settings.request_log_flush_seconds,
                                    on_drop=metrics.request_log_dropped)
-    service = PredictionService(settings, spec, holder, reader or _NoStore(), metrics,
-                                prediction_log)
+    service = build_service(settings, spec, holder, reader or _NoStore(), metrics, prediction_log)
     for model in holder.models.values():
         metrics.set_model_version(model.variant, model.version)
-    lock = asyncio.Lock()
+    precomputed = settings.precomputed_dir_of(name)
 
     async def reload() -> dict[str, Any]:
-        async with lock:
-            if plan is None:
-                return {"swapped": [], "models": {}, "error": startup_error}
-            changed = await asyncio.to_thread(holder.check_registry)
-            holder.install(changed)
-            service.load_precomputed(settings.precomputed_dir)
-            return {"swapped": [f"{m.variant}:v{m.version}" for m in changed],
-                    "models": {v: m.version for v, m in holder.models.items()},
-                    "registry_error": holder.registry_error}
+        if plan is None:
+            return {"swapped": [], "models": {}, "error": startup_error}
+        changed = await asyncio.to_thread(holder.check_registry)
+        holder.install(changed)
+        service.load_precomputed(precomputed)
+        return {"swapped": [f"{m.variant}:v{m.version}" for m in changed],
+                "models": {v: m.version for v, m in holder.models.items()},
+                "registry_error": holder.registry_error}
 
     intake, processor = _event_intake(settings, spec, plan is not None)
-    return AppState(settings, spec, metrics, holder, service, reload, startup_error, intake,
-                    processor)
+    # The default use case keeps answering from its fallbacks without a feature store (as the
+    # one-use-case server did); another one is not deployed yet: 503 until a reload finds it.
+    unavailable = (startup_error if plan is None and name != settings.use_case else None)
+    return UseCaseState(name, spec, metrics, holder, service, reload, startup_error, intake,
+                        processor, unavailable=unavailable, request_type=request,
+                        retry=plan is None)
+
+
+async def _close_use_case(uc: UseCaseState) -> None:
+    if uc.stream_processor is not None:
+        await asyncio.to_thread(uc.stream_processor.stop)
+    if uc.service is not None:
+        await uc.service.close()
+        await asyncio.to_thread(uc.service.prediction_log.close)
 
 
 def _event_intake(settings: ServingSettings, spec: ModelSpec, store_ok: bool
@@ -105,7 +194,7 @@ def _event_intake(settings: ServingSettings, spec: ModelSpec, store_ok: bool
         if not store_ok:
             return None, None
         processor = BackgroundProcessor(build_processor(settings, spec, stream=stream))
-    return EventIntake(stream, settings.user_hash_secret), processor
+    return EventIntake(stream, settings.user_hash_secret, spec.event_log), processor
 
 
 class _NoStore:
@@ -189,24 +278,31 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
         configure_logging(resolved.log_json)
         core = await asyncio.to_thread(build_state, resolved, reader)
         app.state.core = core
+        core.docs.update(render_docs(core))
         _tune_garbage_collector()
-        await core.service.refresh_popular()
-        core.service.load_precomputed(resolved.precomputed_dir)
+        for name, uc in core.use_cases.items():
+            if uc.service is not None:
+                await uc.service.refresh_popular()
+                uc.service.load_precomputed(resolved.precomputed_dir_of(name))
+
+        async def refresh_popular() -> None:
+            for uc in list(core.use_cases.values()):
+                if uc.service is not None:
+                    await uc.service.refresh_popular()
+
         tasks = [asyncio.create_task(_periodic(resolved.popular_refresh_seconds,
-                                               core.service.refresh_popular, "popular refresh"))]
+                                               refresh_popular, "popular refresh"))]
         if resolved.registry_poll_seconds > 0:
             tasks.append(asyncio.create_task(
                 _periodic(resolved.registry_poll_seconds, core.reload, "registry poll")))
         try:
             yield
         finally:
-            if core.stream_processor is not None:
-                await asyncio.to_thread(core.stream_processor.stop)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await core.service.close()
-            await asyncio.to_thread(core.service.prediction_log.close)
+            for uc in core.use_cases.values():
+                await _close_use_case(uc)
 
     disable_created_metrics()  # halves /metrics: no *_created series
     resolved_limit = (settings or get_serving_settings()).max_body_bytes
@@ -214,8 +310,12 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
     app = Starlette(
         routes=[
             Route("/v1/predict", predict_endpoint, methods=["POST"]),
+            Route("/v1/{use_case}/predict", predict_endpoint, methods=["POST"]),
             Route("/v1/users/{user_id}/bundle", predict.bundle, methods=["GET"]),
             Route("/v1/events", events.post_events, methods=["POST"]),
+            Route("/v1/{use_case}/events", events.post_events, methods=["POST"]),
+            Route("/openapi.json", docs.openapi, methods=["GET"]),
+            Route("/docs", docs.docs_page, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
@@ -228,7 +328,8 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
     )
     predict_endpoint.starlette_app = app
     # Outermost, so that even the catch-all 500 carries the request id (header and log line);
-    # POST /v1/predict bypasses the framework entirely (it tags its own request id).
+    # POST /v1/predict and /v1/{use_case}/predict bypass the framework entirely (they tag their
+    # own request id).
     return predict.FastPath(app, predict_endpoint, RequestIdMiddleware(app))
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from feastflow.event_log import hash_users
-from feastflow.events import EVENT_COLUMNS, EVENT_SCHEMA, encode_events, unknown_field_reason, validate_events
+from feastflow.event_log import hash_columns
+from feastflow.events import encode_events, event_columns, unknown_field_reason, validate_events
+from feastflow.spec import EventLogSpec
 from feastflow.stream import EventStream
 
 
@@ -29,9 +30,10 @@ class IntakeResult:
 class EventIntake:
     """Validates and hashes events and appends them to the stream (blocking: run in a thread)."""
 
-    def __init__(self, stream: EventStream, secret: str) -> None:
+    def __init__(self, stream: EventStream, secret: str, contract: EventLogSpec) -> None:
         self.stream = stream
         self.secret = secret
+        self.contract = contract
 
     def submit(self, items: list[Any], now: pd.Timestamp | None = None) -> IntakeResult:
         """Append the valid events of `items`; each invalid one is reported by its index."""
@@ -41,17 +43,21 @@ class EventIntake:
             if not isinstance(item, dict):
                 result.rejected.append(_error(index, None, "must be a JSON object"))
                 continue
-            unknown = sorted(k for k in item if k not in EVENT_SCHEMA)
+            unknown = sorted(k for k in item if k not in self.contract.columns)
             if unknown:
-                result.rejected.extend(_error(index, k, unknown_field_reason()) for k in unknown)
+                reason = unknown_field_reason(self.contract)
+                result.rejected.extend(_error(index, k, reason) for k in unknown)
                 continue
             rows.append(item)
             positions.append(index)
         if rows:
-            clean, errors = validate_events(pd.DataFrame(rows, columns=EVENT_COLUMNS), now=now)
+            contract = self.contract
+            frame = pd.DataFrame(rows, columns=event_columns(contract))
+            clean, errors = validate_events(frame, contract, now=now)
             result.rejected.extend(_error(positions[e.row - 1], e.field, e.reason) for e in errors)
             if len(clean):
-                flags = self.stream.append(encode_events(hash_users(clean, self.secret)))
+                hashed = hash_columns(clean, self.secret, contract.hashed_columns)
+                flags = self.stream.append(encode_events(hashed, contract))
                 result.accepted = sum(flags)
                 result.duplicates = len(flags) - result.accepted
         result.rejected.sort(key=lambda e: e["loc"][2])

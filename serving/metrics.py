@@ -1,11 +1,12 @@
 """Prometheus metrics of the prediction server, in a registry of its own.
 
-Each app owns a `ServingMetrics` (several apps live in one test process, and the global registry
+Each server owns a `ServingMetrics` (several servers live in one test process, and the global registry
 refuses a second metric of the same name). The hot path calls the thin methods below; they look up
 label children in plain dicts because prometheus_client's `labels()` costs several microseconds
 (argument validation, a lock, a dict keyed by a tuple of strings) on every call.
 
-Exposed series (all prefixed `feastflow_`):
+Exposed series (all prefixed `feastflow_`), every one with a `use_case` label first (one server
+serves every use case; `for_use_case` binds a view of the same families to another use case):
 
     requests_total{endpoint,status}        counter
     request_latency_seconds{endpoint}      histogram
@@ -37,6 +38,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from feastflow.settings import DEFAULT_USE_CASE
+
 STAGES: Final = ("feature_fetch", "inference", "total")
 CACHE_LEVELS: Final = ("l1", "l2")
 SHADOW_OUTCOMES: Final = ("scored", "skipped", "failed")
@@ -50,36 +53,54 @@ LATENCY_BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.
 class ServingMetrics:
     """The server's metrics with their own CollectorRegistry and cached label children."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 use_case: str = DEFAULT_USE_CASE,
+                 *, _families: ServingMetrics | None = None) -> None:
+        self.use_case = use_case
+        if _families is not None:  # a view of the same families, for another use case
+            self.registry = _families.registry
+            for name in _FAMILIES:
+                setattr(self, name, getattr(_families, name))
+        else:
+            self.registry = registry if registry is not None else CollectorRegistry()
+            self._create_families()
+        self._create_children()
+
+    def for_use_case(self, use_case: str) -> ServingMetrics:
+        """The same series (same registry) labelled with another use case."""
+        return ServingMetrics(use_case=use_case, _families=self)
+
+    def _create_families(self) -> None:
         r = self.registry
+        u = "use_case"
         self.requests = Counter("feastflow_requests", "HTTP requests answered, by endpoint and status",
-                                ["endpoint", "status"], registry=r)
+                                [u, "endpoint", "status"], registry=r)
         self.request_latency = Histogram("feastflow_request_latency_seconds", "time to answer a request",
-                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+                                         [u, "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.stage_latency = Histogram("feastflow_stage_latency_seconds", "time spent in a stage of predict",
-                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+                                       [u, "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.cache_requests = Counter("feastflow_cache_requests", "cache look-ups by level and result",
-                                      ["level", "result"], registry=r)
+                                      [u, "level", "result"], registry=r)
         self.fallbacks = Counter("feastflow_fallbacks", "answers served by a fallback, by level",
-                                 ["level"], registry=r)
+                                 [u, "level"], registry=r)
         self.variant_requests = Counter("feastflow_variant_requests", "predictions answered by each variant",
-                                        ["variant"], registry=r)
-        self.errors = Counter("feastflow_errors", "errors by type", ["type"], registry=r)
+                                        [u, "variant"], registry=r)
+        self.errors = Counter("feastflow_errors", "errors by type", [u, "type"], registry=r)
         self.model_version_info = Gauge("feastflow_model_version_info", "1 for the loaded model version",
-                                        ["variant", "version"], registry=r)
-        self.shadow = Counter("feastflow_shadow", "shadow scorings by outcome", ["outcome"], registry=r)
+                                        [u, "variant", "version"], registry=r)
+        self.shadow = Counter("feastflow_shadow", "shadow scorings by outcome", [u, "outcome"], registry=r)
         self.batch_size = Histogram("feastflow_batch_size", "requests scored together in one batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+                                    [u], buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.request_log_dropped_total = Counter("feastflow_request_log_dropped",
                                                  "sampled predictions the request log could not keep",
-                                                 registry=r)
-        self.circuit_state = Gauge("feastflow_circuit_state", "0 closed, 1 open, 2 half-open", ["name"],
+                                                 [u], registry=r)
+        self.circuit_state = Gauge("feastflow_circuit_state", "0 closed, 1 open, 2 half-open", [u, "name"],
                                    registry=r)
 
         self.events = Counter("feastflow_events", "events received on POST /v1/events, by outcome",
-                              ["outcome"], registry=r)
+                              [u, "outcome"], registry=r)
 
+    def _create_children(self) -> None:
         # Children by label values; a miss builds the child once (dict writes are atomic under the GIL,
         # and labels() returns the same child for the same values, so a race only repeats the lookup).
         self._requests: dict[tuple[str, ...], Any] = {}
@@ -91,69 +112,71 @@ class ServingMetrics:
         self._errors: dict[tuple[str, ...], Any] = {}
         self._shadow: dict[tuple[str, ...], Any] = {}
         self._circuits: dict[tuple[str, ...], Any] = {}
+        self._batch = self.batch_size.labels(self.use_case)
+        self._dropped = self.request_log_dropped_total.labels(self.use_case)
         self._versions: dict[str, str] = {}
         self._versions_lock = threading.Lock()
 
         # Create the known series up front so they read 0 from the start (rate() needs a first sample).
         for stage in STAGES:
-            _child(self._stage, self.stage_latency, stage)
+            _child(self._stage, self.stage_latency, self.use_case, stage)
         for level in CACHE_LEVELS:
             for result in ("hit", "miss"):
-                _child(self._cache, self.cache_requests, level, result)
+                _child(self._cache, self.cache_requests, self.use_case, level, result)
         for outcome in SHADOW_OUTCOMES:
-            _child(self._shadow, self.shadow, outcome)
+            _child(self._shadow, self.shadow, self.use_case, outcome)
 
     # -- hot path ---------------------------------------------------------------------------------
 
     def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
         """Count a request by endpoint and status and observe its latency."""
-        _child(self._requests, self.requests, endpoint, str(status)).inc()
-        _child(self._request_latency, self.request_latency, endpoint).observe(seconds)
+        _child(self._requests, self.requests, self.use_case, endpoint, str(status)).inc()
+        _child(self._request_latency, self.request_latency, self.use_case, endpoint).observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Observe the latency of a stage: feature_fetch, inference or total."""
-        _child(self._stage, self.stage_latency, stage).observe(seconds)
+        _child(self._stage, self.stage_latency, self.use_case, stage).observe(seconds)
 
     def cache(self, level: str, hit: bool) -> None:
         """Count a cache look-up at level l1 or l2 as a hit or a miss."""
-        _child(self._cache, self.cache_requests, level, "hit" if hit else "miss").inc()
+        _child(self._cache, self.cache_requests, self.use_case, level, "hit" if hit else "miss").inc()
 
     def cache_many(self, level: str, hits: int, misses: int) -> None:
         """Count a batch of look-ups at one level: `hits` hits and `misses` misses."""
         if hits:
-            _child(self._cache, self.cache_requests, level, "hit").inc(hits)
+            _child(self._cache, self.cache_requests, self.use_case, level, "hit").inc(hits)
         if misses:
-            _child(self._cache, self.cache_requests, level, "miss").inc(misses)
+            _child(self._cache, self.cache_requests, self.use_case, level, "miss").inc(misses)
 
     def fallback(self, level: str) -> None:
         """Count an answer served by the fallback at this level."""
-        _child(self._fallbacks, self.fallbacks, level).inc()
+        _child(self._fallbacks, self.fallbacks, self.use_case, level).inc()
 
     def variant(self, name: str) -> None:
         """Count a prediction answered by this variant (champion, challenger, ...)."""
-        _child(self._variants, self.variant_requests, name).inc()
+        _child(self._variants, self.variant_requests, self.use_case, name).inc()
 
     def error(self, type: str) -> None:
         """Count an error of this type (keep the set of types small and fixed)."""
-        _child(self._errors, self.errors, type).inc()
+        _child(self._errors, self.errors, self.use_case, type).inc()
 
     def shadow_outcome(self, outcome: str) -> None:
         """Count a shadow scoring as scored, skipped or failed."""
-        _child(self._shadow, self.shadow, outcome).inc()
+        _child(self._shadow, self.shadow, self.use_case, outcome).inc()
 
     def observe_batch(self, size: int) -> None:
         """Observe how many requests one micro-batch scored."""
-        self.batch_size.observe(size)
+        self._batch.observe(size)
 
     def request_log_dropped(self, n: int = 1) -> None:
         """Count sampled predictions the request log had to drop (fits PredictionLog's on_drop)."""
-        self.request_log_dropped_total.inc(n)
+        self._dropped.inc(n)
 
     def count_events(self, accepted: int, duplicates: int, rejected: int) -> None:
         """Count the events of one POST /v1/events by outcome."""
         for outcome, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected)):
             if n:
-                self.events.labels(outcome).inc(n)
+                self.events.labels(self.use_case, outcome).inc(n)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -163,8 +186,8 @@ class ServingMetrics:
         with self._versions_lock:  # two reloads racing must not leave two versions at 1
             old = self._versions.get(variant)
             if old is not None and old != version:
-                self.model_version_info.remove(variant, old)
-            self.model_version_info.labels(variant, version).set(1)
+                self.model_version_info.remove(self.use_case, variant, old)
+            self.model_version_info.labels(self.use_case, variant, version).set(1)
             self._versions[variant] = version
 
     def clear_model_version(self, variant: str) -> None:
@@ -172,18 +195,23 @@ class ServingMetrics:
         with self._versions_lock:
             old = self._versions.pop(variant, None)
             if old is not None:
-                self.model_version_info.remove(variant, old)
+                self.model_version_info.remove(self.use_case, variant, old)
 
     def set_circuit_state(self, name: str, state: int | str) -> None:
         """Set a circuit breaker's state: 0/"closed", 1/"open", 2/"half_open"."""
         value = CIRCUIT_STATES[state] if isinstance(state, str) else int(state)
         if value not in (0, 1, 2):
             raise ValueError(f"circuit state must be 0, 1 or 2, got {state!r}")
-        _child(self._circuits, self.circuit_state, name).set(value)
+        _child(self._circuits, self.circuit_state, self.use_case, name).set(value)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this registry and its content type, for GET /metrics."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+_FAMILIES: Final = ("requests", "request_latency", "stage_latency", "cache_requests", "fallbacks",
+                     "variant_requests", "errors", "model_version_info", "shadow", "batch_size",
+                     "request_log_dropped_total", "circuit_state", "events")
 
 
 def _child(children: dict[tuple[str, ...], Any], metric: Any, *labels: str) -> Any:

@@ -1,6 +1,6 @@
 """The models the server holds: champion (and challenger), hot-swapped from the registry.
 
-A swap builds the new ranker completely (download, load) off the event loop, then
+A swap builds the new scorer completely (download, load) off the event loop, then
 replaces one reference: requests already scoring finish on the old model, later ones use the
 new one, none fails or waits. Every loaded version is also kept on local disk
 (`<home>/models/<model>/<alias>/`), so a restart while the registry is down still serves the
@@ -21,7 +21,7 @@ from typing import Any
 
 import lightgbm as lgb
 
-from feastflow.scoring import FeaturePlan, Ranker
+from feastflow.scoring import EventScorer, FeaturePlan, Ranker, scorer_for
 from feastflow.spec import ModelSpec
 from registry import lifecycle
 
@@ -30,14 +30,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded variant: its alias, registry version and ranker."""
+    """One loaded variant: its alias, registry version and scorer (a Ranker for a ranking, an
+    EventScorer for a per-event task)."""
 
     variant: str  # champion | challenger
     version: str
     run_id: str
-    ranker: Ranker
+    scorer: Ranker | EventScorer
     source: str  # registry | disk
     loaded_at: float
+
+    @property
+    def ranker(self) -> Ranker:
+        """The scorer of a ranking use case."""
+        return self.scorer  # type: ignore[return-value]
 
 
 class ModelHolder:
@@ -143,8 +149,8 @@ class ModelHolder:
 
     def _build(self, variant: str, version: str, run_id: str, booster: Any, source: str
                ) -> ServedModel:
-        ranker = Ranker(self.spec, self.plan, booster)
-        return ServedModel(variant, version, run_id, ranker, source, time.time())
+        scorer = scorer_for(self.spec, self.plan, booster)
+        return ServedModel(variant, version, run_id, scorer, source, time.time())
 
     def _save(self, variant: str, model_file: Path, version: str, run_id: str) -> None:
         # Write a complete folder next to the old one, then swap names: never a half copy.

@@ -7,6 +7,11 @@ answer comes from the fallback chain, never an error:
 
     cache (a stale L1 entry) -> user_hour (precomputed bundle) -> popular_at_hour (in memory)
     -> static_default (the spec's list)
+
+A per-event use case (classification, regression: `EventService`) answers one value per request;
+its L1 cache is off unless the spec turns it on, and then keyed on the whole request (entity,
+time, context). Its fallback chain is: cache (a stale L1 entry) -> static_default (the spec's
+`serving.default`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +29,15 @@ from typing import Any
 import numpy as np
 
 from feastflow.online import OnlineReader, OnlineStoreError, Row, ViewLayout
-from feastflow.scoring import Ranker, Scored, ScoreRequest, hour_of_day, hourly_requests
-from feastflow.spec import ModelSpec
+from feastflow.scoring import (
+    EventScorer,
+    Ranker,
+    Scored,
+    ScoreRequest,
+    hour_of_day,
+    hourly_requests,
+)
+from feastflow.spec import DecisionSpec, ModelSpec
 from serving.metrics import ServingMetrics
 from serving.models import ModelHolder, ServedModel
 from serving.request_log import PredictionLog
@@ -55,6 +67,7 @@ class Answer:
     fallback: str | None = None
     cached: bool = False
     scored: Scored | None = field(default=None, repr=False)
+    decision: str | None = None  # a classifier's answer in words (spec.serving.decision)
 
 
 class CachedReader:
@@ -145,11 +158,12 @@ class MicroBatcher:
         self.reader = reader
         self.k = k
         self.metrics = metrics
-        self._pending: dict[int, tuple[Ranker, list[_Waiter]]] = {}
+        self._pending: dict[int, tuple[Ranker | EventScorer, list[_Waiter]]] = {}
         self._scheduled = False
         self._running: set[asyncio.Future[None]] = set()
 
-    def submit(self, ranker: Ranker, request: ScoreRequest) -> asyncio.Future[Scored]:
+    def submit(self, ranker: Ranker | EventScorer, request: ScoreRequest
+               ) -> asyncio.Future[Scored]:
         """A future of the request's Scored; the batch runs on the next loop turn."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Scored] = loop.create_future()
@@ -166,7 +180,7 @@ class MicroBatcher:
             self._running.add(task)  # the loop holds tasks weakly: keep them until done
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, ranker: Ranker, items: list[_Waiter]) -> None:
+    async def _run(self, ranker: Ranker | EventScorer, items: list[_Waiter]) -> None:
         self.metrics.observe_batch(len(items))
         timings: dict[str, float] = {}
         try:
@@ -184,7 +198,7 @@ class MicroBatcher:
 
 
 class PredictionService:
-    """Everything behind POST /v1/predict and the bundle endpoint."""
+    """Everything behind the predict endpoint of a ranking use case and its bundle endpoint."""
 
     def __init__(self, settings: ServingSettings, spec: ModelSpec, holder: ModelHolder,
                  reader: OnlineReader, metrics: ServingMetrics, prediction_log: PredictionLog
@@ -194,7 +208,8 @@ class PredictionService:
         self.holder = holder
         self.metrics = metrics
         self.prediction_log = prediction_log
-        self.l1: TTLCache[Answer] = TTLCache(settings.prediction_cache_ttl_seconds,
+        cache_on = spec.serving.cache if spec.serving.cache is not None else not spec.per_event
+        self.l1: TTLCache[Answer] = TTLCache(settings.prediction_cache_ttl_seconds if cache_on else 0,
                                              settings.prediction_cache_size,
                                              jitter=settings.cache_ttl_jitter)
         breaker = CircuitBreaker("online_store", settings.breaker_failures,
@@ -211,7 +226,7 @@ class PredictionService:
                                             on_change=metrics.set_circuit_state)
         self.popular: dict[int, list[str]] = {}
         self.bundles: dict[str, tuple[int, list[list[str]]]] = {}  # user -> (first hour, 24 lists)
-        self.static_default = list(spec.candidates.static_default)
+        self.static_default = list(spec.candidates.static_default) if spec.candidates else []
         self.context_bucket = [n for n in ("location",) if n in spec.event_log.context]
         holder.on_swap.append(self._on_swap)
         self._background: set[asyncio.Task[Any]] = set()
@@ -253,7 +268,7 @@ class PredictionService:
                                   "model circuit open")
         request = ScoreRequest(user_hash, unix_us, context)
         try:
-            scored = await asyncio.wait_for(self.batcher.submit(model.ranker, request),
+            scored = await asyncio.wait_for(self.batcher.submit(model.scorer, request),
                                             self.budget_s)
         except (OnlineStoreError, CircuitOpen, TimeoutError) as e:
             self.metrics.error(type(e).__name__)
@@ -314,16 +329,19 @@ class PredictionService:
         # Scored after the champion answered; the result is logged, never returned.
         try:
             scored = await asyncio.wait_for(
-                self.batcher.submit(challenger.ranker, ScoreRequest(user_hash, unix_us, context)),
+                self.batcher.submit(challenger.scorer, ScoreRequest(user_hash, unix_us, context)),
                 self.budget_s)
         except Exception:  # a failing shadow must never touch the served answer
             self.metrics.shadow_outcome("failed")
             return
         self.metrics.shadow_outcome("scored")
-        answer = Answer(scored.items[:self.settings.max_k], [float(s) for s in scored.scores],
-                        "challenger", challenger.version, scored.known, None, scored=scored)
+        answer = self._shadow_answer(challenger, scored)
         self.prediction_log.record(self._record(answer, user_hash, unix_us, context, request_id,
                                                 0.0, shadow=True))
+
+    def _shadow_answer(self, challenger: ServedModel, scored: Scored) -> Answer:
+        return Answer(scored.items[:self.settings.max_k], [float(s) for s in scored.scores],
+                      "challenger", challenger.version, scored.known, None, scored=scored)
 
     def _record(self, answer: Answer, user_hash: str, unix_us: int, context: Mapping[str, Any],
                 request_id: str, latency_s: float, shadow: bool) -> dict[str, Any]:
@@ -331,17 +349,18 @@ class PredictionService:
         scored = answer.scored
         if scored is not None and scored.inputs is not None:
             model = self.holder.get(answer.variant)
-            names = model.ranker.feature_names if model else []
-            features = {"candidates": scored.candidates, **{
-                name: [None if np.isnan(v) else float(v) for v in scored.inputs[:, j]]
-                for j, name in enumerate(names)}}
+            names = model.scorer.feature_names if model else []
+            features = {name: [None if np.isnan(v) else float(v) for v in scored.inputs[:, j]]
+                        for j, name in enumerate(names)}
+            if not self.spec.per_event:
+                features = {"candidates": scored.candidates, **features}
         return {
             "request_id": request_id, "served_at": datetime.now(UTC),
-            "request_ts": datetime.fromtimestamp(unix_us / 1e6, UTC), "user_hash": user_hash,
+            "request_ts": datetime.fromtimestamp(unix_us / 1e6, UTC), "user_hash": str(user_hash),
             "variant": answer.variant, "model_version": answer.model_version or "",
             "fallback": answer.fallback, "items": answer.items, "scores": answer.scores,
             "features": json.dumps(features), "latency_ms": latency_s * 1000, "shadow": shadow,
-            "context": json.dumps(dict(context)),
+            "context": json.dumps(dict(context), default=str),
         }
 
     # --- bundles, popular lists, cache control ----------------------------------------------
@@ -440,3 +459,137 @@ def _ranked(items: Sequence[str], variant: str, version: str | None, known: bool
     items = list(items)
     return Answer(items, [round(1.0 / (r + 1), 6) for r in range(len(items))], variant, version,
                   known, fallback)
+
+
+class EventService(PredictionService):
+    """Everything behind the predict endpoint of a per-event use case (classification: the
+    positive class's probability and a decision; regression: the prediction).
+
+    The answer depends on the whole request, so the L1 cache is off unless `serving.cache` is
+    true, and then keyed on (entity, model version, time, every context value): never on
+    (entity, hour). No bundles, no popular lists: the fallbacks are a stale L1 entry, then the
+    spec's `serving.default`.
+    """
+
+    def __init__(self, settings: ServingSettings, spec: ModelSpec, holder: ModelHolder,
+                 reader: OnlineReader, metrics: ServingMetrics, prediction_log: PredictionLog
+                 ) -> None:
+        super().__init__(settings, spec, holder, reader, metrics, prediction_log)
+        self.context_names = tuple(spec.event_log.context)
+        self.classifier = spec.task == "binary_classification"
+        self.decision_rule = spec.serving.decision or DecisionSpec()
+        default = spec.serving.default
+        if self.classifier:
+            score = default.get("score")
+            value = None if score is None else float(score)
+            decision = default.get("decision") or (None if value is None else self.decide(value))
+            self.default = ([] if value is None else [value], decision)
+        else:
+            prediction = default.get("prediction")
+            self.default = ([] if prediction is None else [float(prediction)], None)
+
+    def decide(self, score: float) -> str:
+        """The classifier's answer in words: `review` inside the review band, else `above` at or
+        over the threshold, `below` under it."""
+        rule = self.decision_rule
+        band = rule.review_band
+        if band is not None and band[0] <= score < band[1]:
+            return "review"
+        return rule.above if score >= rule.threshold else rule.below
+
+    async def predict(self, user_hash: Any, unix_us: int, context: Mapping[str, Any], k: int,
+                      request_id: str) -> Answer:
+        """Answer one request; never raises for a valid request (`user_hash`: the entity,
+        hashed when the contract hashes it)."""
+        started = time.perf_counter()
+        variant = variant_for(str(user_hash), self.settings.challenger_share, self.settings.ab_salt)
+        model = self.holder.get(variant) or self.holder.get("champion")
+        if model is not None:
+            variant = model.variant
+        self.metrics.variant(variant)
+        cache_key = None
+        if self.l1.enabled:
+            cache_key = (user_hash, model.version if model else None, unix_us,
+                         *(context.get(n) for n in self.context_names))
+            if model is not None:
+                cached = self.l1.get(cache_key)
+                self.metrics.cache("l1", cached is not None)
+                if cached is not None:
+                    return replace(cached, cached=True)
+        answer = await self._score_event(model, user_hash, unix_us, context, cache_key)
+        total = time.perf_counter() - started
+        self.metrics.observe_stage("total", total)
+        if answer.fallback:
+            self.metrics.fallback(answer.fallback)
+        self._after(model, answer, user_hash, unix_us, context, request_id, total)
+        return answer
+
+    async def _score_event(self, model: ServedModel | None, entity: Any, unix_us: int,
+                           context: Mapping[str, Any], cache_key: tuple[Any, ...] | None
+                           ) -> Answer:
+        if model is None:
+            return self._default(None, "champion", cache_key, "no model loaded")
+        if not self.model_breaker.allow():
+            return self._default(model, model.variant, cache_key, "model circuit open")
+        request = ScoreRequest(entity, unix_us, context)
+        try:
+            scored = await asyncio.wait_for(self.batcher.submit(model.scorer, request),
+                                            self.budget_s)
+        except (OnlineStoreError, CircuitOpen, TimeoutError) as e:
+            self.metrics.error(type(e).__name__)
+            return self._default(model, model.variant, cache_key, describe(e))
+        except Exception as e:  # the model itself failed: count it against the model breaker
+            log.exception("scoring failed")
+            self.model_breaker.failure(e)
+            self.metrics.error(type(e).__name__)
+            return self._default(model, model.variant, cache_key, describe(e))
+        self.model_breaker.success()
+        value = round(float(scored.scores[0]), 6)
+        answer = Answer([], [value], model.variant, model.version, scored.known, None,
+                        scored=scored, decision=self.decide(value) if self.classifier else None)
+        if cache_key is not None:
+            self.l1.put(cache_key, answer)
+        return answer
+
+    def _default(self, model: ServedModel | None, variant: str,
+                 cache_key: tuple[Any, ...] | None, reason: str) -> Answer:
+        version = model.version if model else None
+        if cache_key is not None:
+            stale = self.l1.get_stale(cache_key)
+            if stale is not None:
+                return Answer([], stale.scores, variant, version, stale.known_user, "cache",
+                              decision=stale.decision)
+        now = time.monotonic()
+        if now - self._static_warned_at > 10:  # one line per 10 s, not one per request
+            self._static_warned_at = now
+            log.warning("static default answered (counted in feastflow_fallbacks_total): %s",
+                        reason)
+        scores, decision = self.default
+        return Answer([], list(scores), variant, version, False, "static_default",
+                      decision=decision)
+
+    def _shadow_answer(self, challenger: ServedModel, scored: Scored) -> Answer:
+        value = float(scored.scores[0])
+        return Answer([], [value], "challenger", challenger.version, scored.known, None,
+                      scored=scored, decision=self.decide(value) if self.classifier else None)
+
+    async def bundle(self, user_hash: str, start_us: int, k: int
+                     ) -> tuple[Answer, list[list[str]]]:
+        """Bundles are ranked lists: a per-event use case has none."""
+        raise NotImplementedError(f"use case {self.spec.name!r} is not a ranking: no bundles")
+
+    async def refresh_popular(self) -> None:
+        """No popular lists outside a ranking."""
+        return None
+
+    def load_precomputed(self, directory: Path) -> int:
+        """No precomputed bundles outside a ranking."""
+        return 0
+
+
+def build_service(settings: ServingSettings, spec: ModelSpec, holder: ModelHolder,
+                  reader: OnlineReader, metrics: ServingMetrics, prediction_log: PredictionLog
+                  ) -> PredictionService:
+    """The service of the spec's task."""
+    kind = EventService if spec.per_event else PredictionService
+    return kind(settings, spec, holder, reader, metrics, prediction_log)

@@ -17,7 +17,8 @@ from feastflow.settings import Settings
 class ServingSettings(Settings):
     """Which models to serve and how: routing, caches, fallbacks, logging, limits."""
 
-    use_case: str = "next_app"
+    use_cases: str | None = Field(default=None, description="comma-separated use cases to serve "
+                                  "(default: every folder of the feature repo with a model.yaml)")
     host: str = "127.0.0.1"
     port: int = 8000
     max_k: int = Field(default=20, ge=1)
@@ -64,8 +65,12 @@ class ServingSettings(Settings):
 
     @property
     def precomputed_dir(self) -> Path:
-        """Predictions and offline bundles written by `feastflow precompute`."""
-        return self.home / "precomputed" / self.use_case
+        """Predictions and offline bundles written by `feastflow precompute` (default use case)."""
+        return self.precomputed_dir_of(self.use_case)
+
+    def precomputed_dir_of(self, use_case: str) -> Path:
+        """A use case's predictions and offline bundles written by `feastflow precompute`."""
+        return self.home / "precomputed" / use_case
 
 
 @lru_cache

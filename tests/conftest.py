@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from feastflow.settings import FEATURE_REPO, Settings
 from feastflow.spec import ModelSpec
-from pipelines.generate import generate_events
+from feature_repo.next_app.world import generate_events
 
 REDIS_TEST_URL = os.environ.get("FEASTFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -73,14 +73,14 @@ def build_champion(settings: Settings, spec: ModelSpec, raw: pd.DataFrame) -> No
     from pipelines.training import train_use_case
     from registry import lifecycle
 
-    ingest_frame(raw, settings.events_dir, settings.user_hash_secret)
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
-    apply_repo(settings)
+    ingest_frame(raw, spec.event_log, settings.events_dir(spec.name), settings.user_hash_secret)
+    compute_feature_tables(settings, spec)
+    apply_repo(settings, spec.name)
     trained = train_use_case(settings, spec)
     # Tests need a champion, not a gate decision on a world this small.
     MlflowClient().set_registered_model_alias(spec.registered_model_name, lifecycle.CHAMPION,
                                               trained.version)
-    materialize(settings)
+    materialize(settings, spec.name)
 
 
 @dataclass(frozen=True)

@@ -220,8 +220,11 @@ def test_metrics_are_prometheus_text_and_count_requests(client: TestClient) -> N
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert re.search(r'^feastflow_requests_total\{endpoint="predict",status="200"\} [1-9]', text, re.M)
-    assert re.search(r'^feastflow_fallbacks_total\{level="static_default"\} [1-9]', text, re.M)
+    # every series carries the use case (Prometheus sorts the labels by name)
+    assert re.search(r'^feastflow_requests_total\{endpoint="predict",status="200",use_case="next_app"\} '
+                     r'[1-9]', text, re.M)
+    assert re.search(r'^feastflow_fallbacks_total\{level="static_default",use_case="next_app"\} [1-9]',
+                     text, re.M)
     assert "_created" not in text
 
 
@@ -248,7 +251,9 @@ def test_admin_reload_with_the_key_reports_no_models(client: TestClient) -> None
 def test_admin_cache_flush_with_the_key_reports_the_counts(client: TestClient) -> None:
     response = client.post("/admin/cache/flush", headers={"x-api-key": KEY})
     assert response.status_code == 200
-    assert response.json() == {"flushed": {"l1": 0, "l2": 0}}
+    body = response.json()
+    assert body["flushed"] == {"l1": 0, "l2": 0}
+    assert body["use_cases"]["next_app"] == {"l1": 0, "l2": 0}
 
 
 @pytest.fixture(scope="module")
@@ -449,3 +454,145 @@ def test_a_logged_prediction_is_still_answered(logging_client: TestClient, times
     # the log, PredictionService._record called datetime.fromtimestamp past year 9999 -> 500.
     response = logging_client.post("/v1/predict", json={**GOOD, "timestamp": timestamp})
     assert response.status_code in (200, 422), response.text
+
+
+# --- several use cases ------------------------------------------------------------------------
+
+LOAN: dict[str, Any] = {
+    "dob_ssn": "19900101_1234", "timestamp": "2026-03-02T08:05:00Z",
+    "context": {"zipcode": 11930, "person_age": 26, "person_income": 52000,
+                "person_home_ownership": "RENT", "person_emp_length": 3.0,
+                "loan_intent": "EDUCATION", "loan_amnt": 8000, "loan_int_rate": 11.49}}
+
+
+def test_the_default_use_case_answers_on_its_own_path_too(client: TestClient) -> None:
+    default = client.post("/v1/predict", json=GOOD).json()
+    named = client.post("/v1/next_app/predict", json=GOOD).json()
+    assert named["apps"] == default["apps"] and named["fallback"] == "static_default"
+    assert client.post("/v1/next_app/predict", json={**GOOD, "k": 0}).json()["detail"][0]["loc"] == [
+        "body", "k"]
+
+
+@pytest.mark.parametrize("path", ["/v1/nope/predict", "/v1/NEXT_APP/predict", "/v1/nope/events"])
+def test_an_unknown_use_case_is_a_404_naming_the_known_ones(client: TestClient, path: str) -> None:
+    response = client.post(path, json=GOOD, headers={"x-api-key": KEY})
+    assert response.status_code == 404
+    detail = response.json()["detail"]
+    assert "unknown use case" in detail and all(n in detail for n in ("next_app", "credit_score"))
+    assert re.fullmatch(r"[0-9a-f]{16}", response.headers["x-request-id"])
+    metrics = client.get("/metrics").text  # counted under a fixed label, never the path's name
+    assert 'use_case="nope"' not in metrics and 'use_case="NEXT_APP"' not in metrics
+
+
+def test_a_use_case_without_a_feature_store_is_503_and_readyz_says_why(client: TestClient) -> None:
+    response = client.post("/v1/credit_score/predict", json=LOAN)
+    assert response.status_code == 503
+    assert "credit_score" in response.json()["detail"] and "feast" in response.json()["detail"]
+    assert client.get("/v1/credit_score/predict").status_code == 405
+    ready = client.get("/readyz").json()
+    assert set(ready["use_cases"]) >= {"next_app", "credit_score", "taxi_eta"}
+    assert ready["use_cases"]["credit_score"]["status"] == "not_ready"
+    assert any("feature store" in r for r in ready["use_cases"]["credit_score"]["reasons"])
+
+
+def test_openapi_describes_every_use_case_and_docs_render_it(client: TestClient) -> None:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    paths = document["paths"]
+    for name in ("next_app", "credit_score", "taxi_eta"):
+        operation = paths[f"/v1/{name}/predict"]["post"]
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        schema = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert {"timestamp", "context"} <= set(schema["required"])
+        assert schema["additionalProperties"] is False
+    assert {"/v1/predict", "/v1/events", "/v1/users/{user_id}/bundle", "/healthz", "/readyz",
+            "/metrics", "/admin/reload", "/admin/cache/flush"} <= set(paths)
+    schemas = document["components"]["schemas"]
+    assert set(schemas["NextAppContext"]["properties"]["location"]["enum"]) == {
+        "home", "work", "commute", "other"}
+    assert schemas["CreditScoreContext"]["properties"]["person_age"]["minimum"] == 18
+    assert "k" not in schemas["CreditScorePredictRequest"]["properties"]  # per event: no k
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/taxi_eta/predict" in page.text and "<script" not in page.text
+
+
+@pytest.fixture(scope="module")
+def credit_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    # credit_score as the default use case: served from its static default without a store
+    settings = make_settings(tmp_path_factory.mktemp("credit"), use_case="credit_score",
+                             use_cases="credit_score,next_app")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_a_classifier_answers_score_and_decision(credit_client: TestClient) -> None:
+    for path in ("/v1/predict", "/v1/credit_score/predict"):
+        response = credit_client.post(path, json=LOAN)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert {k: body[k] for k in ("score", "decision", "known", "fallback", "cached",
+                                     "model_version", "variant")} == {
+            "score": 0.22, "decision": "review", "known": False, "fallback": "static_default",
+            "cached": False, "model_version": None, "variant": "champion"}
+        assert "apps" not in body and body["latency_ms"] >= 0
+    # FEASTFLOW_USE_CASES restricts the use cases served
+    assert credit_client.post("/v1/taxi_eta/predict", json=LOAN).status_code == 404
+    assert credit_client.get("/v1/users/alice/bundle").status_code == 404  # no ranking: no bundle
+
+
+@pytest.mark.parametrize(
+    ("patch", "loc"),
+    [
+        ({"context": {**LOAN["context"], "loan_intent": "YACHT"}}, ["body", "context", "loan_intent"]),
+        ({"context": {**LOAN["context"], "person_age": 12}}, ["body", "context", "person_age"]),
+        ({"context": {**LOAN["context"], "loan_amnt": 0}}, ["body", "context", "loan_amnt"]),
+        ({"context": {**LOAN["context"], "zipcode": "11930"}}, ["body", "context", "zipcode"]),
+        ({"context": {**LOAN["context"], "colour": "red"}}, ["body", "context", "colour"]),
+        ({"context": {k: v for k, v in LOAN["context"].items() if k != "loan_int_rate"}},
+         ["body", "context", "loan_int_rate"]),
+        ({"dob_ssn": "alice"}, ["body", "dob_ssn"]),  # the contract's pattern
+        ({"k": 4}, ["body", "k"]),  # a per-event request has no k
+    ],
+)
+def test_a_bad_per_event_request_is_a_422_naming_the_field(credit_client: TestClient,
+                                                           patch: dict[str, Any], loc: list[str]) -> None:
+    response = credit_client.post("/v1/credit_score/predict", json={**LOAN, **patch})
+    assert response.status_code == 422
+    assert [err["loc"] for err in response.json()["detail"]] == [loc]
+
+
+def test_a_classifier_is_served_beside_the_ranking(client: TestClient) -> None:
+    import numpy as np
+
+    from feastflow.scoring import Scored
+    from serving.models import ServedModel
+
+    class Scorer:
+        feature_names = ("loan_amnt",)
+
+        async def score(self, requests: Any, reader: Any, k: int = 1, timings: Any = None) -> Any:
+            return [Scored([], [r.context["loan_amnt"] / 10000], True, np.array([[1.0]]))
+                    for r in requests]
+
+    core = client.app.state.core  # type: ignore[attr-defined]
+    credit = core.use_cases["credit_score"]
+    old = credit.unavailable
+    credit.unavailable = None  # as if its feature store were applied: a model that reads none
+    credit.holder.install([ServedModel("champion", "2", "run", Scorer(), "registry", 0.0)])  # type: ignore[arg-type]
+    try:
+        low = client.post("/v1/credit_score/predict", json=LOAN).json()
+        high = client.post("/v1/credit_score/predict", json={
+            **LOAN, "context": {**LOAN["context"], "loan_amnt": 7000}}).json()
+        ranked = client.post("/v1/predict", json=GOOD).json()
+    finally:
+        credit.unavailable = old
+        credit.holder.models.clear()
+    assert (low["score"], low["decision"], low["known"], low["fallback"], low["model_version"]) == (
+        0.8, "deny", True, None, "2")
+    assert (high["score"], high["decision"], high["cached"]) == (0.7, "deny", False)
+    assert ranked["fallback"] == "static_default" and "apps" in ranked
+    metrics = client.get("/metrics").text
+    assert re.search(r'^feastflow_requests_total\{endpoint="predict",status="200",use_case="credit_score"\} '
+                     r'[1-9]', metrics, re.M)

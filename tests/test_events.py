@@ -5,9 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from feastflow.events import EVENT_COLUMNS, validate_events
+from feastflow.events import decode_events, encode_events, event_columns, validate_events
+from feastflow.settings import FEATURE_REPO
+from feastflow.spec import ColumnSpec, EventLogSpec, load_spec
 
 NOW = pd.Timestamp("2026-03-01T12:00:00Z")
+CONTRACT = load_spec("next_app", FEATURE_REPO).event_log
 
 
 def good_row(**overrides: object) -> dict[str, object]:
@@ -22,14 +25,14 @@ def good_row(**overrides: object) -> dict[str, object]:
 
 
 def errors_of(rows: list[dict[str, object]]) -> list[tuple[int, str]]:
-    _, errors = validate_events(pd.DataFrame(rows), now=NOW)
+    _, errors = validate_events(pd.DataFrame(rows), CONTRACT, now=NOW)
     return [(e.row, e.field) for e in errors]
 
 
 def test_clean_rows_are_typed_as_the_schema_says() -> None:
-    clean, errors = validate_events(pd.DataFrame([good_row()]), now=NOW)
+    clean, errors = validate_events(pd.DataFrame([good_row()]), CONTRACT, now=NOW)
     assert errors == []
-    assert list(clean.columns) == EVENT_COLUMNS
+    assert list(clean.columns) == event_columns(CONTRACT)
     assert str(clean["timestamp"].dtype) == "datetime64[us, UTC]"
     assert clean.loc[0, "charging"] is False or clean.loc[0, "charging"] == False  # noqa: E712
     assert clean["battery"].dtype == "int64"
@@ -71,11 +74,11 @@ def test_duplicate_event_ids_keep_the_first() -> None:
 
 def test_unknown_and_missing_fields_reject_the_input() -> None:
     rows = [good_row(colour="red")]
-    clean, errors = validate_events(pd.DataFrame(rows), now=NOW)
+    clean, errors = validate_events(pd.DataFrame(rows), CONTRACT, now=NOW)
     assert clean.empty
     assert [(e.row, e.field) for e in errors] == [(0, "colour")]
     frame = pd.DataFrame([good_row()]).drop(columns=["app"])
-    clean, errors = validate_events(frame, now=NOW)
+    clean, errors = validate_events(frame, CONTRACT, now=NOW)
     assert clean.empty and [e.field for e in errors] == ["app"]
     assert "required field is missing" in errors[0].reason
 
@@ -83,6 +86,76 @@ def test_unknown_and_missing_fields_reject_the_input() -> None:
 def test_naive_timestamps_are_utc_and_offsets_are_converted() -> None:
     rows = [good_row(timestamp="2026-02-01 08:00:00"),
             good_row(event_id="e2", timestamp="2026-02-01T10:00:00+02:00")]
-    clean, errors = validate_events(pd.DataFrame(rows), now=NOW)
+    clean, errors = validate_events(pd.DataFrame(rows), CONTRACT, now=NOW)
     assert errors == []
     assert (clean["timestamp"] == pd.Timestamp("2026-02-01T08:00:00Z")).all()
+
+
+# --- any contract: the rules come from the declaration, not from one use case ------------------
+
+ORDER_CONTRACT = EventLogSpec(
+    event_id="order_id", entity="shop", timestamp="placed_at", label="returned",
+    context=["basket_eur", "gift", "channel"],
+    columns={
+        "order_id": ColumnSpec(type="string"),
+        "shop": ColumnSpec(type="string", pattern=r"^s\d+$", pattern_hint="s followed by digits"),
+        "placed_at": ColumnSpec(type="timestamp"),
+        "basket_eur": ColumnSpec(type="float", min=0.5),
+        "items": ColumnSpec(type="int", min=1, max=50, nullable=True),
+        "gift": ColumnSpec(type="bool", nullable=True),
+        "channel": ColumnSpec(type="string", allowed=["web", "app"]),
+        "returned": ColumnSpec(type="int", allowed=[0, 1]),
+    })
+
+
+def order(**overrides: object) -> dict[str, object]:
+    row = {"order_id": "o1", "shop": "s12", "placed_at": "2026-02-01T10:00:00Z",
+           "basket_eur": 19.9, "items": 2, "gift": "yes", "channel": "web", "returned": 0}
+    row.update(overrides)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("shop", "shop-12", "must be s followed by digits"),
+        ("basket_eur", 0.1, "out of range [0.5, inf]"),
+        ("items", 51, "out of range [1, 50]"),
+        ("items", 2.5, "must be a whole number"),
+        ("gift", "perhaps", "must be true or false"),
+        ("channel", "phone", "must be one of web, app"),
+        ("returned", 2, "must be one of 0, 1"),
+        ("placed_at", "2026-03-09T00:00:00Z", "more than one day in the future"),
+        ("shop", "", "required value is empty"),
+    ],
+)
+def test_any_contract_names_the_row_field_and_reason(field: str, value: object, reason: str
+                                                     ) -> None:
+    _, errors = validate_events(pd.DataFrame([order(), order(order_id="o2", **{field: value})]),
+                                ORDER_CONTRACT, now=NOW)
+    assert [(e.row, e.field, e.reason) for e in errors] == [(2, field, reason)]
+
+
+def test_nullable_columns_may_be_empty_or_absent_and_types_follow_the_contract() -> None:
+    rows = [order(), order(order_id="o2", items=None, gift=None)]
+    clean, errors = validate_events(pd.DataFrame(rows), ORDER_CONTRACT, now=NOW)
+    assert errors == []
+    assert str(clean["items"].dtype) == "Int64" and clean["items"].isna().tolist() == [False, True]
+    assert str(clean["gift"].dtype) == "boolean" and clean.loc[0, "gift"]
+    assert str(clean["placed_at"].dtype) == "datetime64[us, UTC]"
+    absent = pd.DataFrame([order()]).drop(columns=["items", "gift"])
+    clean, errors = validate_events(absent, ORDER_CONTRACT, now=NOW)
+    assert errors == [] and clean["items"].isna().all()
+    clean, errors = validate_events(pd.DataFrame([order()]).drop(columns=["returned"]),
+                                    ORDER_CONTRACT, now=NOW)
+    assert clean.empty and [(e.field, e.reason) for e in errors] == [
+        ("returned", "required field is missing from the input")]
+
+
+def test_stream_payloads_round_trip_any_contract() -> None:
+    rows = [order(), order(order_id="o2", items=None, gift=None, placed_at="2026-02-01 11:00")]
+    clean, _ = validate_events(pd.DataFrame(rows), ORDER_CONTRACT, now=NOW)
+    encoded = encode_events(clean, ORDER_CONTRACT)
+    assert [event_id for event_id, _ in encoded] == ["o1", "o2"]
+    decoded = decode_events([payload for _, payload in encoded], ORDER_CONTRACT)
+    pd.testing.assert_frame_equal(decoded, clean)

@@ -9,8 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feastflow.events import EVENT_COLUMNS, validate_events
-from pipelines.generate import DRIFT_APP, Drift, drift_assignments, generate_events
+from feastflow.events import validate_events
+from feastflow.settings import FEATURE_REPO
+from feastflow.spec import load_spec
+from feature_repo.next_app.world import (
+    DRIFT_APP,
+    EVENT_COLUMNS,
+    Drift,
+    drift_assignments,
+    generate_events,
+)
 
 
 def test_same_seed_same_events_and_another_seed_differs(small_events: pd.DataFrame) -> None:
@@ -21,7 +29,8 @@ def test_same_seed_same_events_and_another_seed_differs(small_events: pd.DataFra
 
 
 def test_events_pass_the_schema(small_events: pd.DataFrame) -> None:
-    clean, errors = validate_events(small_events, now=pd.Timestamp("2030-01-01", tz="UTC"))
+    contract = load_spec("next_app", FEATURE_REPO).event_log
+    clean, errors = validate_events(small_events, contract, now=pd.Timestamp("2030-01-01", tz="UTC"))
     assert errors == [] and list(clean.columns) == EVENT_COLUMNS and len(clean) == len(small_events)
 
 

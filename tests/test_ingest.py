@@ -13,10 +13,13 @@ from typer.testing import CliRunner
 from feastflow import event_log as event_log_module
 from feastflow.event_log import events_glob
 from feastflow.privacy import hash_user_id
+from feastflow.settings import FEATURE_REPO
+from feastflow.spec import load_spec
 from pipelines.cli import app
 from pipelines.ingest import ingest_file, ingest_frame
 
 SECRET = "test-secret"
+CONTRACT = load_spec("next_app", FEATURE_REPO).event_log
 
 
 def log_rows(events_dir: Path) -> pd.DataFrame:
@@ -27,7 +30,7 @@ def test_ingest_writes_hashed_partitions_and_is_idempotent(
     small_events: pd.DataFrame, tmp_path: Path
 ) -> None:
     events = small_events.head(3000)
-    report = ingest_frame(events, tmp_path / "events", SECRET)
+    report = ingest_frame(events, CONTRACT, tmp_path / "events", SECRET)
     assert report.rows_written == 3000 and report.errors == []
     stored = log_rows(tmp_path / "events")
     assert len(stored) == 3000
@@ -42,7 +45,7 @@ def test_ingest_writes_hashed_partitions_and_is_idempotent(
     first = events["timestamp"].iloc[0]
     assert (tmp_path / "events" / f"date={first:%Y-%m-%d}" / f"hour={first:%H}").is_dir()
 
-    again = ingest_frame(small_events.head(4000), tmp_path / "events", SECRET)
+    again = ingest_frame(small_events.head(4000), CONTRACT, tmp_path / "events", SECRET)
     assert again.duplicates_skipped == 3000 and again.rows_written == 1000
     assert len(log_rows(tmp_path / "events")) == 4000
 
@@ -53,11 +56,12 @@ def test_bad_rows_are_reported_and_good_rows_still_land(
     raw = small_events.head(50).astype({"battery": object}).copy()
     raw.loc[3, "battery"] = 140
     raw.loc[7, "location"] = "moon"
-    report = ingest_frame(raw, tmp_path / "events", SECRET)
+    report = ingest_frame(raw, CONTRACT, tmp_path / "events", SECRET)
     assert [(e.row, e.field) for e in report.errors] == [(4, "battery"), (8, "location")]
     assert "out of range" in report.errors[0].reason
     assert report.rows_written == 48
-    strict = ingest_frame(raw.assign(event_id=raw["event_id"] + "-b"), tmp_path / "strict",
+    strict = ingest_frame(raw.assign(event_id=raw["event_id"] + "-b"), CONTRACT,
+                          tmp_path / "strict",
                           SECRET, strict=True)
     assert strict.rows_written == 0 and not (tmp_path / "strict").exists()
 
@@ -76,16 +80,16 @@ def test_a_failure_mid_write_leaves_no_partition_behind(
 
     monkeypatch.setattr(event_log_module.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        ingest_frame(events, tmp_path / "events", SECRET)
+        ingest_frame(events, CONTRACT, tmp_path / "events", SECRET)
     assert list((tmp_path / "events").rglob("*.parquet")) == []
     monkeypatch.setattr(event_log_module.os, "replace", real_replace)
-    assert ingest_frame(events, tmp_path / "events", SECRET).rows_written == 2000
+    assert ingest_frame(events, CONTRACT, tmp_path / "events", SECRET).rows_written == 2000
 
 
 def test_csv_input_round_trips(small_events: pd.DataFrame, tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     small_events.head(200).to_csv(path, index=False)
-    report = ingest_file(path, tmp_path / "events", SECRET)
+    report = ingest_file(path, CONTRACT, tmp_path / "events", SECRET)
     assert report.errors == [] and report.rows_written == 200
     stored = log_rows(tmp_path / "events").sort_values("event_id", ignore_index=True)
     expected = small_events.head(200).sort_values("event_id", ignore_index=True)

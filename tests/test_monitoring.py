@@ -66,8 +66,8 @@ def _serving(settings: Settings, spec: ModelSpec, api_key: str) -> Iterator[str]
 
 def build_loop_world(root: Path, db: int, drift: bool, extra_days: int = 0) -> LoopWorld:
     """History, champion, live days in batch, the last live day replayed, monitor, retrain."""
+    from feature_repo.next_app.world import Drift, generate_events
     from pipelines.features import compute_feature_tables
-    from pipelines.generate import Drift, generate_events
     from pipelines.ingest import ingest_frame
     from pipelines.training import retrain_use_case
 
@@ -84,14 +84,15 @@ def build_loop_world(root: Path, db: int, drift: bool, extra_days: int = 0) -> L
     replay_end = replay_start + pd.Timedelta(days=1)
     build_champion(settings, spec, world[world["timestamp"] < live_start])
     live = world[world["timestamp"] >= live_start]
-    ingest_frame(live[live["timestamp"] < replay_start], settings.events_dir,
+    ingest_frame(live[live["timestamp"] < replay_start], spec.event_log,
+                 settings.events_dir(spec.name),
                  settings.user_hash_secret)
     daily_job(settings, spec, live_start)
     api_key = secrets.token_hex(8)
     day = live[(live["timestamp"] >= replay_start) & (live["timestamp"] < replay_end)]
     with _serving(settings, spec, api_key) as url:
         replayed = replay_events(url, api_key, settings, spec, day, predict_share=1.0, seed=1)
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    compute_feature_tables(settings, spec)
     monitored = run_monitor(settings, spec, out_dir=root / "report", since=replay_start,
                             progress=lambda _: None)
     retrained = retrain_use_case(settings, spec, progress=lambda _: None)
@@ -208,7 +209,7 @@ def test_skew_is_caught_when_a_feature_is_computed_differently_online(stable: Lo
         replay_events(url, stable.api_key, settings, spec, slice_, predict_share=1.0, seed=2)
     from pipelines.features import compute_feature_tables
 
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
+    compute_feature_tables(settings, spec)
     result = run_monitor(settings, spec, out_dir=settings.home.parent / "broken-report",
                          since=since, progress=lambda _: None)
     per_feature = result.summary["skew"]["per_feature"]

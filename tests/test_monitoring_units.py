@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feastflow.settings import FEATURE_REPO
+from feastflow.spec import load_spec
 from pipelines.monitor import (
     MonitorError,
     accuracy_by_variant,
@@ -117,7 +119,8 @@ def test_replay_rounds_hold_one_event_per_user_and_never_span_midnight() -> None
 def test_event_body_drops_missing_values() -> None:
     body = event_body({"event_id": "e1", "user_id": "u", "timestamp": pd.Timestamp(
         "2026-01-01T08:00", tz="UTC"), "app": "mail", "secs_since_prev_unlock": float("nan"),
-        "battery": np.int64(40), "charging": np.bool_(False)})
+        "battery": np.int64(40), "charging": np.bool_(False)},
+        load_spec("next_app", FEATURE_REPO))
     assert body == {"event_id": "e1", "user_id": "u", "timestamp": "2026-01-01T08:00:00+00:00",
                     "app": "mail", "battery": 40, "charging": False}
 
@@ -186,10 +189,12 @@ def test_replay_waits_until_the_processor_has_logged_the_day(tmp_path: Path) -> 
     import threading
 
     from feastflow.settings import Settings
+    from feastflow.spec import load_spec
     from pipelines.replay import wait_for_log
 
     settings = Settings(home=tmp_path)
-    part = settings.events_dir / "date=2026-03-01" / "hour=08"
+    spec = load_spec("next_app", settings.feature_repo)
+    part = settings.events_dir(spec.name) / "date=2026-03-01" / "hour=08"
     part.mkdir(parents=True)
 
     def log(ids: list[str], name: str) -> None:
@@ -200,7 +205,7 @@ def test_replay_waits_until_the_processor_has_logged_the_day(tmp_path: Path) -> 
     log(["e1"], "a.parquet")
     late = threading.Timer(0.5, log, (["e2", "e3"], "b.parquet"))
     late.start()
-    wait_for_log(settings, ["e1", "e2", "e3"], timeout_s=30)  # returns once b.parquet lands
+    wait_for_log(settings, spec, ["e1", "e2", "e3"], timeout_s=30)  # returns once b.parquet lands
     late.join()
     with pytest.raises(TimeoutError, match="holds 3 of 4 replayed events"):
-        wait_for_log(settings, ["e1", "e2", "e3", "e4"], timeout_s=0.5)
+        wait_for_log(settings, spec, ["e1", "e2", "e3", "e4"], timeout_s=0.5)

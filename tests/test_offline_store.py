@@ -425,11 +425,13 @@ def test_materialize_reads_a_window_without_a_zone_as_utc(tmp_path: Path) -> Non
 
     # `feastflow materialize --start 2999-01-01` (a date without a zone, the end left to "now")
     # is compared as UTC instead of failing on naive against aware datetimes.
-    with pytest.raises(ValueError, match=r"start 2999-01-01T00:00:00\+00:00 is not before end"):
-        materialize(Settings(home=tmp_path), start=datetime(2999, 1, 1))
+    with pytest.raises(ValueError, match=r"start 2999-01-01T00:00:00\+00:00 is not before end "
+                                         r"2027-01-01T00:00:00\+00:00"):
+        materialize(Settings(home=tmp_path), "next_app", start=datetime(2999, 1, 1),
+                    end=datetime(2027, 1, 1))
     with pytest.raises(ValueError, match=r"start 2027-01-02T00:00:00\+00:00 is not before end "
                                          r"2027-01-01T00:00:00\+00:00"):
-        materialize(Settings(home=tmp_path), start=datetime(2027, 1, 2),
+        materialize(Settings(home=tmp_path), "next_app", start=datetime(2027, 1, 2),
                     end=datetime(2027, 1, 1, tzinfo=UTC))
 
 # --- property tests: the plugin equals the stock store ----------------------------------------

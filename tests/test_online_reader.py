@@ -68,7 +68,7 @@ INT_KEYS = [0, 23, -1, 2**40, 7]
 @pytest.fixture(scope="module")
 def store(served_world: ServedWorld) -> FeatureStore:
     """The world's Feast store (registry and Redis online store)."""
-    return open_store(served_world.settings)
+    return open_store(served_world.settings, served_world.spec.name)
 
 
 @pytest.fixture(scope="module")

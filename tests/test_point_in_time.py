@@ -47,13 +47,14 @@ def joined(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     home = tmp_path_factory.mktemp("pit")
     settings = Settings(home=home, user_hash_secret=SECRET)
     spec = load_spec("next_app", settings.feature_repo)
-    assert ingest_frame(pd.DataFrame(EVENTS), settings.events_dir, SECRET).rows_written == 8
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
-    apply_repo(settings)
+    assert ingest_frame(pd.DataFrame(EVENTS), spec.event_log, settings.events_dir(spec.name),
+                        SECRET).rows_written == 8
+    compute_feature_tables(settings, spec)
+    apply_repo(settings, spec.name)
     requests = pd.DataFrame([EVENTS[3], EVENTS[7]])
     requests["user_id"] = requests["user_id"].map(lambda u: hash_user_id(u, SECRET))
     requests.insert(0, REQUEST_ID, [0, 1])
-    rows = build_ranking_set(open_store(settings), requests, spec)
+    rows = build_ranking_set(open_store(settings, spec.name), requests, spec)
     return rows.set_index([REQUEST_ID, "app"])
 
 

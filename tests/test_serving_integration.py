@@ -176,7 +176,7 @@ def reset_aliases(served_world: ServedWorld) -> Iterator[None]:
 def test_answers_are_the_rankers_and_name_the_model(served_world: ServedWorld) -> None:
     settings = serving_settings(served_world)
     users = served_world.users(5)
-    store = open_store(settings)
+    store = open_store(settings, served_world.spec.name)
     lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, served_world.spec.name)
     model = lifecycle.load_by_alias(served_world.spec.registered_model_name)
     ranker = Ranker(served_world.spec, FeaturePlan.from_store(store, served_world.spec),
@@ -202,8 +202,9 @@ def test_answers_are_the_rankers_and_name_the_model(served_world: ServedWorld) -
             again = client.post("/v1/predict", json=body(served_world, user)).json()
             assert again["cached"] is True and again["apps"] == answer["apps"]
         metrics = client.get("/metrics").text
-    assert 'feastflow_cache_requests_total{level="l1",result="hit"} 5.0' in metrics
-    assert f'feastflow_model_version_info{{variant="champion",version="{model.version}"}} 1.0' in metrics
+    assert 'feastflow_cache_requests_total{level="l1",result="hit",use_case="next_app"} 5.0' in metrics
+    assert (f'feastflow_model_version_info{{use_case="next_app",variant="champion",'
+            f'version="{model.version}"}} 1.0') in metrics
 
 
 def test_the_ab_split_is_sticky_and_shadow_scoring_is_logged_not_served(
@@ -333,7 +334,7 @@ def test_redis_down_or_hung_is_answered_from_fallbacks_then_recovers(
             assert time.monotonic() - started < 2.0
             proxy.hung.clear()
             metrics = client.get("/metrics").text
-        assert 'feastflow_fallbacks_total{level="user_hour"}' in metrics
+        assert 'feastflow_fallbacks_total{level="user_hour",use_case="next_app"}' in metrics
     finally:
         proxy.down()
 

@@ -42,7 +42,8 @@ def samples(metrics: ServingMetrics) -> dict[tuple[str, frozenset[tuple[str, str
 
 
 def value(metrics: ServingMetrics, sample: str, /, **labels: str) -> float | None:
-    """One sample's value, None when the series does not exist."""
+    """One sample's value, None when the series does not exist (use_case: the metrics' own)."""
+    labels.setdefault("use_case", metrics.use_case)
     return samples(metrics).get((sample, frozenset(labels.items())))
 
 
@@ -96,7 +97,7 @@ def test_metrics_render_prometheus_text() -> None:
     m.observe_request("predict", 200, 0.001)
     body, content_type = m.render()
     assert content_type.startswith("text/plain")
-    assert b'feastflow_requests_total{endpoint="predict",status="200"} 1.0' in body
+    assert b'feastflow_requests_total{endpoint="predict",status="200",use_case="next_app"} 1.0' in body
     assert b"# TYPE feastflow_stage_latency_seconds histogram" in body
 
 
@@ -107,8 +108,8 @@ def test_model_version_info_switches_labels() -> None:
     m.set_model_version("champion", 4)
     m.set_model_version("champion", 4)  # idempotent
     info = {labels: v for (name, labels), v in samples(m).items() if name == "feastflow_model_version_info"}
-    assert info == {frozenset({("variant", "champion"), ("version", "4")}): 1,
-                    frozenset({("variant", "challenger"), ("version", "7")}): 1}
+    assert info == {frozenset({("use_case", "next_app"), ("variant", "champion"), ("version", "4")}): 1,
+                    frozenset({("use_case", "next_app"), ("variant", "challenger"), ("version", "7")}): 1}
     m.clear_model_version("challenger")
     assert value(m, "feastflow_model_version_info", variant="challenger", version="7") is None
 
@@ -118,6 +119,30 @@ def test_metrics_registries_are_separate() -> None:
     a.variant("champion")
     assert value(a, "feastflow_variant_requests_total", variant="champion") == 1
     assert value(b, "feastflow_variant_requests_total", variant="champion") is None
+
+
+def test_metrics_of_each_use_case_share_the_registry_under_their_own_label() -> None:
+    m = ServingMetrics(use_case="next_app")
+    credit = m.for_use_case("credit_score")
+    assert credit.registry is m.registry
+    m.observe_request("predict", 200, 0.001)
+    credit.observe_request("predict", 200, 0.001)
+    credit.observe_request("predict", 200, 0.001)
+    credit.fallback("static_default")
+    credit.set_model_version("champion", 2)
+    m.set_model_version("champion", 9)
+    credit.request_log_dropped(2)
+    credit.observe_batch(3)
+    assert value(m, "feastflow_requests_total", endpoint="predict", status="200") == 1
+    assert value(credit, "feastflow_requests_total", endpoint="predict", status="200") == 2
+    assert value(credit, "feastflow_fallbacks_total", level="static_default") == 1
+    assert value(m, "feastflow_fallbacks_total", level="static_default") is None
+    assert value(credit, "feastflow_model_version_info", variant="champion", version="2") == 1
+    assert value(m, "feastflow_model_version_info", variant="champion", version="9") == 1
+    assert value(credit, "feastflow_request_log_dropped_total") == 2
+    assert value(credit, "feastflow_batch_size_count") == 1
+    # every series of the rendered text carries a use case
+    assert all("use_case" in dict(labels) for (_, labels) in samples(m))
 
 
 def test_circuit_state_rejects_unknown_states() -> None:

@@ -12,12 +12,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from feastflow.online import OnlineStoreError, Row, ViewLayout
 from feastflow.scoring import Scored, ScoreRequest
-from feastflow.spec import load_spec
+from feastflow.spec import DecisionSpec, load_spec
 from serving.metrics import ServingMetrics
 from serving.models import ModelHolder, ServedModel
 from serving.request_log import PredictionLog
@@ -30,7 +31,7 @@ from serving.resilience import (
     in_shadow_sample,
     variant_for,
 )
-from serving.service import Answer, CachedReader, PredictionService
+from serving.service import Answer, CachedReader, EventService, PredictionService, build_service
 from serving.settings import ServingSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -274,7 +275,8 @@ def test_breaker_feeds_the_circuit_state_gauge() -> None:
     breaker = CircuitBreaker("online_store", 1, 2.0, clock=clock, on_change=metrics.set_circuit_state)
 
     def gauge() -> float | None:
-        return metrics.registry.get_sample_value("feastflow_circuit_state", {"name": "online_store"})
+        return metrics.registry.get_sample_value("feastflow_circuit_state", {"use_case": "next_app",
+                                                                     "name": "online_store"})
 
     breaker.failure("down")
     assert gauge() == 1
@@ -550,7 +552,8 @@ def test_predict_with_the_store_down_serves_a_stale_prediction_then_the_chain(
     assert (other.fallback, other.items) == ("popular_at_hour", ["pop-1", "pop-2"])
     assert fallback_counts(service.metrics) == {"cache": 1, "popular_at_hour": 1}
     errors = service.metrics.registry.get_sample_value("feastflow_errors_total",
-                                                       {"type": "OnlineStoreError"})
+                                                       {"use_case": "next_app",
+                                                        "type": "OnlineStoreError"})
     assert errors == 2
 
 
@@ -569,9 +572,9 @@ def test_predict_never_raises_and_an_open_circuit_stops_calling_the_store(
     assert service.features.breaker.state == CircuitState.OPEN
     assert fallback_counts(service.metrics) == {"static_default": failures + 5}
     assert service.metrics.registry.get_sample_value(
-        "feastflow_errors_total", {"type": "CircuitOpen"}) == 5
+        "feastflow_errors_total", {"use_case": "next_app", "type": "CircuitOpen"}) == 5
     assert service.metrics.registry.get_sample_value(
-        "feastflow_circuit_state", {"name": "online_store"}) == 1
+        "feastflow_circuit_state", {"use_case": "next_app", "name": "online_store"}) == 1
 
 
 def test_a_cancelled_half_open_trial_does_not_wedge_the_store_breaker() -> None:
@@ -645,3 +648,153 @@ def test_registry_polls_point_mlflow_at_the_registry_once(service: PredictionSer
         assert holder.check_registry() == []  # the alias still points at the loaded version
     assert holder.registry_error is None
     assert calls == ["configure", "configure", *["champion", "challenger"] * 3]
+
+
+# --- per-event use cases (classification, regression) -----------------------------------------
+
+LOAN = {"zipcode": 11930, "person_age": 26, "person_income": 52000, "person_home_ownership": "RENT",
+        "person_emp_length": 3.0, "loan_intent": "EDUCATION", "loan_amnt": 8000, "loan_int_rate": 11.49}
+
+
+class FakeEventScorer:
+    """Reads the store through the service's reader, then scores loan_amnt / 20000 (a value the
+    whole request decides: two amounts, two answers)."""
+
+    feature_names: ClassVar[list[str]] = ["loan_amnt"]
+
+    def __init__(self) -> None:
+        self.scored = 0
+
+    async def score(self, requests: Sequence[ScoreRequest], reader: Any, k: int = 1,
+                    timings: dict[str, float] | None = None) -> list[Scored]:
+        await reader.read([(VIEW, [(r.entity,) for r in requests])])
+        self.scored += len(requests)
+        return [Scored([], [r.context["loan_amnt"] / 20000], True,
+                       np.array([[float(r.context["loan_amnt"])]])) for r in requests]
+
+
+def make_event_service(home: Path, reader: StubReader, use_case: str = "credit_score",
+                       serving: dict[str, Any] | None = None, **overrides: Any) -> EventService:
+    settings = ServingSettings(home=home, user_hash_secret="unit-secret", log_json=False,
+                               registry_poll_seconds=0, request_log_sample=0.0,
+                               latency_budget_ms=5000.0, use_case=use_case, **overrides)
+    spec = load_spec(use_case, settings.feature_repo)
+    if serving is not None:
+        spec = spec.model_copy(update={"serving": spec.serving.model_copy(update=serving)})
+    holder = ModelHolder(spec, None, {"champion": "champion", "challenger": "challenger"},  # type: ignore[arg-type]
+                         settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
+    metrics = ServingMetrics(use_case=use_case)
+    prediction_log = PredictionLog(settings.served_dir(use_case), 0.0, 5.0,
+                                   on_drop=metrics.request_log_dropped)
+    service = build_service(settings, spec, holder, reader, metrics, prediction_log)
+    assert isinstance(service, EventService)
+    return service
+
+
+def test_a_per_event_service_decides_from_the_score_and_never_caches_by_default(tmp_path: Path) -> None:
+    reader = StubReader(down=False)
+    service = make_event_service(tmp_path, reader)
+    scorer = FakeEventScorer()
+    service.holder.install([ServedModel("champion", "3", "run-1", scorer, "registry", 0.0)])  # type: ignore[arg-type]
+    assert not service.l1.enabled  # per-event: off unless the spec turns it on
+
+    async def run() -> list[Answer]:
+        return [await service.predict("dob-hash", AT_0805_UTC, {**LOAN, "loan_amnt": amount}, 1, "r")
+                for amount in (8000, 8000, 12000)]
+
+    low, again, high = asyncio.run(run())
+    assert (low.scores, low.decision, low.fallback, low.known_user) == ([0.4], "approve", None, True)
+    assert again.cached is False and scorer.scored == 3  # scored every time: no L1
+    assert (high.scores, high.decision) == ([0.6], "deny")  # threshold 0.5: above -> deny
+    service.prediction_log.close()
+
+
+def test_a_review_band_answers_review(tmp_path: Path) -> None:
+    service = make_event_service(tmp_path, StubReader(down=False), serving={
+        "decision": DecisionSpec(threshold=0.5, above="deny", below="approve", review_band=(0.35, 0.65))})
+    assert [service.decide(s) for s in (0.1, 0.35, 0.5, 0.649, 0.65, 0.9)] == [
+        "approve", "review", "review", "review", "deny", "deny"]
+    service.prediction_log.close()
+
+
+def test_a_per_event_cache_is_keyed_on_the_whole_request(tmp_path: Path) -> None:
+    reader = StubReader(down=False)
+    service = make_event_service(tmp_path, reader, serving={"cache": True})
+    scorer = FakeEventScorer()
+    service.holder.install([ServedModel("champion", "3", "run-1", scorer, "registry", 0.0)])  # type: ignore[arg-type]
+    assert service.l1.enabled
+
+    async def run() -> list[Answer]:
+        same_hour = AT_0805_UTC + 60_000_000  # a minute later: same entity, same hour
+        return [await service.predict("dob-hash", AT_0805_UTC, LOAN, 1, "r1"),
+                await service.predict("dob-hash", same_hour, {**LOAN, "loan_amnt": 12000}, 1, "r2"),
+                await service.predict("dob-hash", AT_0805_UTC, LOAN, 1, "r3")]
+
+    first, other_amount, repeat = asyncio.run(run())
+    assert first.scores == [0.4] and first.cached is False
+    assert other_amount.scores == [0.6] and other_amount.cached is False  # never the cached one
+    assert repeat.scores == [0.4] and repeat.cached is True  # the very same request: a hit
+    assert scorer.scored == 2
+    service.prediction_log.close()
+
+
+def test_a_per_event_service_answers_its_default_when_the_store_is_down(tmp_path: Path) -> None:
+    reader = StubReader(down=True)
+    service = make_event_service(tmp_path, reader, breaker_failures=2)
+    service.holder.install([ServedModel("champion", "3", "run-1", FakeEventScorer(), "registry", 0.0)])  # type: ignore[arg-type]
+
+    async def run() -> list[Answer]:
+        return [await service.predict(f"{i:032x}", AT_0805_UTC, LOAN, 1, f"r{i}") for i in range(4)]
+
+    answers = asyncio.run(run())
+    for answer in answers:  # the spec's serving.default: score 0.22, decision review
+        assert (answer.scores, answer.decision, answer.fallback) == ([0.22], "review", "static_default")
+        assert answer.model_version == "3" and answer.known_user is False
+    assert reader.calls == 2  # the breaker opened after two failures
+    assert fallback_counts(service.metrics) == {"static_default": 4}
+    service.prediction_log.close()
+
+
+def test_a_stale_per_event_answer_beats_the_default_when_caching_is_on(tmp_path: Path) -> None:
+    reader = StubReader(down=False)
+    service = make_event_service(tmp_path, reader, serving={"cache": True})
+    clock = FakeClock()
+    service.l1.clock = service.features.cache.clock = clock  # L1 predictions and L2 features
+    service.holder.install([ServedModel("champion", "3", "run-1", FakeEventScorer(), "registry", 0.0)])  # type: ignore[arg-type]
+
+    async def run() -> list[Answer]:
+        out = [await service.predict("dob-hash", AT_0805_UTC, LOAN, 1, "r1")]
+        clock.now += 10 * service.l1.ttl_seconds
+        reader.down = True
+        out.append(await service.predict("dob-hash", AT_0805_UTC, LOAN, 1, "r2"))
+        out.append(await service.predict("dob-hash", AT_0805_UTC, {**LOAN, "loan_amnt": 9000}, 1, "r3"))
+        return out
+
+    fresh, stale, other = asyncio.run(run())
+    assert (stale.scores, stale.decision, stale.fallback) == (fresh.scores, fresh.decision, "cache")
+    assert (other.scores, other.fallback) == ([0.22], "static_default")
+    service.prediction_log.close()
+
+
+def test_a_regression_service_answers_its_prediction_or_its_default(tmp_path: Path) -> None:
+    reader = StubReader(down=False)
+    service = make_event_service(tmp_path, reader, use_case="taxi_eta")
+    trip = {"dropoff_community_area": 8, "pickup_latitude": None, "pickup_longitude": None,
+            "dropoff_latitude": None, "dropoff_longitude": None, "company": None}
+
+    class Eta(FakeEventScorer):
+        async def score(self, requests: Sequence[ScoreRequest], reader: Any, k: int = 1,
+                        timings: dict[str, float] | None = None) -> list[Scored]:
+            await reader.read([(VIEW, [(r.entity,) for r in requests])])
+            return [Scored([], [600.0 + r.entity], False, np.array([[1.0]])) for r in requests]
+
+    async def run() -> list[Answer]:
+        out = [await service.predict(76, AT_0805_UTC, trip, 1, "r1")]  # no model: the default
+        service.holder.install([ServedModel("champion", "5", "run-1", Eta(), "registry", 0.0)])  # type: ignore[arg-type]
+        out.append(await service.predict(76, AT_0805_UTC, trip, 1, "r2"))
+        return out
+
+    default, predicted = asyncio.run(run())
+    assert (default.scores, default.fallback, default.decision) == ([540.0], "static_default", None)
+    assert (predicted.scores, predicted.fallback, predicted.known_user) == ([676.0], None, False)
+    service.prediction_log.close()

@@ -45,9 +45,27 @@ def test_yaml_defaults_match_the_settings_defaults() -> None:
 
 
 def test_repo_config_follows_home_and_profile(tmp_path: Path) -> None:
-    embedded = repo_config(Settings(home=tmp_path))
+    embedded = repo_config(Settings(home=tmp_path), "next_app")
+    assert embedded.project == "next_app"  # each use case is its own Feast project
     assert embedded.online_store.path == str(tmp_path / "feast" / "online.db")
     redis = repo_config(Settings(home=tmp_path, profile="redis",
-                                 redis_url="redis://example:7000/2"))
+                                 redis_url="redis://example:7000/2"), "taxi_eta")
     assert redis.online_store.connection_string == "example:7000,db=2"
     assert str(tmp_path / "feast" / "registry.db") in redis.registry.path
+
+
+def test_each_use_case_folder_gives_feast_cli_its_own_project_on_the_same_state(
+        tmp_path: Path) -> None:
+    from feastflow.spec import use_cases
+
+    template = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())
+    for name in use_cases(FEATURE_REPO):
+        folder = FEATURE_REPO / name
+        own = yaml.safe_load((folder / "feature_store.yaml").read_text())
+        assert own["project"] == name == repo_config(Settings(home=tmp_path), name).project
+        registry = (folder / own["registry"]["path"].removeprefix("sqlite:///")).resolve()
+        online = (folder / own["online_store"]["path"]).resolve()
+        assert registry == PROJECT_ROOT / "var" / "feast" / "registry.db"
+        assert online == PROJECT_ROOT / "var" / "feast" / "online.db"
+        for key in ("provider", "offline_store", "entity_key_serialization_version", "auth"):
+            assert own[key] == template[key], (name, key)

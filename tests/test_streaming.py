@@ -34,9 +34,9 @@ from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, load_spec
 from feastflow.store import open_store
 from feastflow.stream import open_event_stream
+from feature_repo.next_app.world import generate_events
 from pipelines.feast_ops import apply_repo, materialize
 from pipelines.features import compute_feature_tables
-from pipelines.generate import generate_events
 from pipelines.ingest import ingest_frame
 from serving.app import create_app
 from serving.events import EventIntake
@@ -68,10 +68,10 @@ def make_world(root: Path, db: int, seed: int, users: int = 8, days: int = 4) ->
     raw = generate_events(users=users, days=days, seed=seed)
     cut = raw["timestamp"].quantile(0.7)
     history, live = raw[raw["timestamp"] < cut], raw[raw["timestamp"] >= cut]
-    ingest_frame(history, settings.events_dir, SECRET)
-    compute_feature_tables(spec, settings.events_dir, settings.features_dir / spec.name)
-    apply_repo(settings)
-    materialize(settings)
+    ingest_frame(history, spec.event_log, settings.events_dir(spec.name), SECRET)
+    compute_feature_tables(settings, spec)
+    apply_repo(settings, spec.name)
+    materialize(settings, spec.name)
     return StreamWorld(settings, spec, history, live.reset_index(drop=True))
 
 
@@ -90,12 +90,12 @@ def drain(processor: StreamProcessor) -> None:
 
 
 def logged_event_ids(settings: Settings) -> pd.Series:
-    return read_events(settings.events_dir, ["event_id"])["event_id"]
+    return read_events(settings.events_dir("next_app"), ["event_id"])["event_id"]
 
 
 def online_values(settings: Settings, users: list[str], pairs: list[tuple[str, str]]
                   ) -> dict[str, list]:
-    store = open_store(settings)
+    store = open_store(settings, "next_app")
     last = store.get_online_features(LAST_APP, [{"user_id": u} for u in users]).to_dict()
     recency = store.get_online_features(
         RECENCY, [{"user_id": u, "app": a} for u, a in pairs]).to_dict() if pairs else {
@@ -108,7 +108,7 @@ def online_values(settings: Settings, users: list[str], pairs: list[tuple[str, s
 def offline_values(settings: Settings, users: list[str], pairs: list[tuple[str, str]],
                    at: pd.Timestamp) -> dict[str, list]:
     """The offline point-in-time join (Feast's get_historical_features) at `at`."""
-    store = open_store(settings)
+    store = open_store(settings, "next_app")
     last = store.get_historical_features(
         entity_df=pd.DataFrame({"user_id": users, "event_timestamp": at}), features=LAST_APP
     ).to_df().set_index("user_id").loc[users]
@@ -149,7 +149,7 @@ def skew_world(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Stre
 
 def test_streamed_features_equal_the_offline_point_in_time_join(skew_world: StreamWorld) -> None:
     world, settings = skew_world, skew_world.settings
-    intake = EventIntake(open_event_stream(settings, world.spec.name), SECRET)
+    intake = EventIntake(open_event_stream(settings, world.spec.name), SECRET, world.spec.event_log)
     processor = build_processor(settings, world.spec)
     assert processor.seed_from_log() == world.history["user_id"].nunique()
     raw_users = sorted(world.history["user_id"].unique())
@@ -179,7 +179,7 @@ def test_streamed_features_equal_the_offline_point_in_time_join(skew_world: Stre
     assert not ids.duplicated().any()
     assert set(ids) == set(world.history["event_id"]) | set(world.live["event_id"])
     # training recomputes the real-time tables from that log with the same function ...
-    compute_feature_tables(world.spec, settings.events_dir, settings.features_dir / world.spec.name)
+    compute_feature_tables(settings, world.spec)
     # ... and the offline point-in-time join equals what was online at every checkpoint
     for at, online in checkpoints:
         assert online == offline_values(settings, users, pairs, at), f"skew at {at}"
@@ -195,7 +195,7 @@ def test_a_feature_computed_differently_online_is_caught_by_the_skew_check(
     user = hash_user_id(skew_world.history["user_id"].iloc[0], SECRET)
     at = skew_world.live["timestamp"].max() + pd.Timedelta(microseconds=1)
     truth = offline_values(settings, [user], [], at)
-    store = open_store(settings)
+    store = open_store(settings, "next_app")
     fields = [f.name for f in store.get_feature_view("user_last_app_fv").features]
     row = store.get_online_features([f"user_last_app_fv:{f}" for f in fields],
                                     [{"user_id": user}]).to_df()
@@ -222,7 +222,7 @@ def test_a_processor_killed_mid_stream_applies_and_logs_every_event_once(
     world = make_world(tmp_path, db=12, seed=41)
     settings = world.settings
     stream = open_event_stream(settings, world.spec.name)
-    intake = EventIntake(stream, SECRET)
+    intake = EventIntake(stream, SECRET, world.spec.event_log)
     payload = as_payload(world.live)
     for i in range(0, len(payload), 200):
         assert intake.submit(payload[i:i + 200]).accepted == len(payload[i:i + 200])
@@ -265,7 +265,7 @@ def test_a_processor_killed_mid_stream_applies_and_logs_every_event_once(
     per_user = pd.concat([world.history, world.live])["user_id"].value_counts()
     assert [states[h].applied for h in hashed] == [int(per_user[u]) for u in users]
     # and the online features are the offline point-in-time values over the resulting log
-    compute_feature_tables(world.spec, settings.events_dir, settings.features_dir / world.spec.name)
+    compute_feature_tables(settings, world.spec)
     pairs = sorted({(hash_user_id(u, SECRET), a) for u, a in
                     zip(world.live["user_id"], world.live["app"], strict=True)})
     at = world.live["timestamp"].max() + pd.Timedelta(microseconds=1)

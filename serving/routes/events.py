@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from feastflow.stream import StreamUnavailable
-from serving.routes.common import error_response, json_response, require_key, state
+from serving.routes.common import error_response, json_response, require_key, state, use_case_of
 
 
 async def post_events(request: Request) -> Response:
@@ -21,8 +21,15 @@ async def post_events(request: Request) -> Response:
     if (denied := require_key(request)) is not None:
         return denied
     app = state(request)
-    if app.intake is None:
-        return json_response({"detail": "event intake is not available: see /readyz"}, 503)
+    uc, refused = use_case_of(request)
+    if refused is not None:
+        return refused
+    assert uc is not None
+    if uc.intake is None:
+        reason = ("it has no real-time features" if uc.spec is not None and uc.spec.realtime is None
+                  else "see /readyz")
+        return json_response({"detail": f"event intake of {uc.name!r} is not available: "
+                                        f"{reason}"}, 503)
     try:
         payload = orjson.loads(await request.body())
     except orjson.JSONDecodeError as e:
@@ -33,17 +40,17 @@ async def post_events(request: Request) -> Response:
     limit = app.settings.max_events_per_request
     if len(events) > limit:
         return error_response(["body", "events"], f"at most {limit} events per request")
-    if app.stream_processor is not None:
-        app.stream_processor.ensure_started()
+    if uc.stream_processor is not None:
+        uc.stream_processor.ensure_started()
     try:
-        result = await asyncio.to_thread(app.intake.submit, events)
+        result = await asyncio.to_thread(uc.intake.submit, events)
     except StreamUnavailable:
-        app.metrics.error("event_stream")
+        uc.metrics.error("event_stream")
         response = json_response(
             {"detail": "the event stream is unavailable; nothing was accepted: retry later"}, 503)
         response.headers["retry-after"] = "1"
         return response
-    app.metrics.count_events(result.accepted, result.duplicates, len(result.rejected))
+    uc.metrics.count_events(result.accepted, result.duplicates, len(result.rejected))
     if not result.accepted and not result.duplicates:
         return json_response({"detail": result.rejected}, 422)
     return json_response(result.body(), 202)

@@ -1,4 +1,5 @@
-"""POST /v1/predict and GET /v1/users/{user_id}/bundle: thin handlers over PredictionService.
+"""POST /v1/{use_case}/predict (/v1/predict: the default use case) and
+GET /v1/users/{user_id}/bundle (the default ranking use case): thin handlers over the services.
 
 msgspec validates, orjson encodes; the predict endpoint is raw ASGI (see PredictEndpoint).
 """
@@ -20,25 +21,28 @@ from feastflow.privacy import hash_user_id
 from serving.logs import new_request_id, request_id
 from serving.routes.common import (
     API_KEY_HEADER,
-    AppState,
+    ServerState,
+    UseCaseState,
     error_response,
     json_response,
     key_denied,
     require_key,
     state,
     too_large,
+    use_case_of,
 )
-from serving.schemas import PredictRequest, RequestError, decode
+from serving.schemas import RequestError, decode, to_unix_us
 
 log = logging.getLogger(__name__)
 
 
 class PredictEndpoint:
-    """POST /v1/predict as a raw ASGI app: rank apps for the unlock.
+    """POST /v1/{use_case}/predict (and /v1/predict, the default use case) as a raw ASGI app.
 
     The hot path skips every framework layer it does not need (Starlette's request/response
     objects and middleware cost more than scoring here); it still tags the request id, limits
-    the body, validates with field-level 422s and never answers a valid request with a 5xx.
+    the body, validates with field-level 422s (the schema generated from the use case's
+    contract) and never answers a valid request with a 5xx.
     """
 
     def __init__(self, starlette_app: Any) -> None:
@@ -46,19 +50,29 @@ class PredictEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Read, validate, predict, answer."""
-        app: AppState = self.starlette_app.state.core
+        app: ServerState = self.starlette_app.state.core
+        name = scope.get("feastflow.use_case")
+        if name is None and "path_params" in scope:  # reached through Starlette's router
+            name = scope["path_params"].get("use_case")
+        uc = app.get(name)
         sent_id, key = None, None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
+        for header, value in scope["headers"]:
+            if header == b"x-request-id":
                 sent_id = value.decode("latin-1")
-            elif name == API_KEY_HEADER.encode():
+            elif header == API_KEY_HEADER.encode():
                 key = value.decode("latin-1")
         rid = new_request_id(sent_id)
         token = request_id.set(rid)
         try:
-            status, payload = await self._answer(app, scope, receive, key, rid)
+            if uc is None:
+                status, payload = 404, orjson.dumps(app.unknown(name or app.default))
+            elif not uc.served:
+                status, payload = 503, orjson.dumps(
+                    {"detail": f"use case {uc.name!r} is not available: {uc.unavailable}"})
+            else:
+                status, payload = await self._answer(app, uc, scope, receive, key, rid)
         except Exception:  # never echo an unexpected error; it is logged with the request id
-            log.exception("unhandled error on /v1/predict")
+            log.exception("unhandled error on %s", scope["path"])
             status, payload = 500, b'{"detail":"internal error"}'
         finally:
             request_id.reset(token)
@@ -66,10 +80,12 @@ class PredictEndpoint:
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload)),
             (b"x-request-id", rid.encode())]})
         await send({"type": "http.response.body", "body": payload})
-        app.metrics.observe_request("predict", status, time.perf_counter() - started_at(scope))
+        metrics = uc.metrics if uc is not None else app.unknown_metrics
+        if metrics is not None:
+            metrics.observe_request("predict", status, time.perf_counter() - started_at(scope))
 
-    async def _answer(self, app: AppState, scope: Scope, receive: Receive, key: str | None,
-                      rid: str) -> tuple[int, bytes]:
+    async def _answer(self, app: ServerState, uc: UseCaseState, scope: Scope, receive: Receive,
+                      key: str | None, rid: str) -> tuple[int, bytes]:
         settings = app.settings
         if settings.predict_requires_key and (denied := key_denied(settings.api_key, key)):
             return denied[0], orjson.dumps({"detail": denied[1]})
@@ -83,19 +99,37 @@ class PredictEndpoint:
             chunks.append(chunk)
             more = message.get("more_body", False)
         try:
-            body = decode(b"".join(chunks), PredictRequest)
-            unix_us = body.unix_us()
+            body = decode(b"".join(chunks), uc.request_type)
+            unix_us = to_unix_us(body.timestamp)
         except RequestError as e:
             return 422, orjson.dumps({"detail": e.detail})
-        user_hash = hash_user_id(body.user_id, settings.user_hash_secret)
+        entity = getattr(body, uc.entity)
+        if uc.hash_entity:
+            entity = hash_user_id(str(entity), settings.user_hash_secret)
         context = msgspec.structs.asdict(body.context)
-        answer = await app.service.predict(user_hash, unix_us, context, body.k, rid)
-        return 200, orjson.dumps({
-            "apps": [{"app": a, "score": s} for a, s in zip(answer.items, answer.scores, strict=True)],
-            "model_version": answer.model_version, "variant": answer.variant,
-            "known_user": answer.known_user, "fallback": answer.fallback, "cached": answer.cached,
-            "latency_ms": round((time.perf_counter() - started_at(scope)) * 1000, 3),
-        })
+        service = uc.service
+        assert service is not None
+        task = uc.task
+        if task == "ranking":
+            answer = await service.predict(entity, unix_us, context, body.k, rid)
+            item = uc.item_key
+            return 200, orjson.dumps({
+                uc.items_key: [{item: a, "score": s}
+                               for a, s in zip(answer.items, answer.scores, strict=True)],
+                "model_version": answer.model_version, "variant": answer.variant,
+                "known_user": answer.known_user, "fallback": answer.fallback,
+                "cached": answer.cached,
+                "latency_ms": round((time.perf_counter() - started_at(scope)) * 1000, 3),
+            })
+        answer = await service.predict(entity, unix_us, context, 1, rid)
+        value = answer.scores[0] if answer.scores else None
+        out: dict[str, Any] = (
+            {"score": value, "decision": answer.decision} if task == "binary_classification"
+            else {"prediction": value})
+        out.update(model_version=answer.model_version, variant=answer.variant,
+                   known=answer.known_user, fallback=answer.fallback, cached=answer.cached,
+                   latency_ms=round((time.perf_counter() - started_at(scope)) * 1000, 3))
+        return 200, orjson.dumps(out)
 
 
 def started_at(scope: Scope) -> float:
@@ -103,8 +137,12 @@ def started_at(scope: Scope) -> float:
     return scope.get("feastflow.started", time.perf_counter())
 
 
+_PREFIX, _SUFFIX = "/v1/", "/predict"
+
+
 class FastPath:
-    """The outermost ASGI app: POST /v1/predict straight to its endpoint, the rest to Starlette."""
+    """The outermost ASGI app: POST /v1/predict and /v1/{use_case}/predict straight to their
+    endpoint, the rest to Starlette."""
 
     def __init__(self, starlette_app: Any, predict: PredictEndpoint, rest: ASGIApp) -> None:
         self.starlette_app = starlette_app  # tests and tools reach `.state` through it
@@ -113,11 +151,21 @@ class FastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one connection event."""
-        if scope["type"] == "http" and scope["path"] == "/v1/predict" and scope["method"] == "POST":
-            scope["feastflow.started"] = time.perf_counter()
-            await self.predict(scope, receive, send)
-        else:
-            await self.rest(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path == "/v1/predict":
+                scope["feastflow.started"] = time.perf_counter()
+                scope["feastflow.use_case"] = None
+                await self.predict(scope, receive, send)
+                return
+            if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
+                name = path[4:-8]
+                if name and "/" not in name:
+                    scope["feastflow.started"] = time.perf_counter()
+                    scope["feastflow.use_case"] = name
+                    await self.predict(scope, receive, send)
+                    return
+        await self.rest(scope, receive, send)
 
     @property
     def state(self) -> Any:
@@ -126,12 +174,19 @@ class FastPath:
 
 
 async def bundle(request: Request) -> Response:
-    """The user's top apps for each of the next 24 hours (from `?start=`, default now), for a
+    """The user's top items for each of the next 24 hours (from `?start=`, default now), for a
     device that goes offline."""
     started = time.perf_counter()
     app = state(request)
     if app.settings.predict_requires_key and (denied := require_key(request)) is not None:
         return denied
+    uc, refused = use_case_of(request)
+    if refused is not None:
+        return refused
+    assert uc is not None and uc.service is not None
+    if uc.task != "ranking":
+        return json_response({"detail": f"use case {uc.name!r} is a {uc.task}: bundles are "
+                                        "ranked lists, for ranking use cases only"}, 404)
     user_id = request.path_params["user_id"]
     try:
         k = int(request.query_params.get("k", "4"))
@@ -154,12 +209,12 @@ async def bundle(request: Request) -> Response:
                                   "start must be an ISO 8601 time between 1970 and 9998")
     start_us = int(start.replace(minute=0, second=0, microsecond=0).timestamp()) * 1_000_000
     user_hash = hash_user_id(user_id, app.settings.user_hash_secret)
-    answer, hours = await app.service.bundle(user_hash, start_us, k)
-    app.metrics.observe_request("bundle", 200, time.perf_counter() - started)
+    answer, hours = await uc.service.bundle(user_hash, start_us, k)
+    uc.metrics.observe_request("bundle", 200, time.perf_counter() - started)
     return json_response({
         "generated_at": now.isoformat(),
         "hours": [{"starts_at": datetime.fromtimestamp(start_us / 1e6 + h * 3600, UTC).isoformat(),
-                   "apps": apps} for h, apps in enumerate(hours)],
+                   uc.items_key: items} for h, items in enumerate(hours)],
         "model_version": answer.model_version, "known_user": answer.known_user,
         "fallback": answer.fallback, "precomputed": answer.cached,
     })

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from feastflow.events import EVENT_COLUMNS
+# the raw event columns of next_app's data contract (model.yaml), in order
+EVENT_COLUMNS = ["event_id", "user_id", "timestamp", "app", "secs_since_prev_unlock",
+                 "session_seconds", "location", "battery", "charging", "network", "os_version"]
 
 # category -> named apps; the long tail adds generic apps to reach ~100.
 NAMED_APPS: dict[str, list[str]] = {
@@ -525,3 +527,14 @@ def generate_events(users: int, days: int, seed: int, start: str | pd.Timestamp 
         "datetime64[us, UTC]"
     )
     return events.sort_values(["timestamp", "event_id"], ignore_index=True)[EVENT_COLUMNS]
+
+
+def generate_world(users: int, days: int, seed: int, start: str | pd.Timestamp = "2026-01-05",
+                   drift_day: int | None = None, on_user: Callable[[int], None] | None = None,
+                   **drift_options: float) -> pd.DataFrame:
+    """The use case's generator (model.yaml `generator`): `generate_events` with an optional
+    drift from `drift_day`, tuned by Drift's fields (adopt_share, shift_share, ...)."""
+    if drift_options and drift_day is None:
+        raise ValueError(f"drift options {sorted(drift_options)} need a drift day")
+    drift = None if drift_day is None else Drift(drift_day, **drift_options)  # type: ignore[arg-type]
+    return generate_events(users, days, seed, start, on_user, drift=drift)

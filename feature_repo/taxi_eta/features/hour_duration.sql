@@ -1,0 +1,18 @@
+-- Durations of all trips at each hour of day (the pickup's UTC hour, which is Chicago
+-- local time).
+-- One row per key and moment a new duration became known (label_known_at), over every
+-- duration of the key known by then. RANGE frame: durations known at the same instant are
+-- peers, so each of their rows counts them all, and one of those rows is kept.
+WITH hours AS (SELECT *, hour(timestamp)::BIGINT AS hour_of_day FROM labels)
+SELECT hour_of_day,
+    label_known_at AS event_timestamp, label_known_at AS created_timestamp,
+    count(*) OVER w AS hour_trips,
+    median(trip_seconds) OVER w AS hour_median_seconds,
+    avg(trip_seconds) OVER w AS hour_mean_seconds,
+    quantile_cont(trip_seconds, 0.25) OVER w AS hour_p25_seconds,
+    quantile_cont(trip_seconds, 0.75) OVER w AS hour_p75_seconds,
+    avg(ln(trip_seconds)) OVER w AS hour_mean_log_seconds
+FROM hours
+WINDOW w AS (PARTITION BY hour_of_day
+             ORDER BY label_known_at RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+QUALIFY row_number() OVER (PARTITION BY hour_of_day, label_known_at ORDER BY event_id) = 1

@@ -1,0 +1,106 @@
+"""Holdout metrics of each task, for the model and its baselines alike (pure functions).
+
+- ranking: top-k hit rate, NDCG@k and recall@k (one relevant item per request), candidate recall;
+- binary classification: ROC AUC, average precision, log loss, Brier score, precision and recall
+  at the declared threshold, or of each day's `daily_budget` highest scores;
+- regression: MAE, RMSE, MAPE (over labels != 0), R².
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from feastflow.ranking import LABEL, REQUEST_ID
+from feastflow.spec import ModelSpec
+
+
+def hit_rates(scored: pd.DataFrame, n_requests: int, ks: tuple[int, ...] = (1, 4)
+              ) -> dict[str, float]:
+    """top-k hit rate, NDCG@k and recall@k over all requests (a request whose answer is not a
+    candidate is a miss), and candidate recall."""
+    if n_requests == 0:
+        raise ValueError("no holdout requests to evaluate")
+    ranked = scored.sort_values([REQUEST_ID, "score"], ascending=[True, False], kind="stable")
+    position = ranked.groupby(REQUEST_ID).cumcount() + 1
+    hits = ranked.loc[ranked[LABEL] == 1, REQUEST_ID].to_frame().assign(
+        position=position[ranked[LABEL] == 1]
+    )
+    first = hits.groupby(REQUEST_ID)["position"].min()
+    out = {}
+    for k in ks:
+        found = first[first <= k]
+        out[f"top{k}"] = float(len(found) / n_requests)
+        # one relevant item per request: recall@k is the hit rate, NDCG@k is 1/log2(1 + rank)
+        out[f"recall{k}"] = out[f"top{k}"]
+        out[f"ndcg{k}"] = float((1.0 / np.log2(1.0 + found.to_numpy())).sum() / n_requests)
+    out["candidate_recall"] = float(hits[REQUEST_ID].nunique() / n_requests)
+    return out
+
+
+def list_metrics(suggestions: list[list[str]], actual: list[str], ks: tuple[int, ...]
+                 ) -> dict[str, float]:
+    """The ranking metrics of fixed suggestion lists (baselines), the same as `hit_rates`."""
+    out: dict[str, float] = {}
+    ranks = [s.index(a) + 1 if a in s else None for s, a in zip(suggestions, actual, strict=True)]
+    n = len(actual)
+    for k in ks:
+        found = [r for r in ranks if r is not None and r <= k]
+        out[f"top{k}"] = len(found) / n
+        out[f"recall{k}"] = out[f"top{k}"]
+        out[f"ndcg{k}"] = float(sum(1.0 / np.log2(1.0 + r) for r in found) / n)
+    return out
+
+
+def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5,
+                           days: np.ndarray | None = None, daily_budget: int | None = None
+                           ) -> dict[str, float]:
+    """Binary classification metrics of scores in [0, 1] against 0/1 labels."""
+    y = np.asarray(labels, dtype=float)
+    p = np.clip(np.asarray(scores, dtype=float), 1e-15, 1 - 1e-15)
+    if len(np.unique(y)) < 2:
+        raise ValueError("the holdout holds one class only: ROC AUC is undefined; widen it")
+    flagged = p >= threshold
+    out = {
+        "roc_auc": float(skm.roc_auc_score(y, p)),
+        "average_precision": float(skm.average_precision_score(y, p)),
+        "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y, p)),
+        "precision_at_threshold": float(y[flagged].mean()) if flagged.any() else 0.0,
+        "recall_at_threshold": float(y[flagged].sum() / max(y.sum(), 1)),
+    }
+    if daily_budget is not None and days is not None:
+        frame = pd.DataFrame({"y": y, "p": p, "day": days})
+        top = frame.sort_values("p", ascending=False, kind="stable").groupby("day").head(daily_budget)
+        out["precision_at_budget"] = float(top["y"].mean())
+        out["recall_at_budget"] = float(top["y"].sum() / max(y.sum(), 1))
+    return out
+
+
+def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Regression metrics of predictions against labels."""
+    y = np.asarray(labels, dtype=float)
+    yhat = np.asarray(predictions, dtype=float)
+    error = yhat - y
+    nonzero = y != 0
+    return {
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error ** 2).mean())),
+        "mape": float(np.abs(error[nonzero] / y[nonzero]).mean()) if nonzero.any() else float("nan"),
+        "r2": float(skm.r2_score(y, yhat)),
+    }
+
+
+def event_metrics(spec: ModelSpec, labels: np.ndarray, scores: np.ndarray,
+                  days: np.ndarray | None = None) -> dict[str, float]:
+    """The declared metrics (and the primary one) of a per-event task."""
+    if spec.task == "binary_classification":
+        found = classification_metrics(labels, scores, spec.threshold, days, spec.daily_budget)
+    else:
+        found = regression_metrics(labels, scores)
+    wanted = dict.fromkeys([spec.primary, *spec.metrics])
+    missing = [m for m in wanted if m not in found]
+    if missing:
+        raise ValueError(f"metrics {missing} need `daily_budget` in the spec")
+    return {m: found[m] for m in wanted}
