@@ -6,7 +6,8 @@
 - label delay: a feature computed from labels, a training row and the holdout never use a label
   before it was known (a table where breaking the delay changes the answer);
 - isolation: each use case is its own Feast project; applying or materializing one never needs
-  or touches another's views or files.
+  or touches another's views or files;
+- credit_score and taxi_eta on their real data sets, served from one server with next_app.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REDIS_TEST_URL, copy_feature_repo
 from typer.testing import CliRunner
 
 from feastflow.plugins import use_case_function
 from feastflow.privacy import hash_user_id
 from feastflow.ranking import LABEL, REQUEST_ID
 from feastflow.settings import FEATURE_REPO, Settings
-from feastflow.spec import load_spec
+from feastflow.spec import load_spec, lower_is_better
 from feastflow.store import open_store
 from pipelines.cli import app
 
@@ -242,3 +244,83 @@ def test_a_bad_spec_names_its_file_and_field(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"context 'weather' is not one of the declared columns"):
         load_spec("parcel_late", repo)
 
+
+THREE_REDIS_URL = REDIS_TEST_URL.rsplit("/", 1)[0] + "/11"
+
+
+@pytest.fixture(scope="module")
+def three_use_cases(tmp_path_factory: pytest.TempPathFactory, redis_url: str
+                    ) -> tuple[Settings, dict[str, dict]]:
+    """next_app (a small generated world), credit_score and taxi_eta (their real data sets), all
+    in one feature repo, one registry and one Redis: ingested, trained, promoted, materialized."""
+    import redis
+
+    from pipelines.feast_ops import apply_repo, materialize
+    from pipelines.features import compute_feature_tables
+    from pipelines.ingest import ingest_frame
+    from pipelines.training import evaluate_alias, train_use_case
+    from registry import lifecycle
+
+    redis.Redis.from_url(THREE_REDIS_URL).flushdb()
+    root = tmp_path_factory.mktemp("three")
+    repo = copy_feature_repo(root, holdout_days=7, train_days=21, max_train_events=1500,
+                             max_holdout_events=400)
+    settings = Settings(home=root / "var", feature_repo=repo, profile="redis",
+                        redis_url=THREE_REDIS_URL, user_hash_secret=SECRET)
+    reports = {}
+    for name in ("next_app", "credit_score", "taxi_eta"):
+        spec = load_spec(name, repo)
+        if spec.generator is not None:
+            generate = use_case_function(spec, spec.generator.module, spec.generator.function)
+            raw = generate(users=20, days=35, seed=5)
+        else:
+            raw = use_case_function(spec, spec.loader.module, spec.loader.function)(
+                settings.data_dir)
+        ingest_frame(raw, spec.event_log, settings.events_dir(name), SECRET)
+        compute_feature_tables(settings, spec)
+        apply_repo(settings, name)
+        trained = train_use_case(settings, spec, progress=lambda _: None)
+        lifecycle.promote(name, spec.gate_rules(), lower_is_better, trained.version)
+        assert lifecycle.alias_version(name, lifecycle.CHAMPION) == trained.version
+        reports[name] = evaluate_alias(settings, spec, progress=lambda _: None)
+        materialize(settings, name)
+    return settings, reports
+
+
+@pytest.mark.e2e
+def test_three_use_cases_beat_their_baselines_and_answer_from_one_server(
+        three_use_cases: tuple[Settings, dict[str, dict]]) -> None:
+    from pipelines.demo import running_server
+
+    settings, reports = three_use_cases
+    for name, report in reports.items():
+        assert set(report) == EVALUATE_KEYS and report["use_case"] == name
+        primary = report["primary_metric"]
+        for baseline, metrics in report["baselines"].items():
+            ours, theirs = report["model"][primary], metrics[primary]
+            assert (ours < theirs if lower_is_better(primary) else ours > theirs), (
+                name, baseline, ours, theirs)
+    assert reports["credit_score"]["model"]["roc_auc"] > 0.9
+    assert reports["taxi_eta"]["model"]["mae"] < 260
+
+    credit = {"dob_ssn": "19530219_5179", "timestamp": "2021-12-01T10:00:00Z",
+              "context": {"zipcode": 76104, "person_age": 22, "person_income": 59000,
+                          "person_home_ownership": "RENT", "person_emp_length": 12.0,
+                          "loan_intent": "PERSONAL", "loan_amnt": 35000, "loan_int_rate": 16.02}}
+    taxi = {"pickup_community_area": 8, "timestamp": "2017-01-02T18:00:00Z",
+            "context": {"dropoff_community_area": 32}}
+    with running_server(settings, "next_app") as url:
+        unlock = httpx.post(f"{url}/v1/predict", timeout=30, json={
+            "user_id": "someone-new", "timestamp": "2026-02-10T08:00:00Z", "k": 4,
+            "context": {"location": "home", "battery": 50, "charging": False, "network": "wifi"}})
+        loan = httpx.post(f"{url}/v1/credit_score/predict", json=credit, timeout=30)
+        trip = httpx.post(f"{url}/v1/taxi_eta/predict", json=taxi, timeout=30)
+        ready = httpx.get(f"{url}/readyz", timeout=30).json()
+    assert unlock.status_code == 200 and len(unlock.json()["apps"]) == 4
+    assert loan.status_code == 200, loan.text
+    assert loan.json()["fallback"] is None and loan.json()["decision"] in ("approve", "deny")
+    assert 0 <= loan.json()["score"] <= 1
+    assert trip.status_code == 200, trip.text
+    assert trip.json()["fallback"] is None and 60 < trip.json()["prediction"] < 7200
+    served = {name: entry["models"].get("champion") for name, entry in ready["use_cases"].items()}
+    assert all(served[name] for name in ("next_app", "credit_score", "taxi_eta")), ready
