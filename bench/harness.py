@@ -127,14 +127,16 @@ def home_env(home: Path, redis_url: str) -> dict[str, str]:
     return {**os.environ, "FEASTFLOW_HOME": str(home), "FEASTFLOW_PROFILE": "redis", "REDIS_URL": redis_url}
 
 
-def feast_yaml(home: Path, redis_url: str, folder: Path) -> Path:
-    """What feastflow.store.repo_config does for the redis profile, as a file with absolute paths."""
+def feast_yaml(home: Path, redis_url: str, folder: Path, use_case: str) -> Path:
+    """What feastflow.store.repo_config does for the redis profile, as a file with absolute paths
+    (the use case is its Feast project)."""
     import yaml
 
     from feastflow.settings import FEATURE_REPO
     from feastflow.store import PROFILE_YAML, redis_connection_string
 
     raw = yaml.safe_load(os.path.expandvars((FEATURE_REPO / PROFILE_YAML["redis"]).read_text()))
+    raw["project"] = use_case
     raw["registry"]["path"] = f"sqlite:///{home / 'feast' / 'registry.db'}"  # the home's own registry
     raw["online_store"]["connection_string"] = redis_connection_string(redis_url)
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,8 +145,8 @@ def feast_yaml(home: Path, redis_url: str, folder: Path) -> Path:
     return path
 
 
-def start_feast_serve(home: Path, redis_url: str, work: Path, max_requests: int = 0
-                      ) -> tuple[Process, str]:
+def start_feast_serve(home: Path, redis_url: str, work: Path, use_case: str,
+                      max_requests: int = 0) -> tuple[Process, str]:
     """`feast serve` (one worker, no access log) over the home's registry; ready when /health is 200.
 
     max_requests 0: no worker recycling (Feast's default, 1000, restarts the worker every ~1,000
@@ -155,13 +157,15 @@ def start_feast_serve(home: Path, redis_url: str, work: Path, max_requests: int 
     from feastflow.settings import FEATURE_REPO
 
     port = free_port()
-    yaml_path = feast_yaml(home, redis_url, work / "feast_repo")
-    cmd = [str(VENV_BIN / "feast"), "-c", str(FEATURE_REPO), "-f", str(yaml_path), "serve", "--host",
+    yaml_path = feast_yaml(home, redis_url, work / "feast_repo", use_case)
+    cmd = [str(VENV_BIN / "feast"), "-c", str(FEATURE_REPO / use_case), "-f", str(yaml_path), "serve",
+           "--host",
            "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", "1",
            "--max-requests", str(max_requests)]
     env = home_env(home, redis_url)
     env.pop("FEATURE_STORE_YAML_BASE64", None)  # it would win over -f
-    process = Process("feast serve", cmd, work / "feast_serve.log", env=env, cwd=FEATURE_REPO).start()
+    process = Process("feast serve", cmd, work / "feast_serve.log", env=env,
+                      cwd=FEATURE_REPO / use_case).start()
     base = f"http://127.0.0.1:{port}"
     log(f"feast serve on {base}: {' '.join(cmd[1:])}")
     deadline = time.monotonic() + 120

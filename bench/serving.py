@@ -137,38 +137,40 @@ def ensure_home(home: Path, redis: RedisServer, spec: ModelSpec, users: int, day
     """Build the home with `feastflow demo` unless it is built; refill an empty Redis."""
     env = home_env(home, redis.url)
     built = (champion_version(home, spec.registered_model_name) is not None
-             and (home / "feast" / "registry.db").exists() and (home / "events").is_dir())
+             and (home / "feast" / "registry.db").exists()
+             and (home / "events" / spec.name).is_dir())
     if not built:
         log(f"building the home {home}: feastflow demo --users {users} --days {days} (2-3 min)")
-        subprocess.run([*feastflow_cmd(), "demo", "--users", str(users), "--days", str(days)],
+        subprocess.run([*feastflow_cmd(), "demo", "-u", spec.name, "--users", str(users),
+                        "--days", str(days)],
                        env=env, cwd=PROJECT_ROOT, stdout=sys.stderr, stderr=sys.stderr, check=True)
     else:
         # The registry must hold this checkout's definitions (e.g. an on-demand view's mode
         # decides how fast Feast serves it): apply them again, as `feast apply` would.
         log(f"reusing the built home {home}: feastflow apply")
-        subprocess.run([*feastflow_cmd(), "apply"], env=env, cwd=PROJECT_ROOT, stdout=sys.stderr,
-                       stderr=sys.stderr, check=True)
+        subprocess.run([*feastflow_cmd(), "apply", "-u", spec.name], env=env, cwd=PROJECT_ROOT,
+                       stdout=sys.stderr, stderr=sys.stderr, check=True)
         # An empty Redis gets everything; otherwise the last days go online again, as the nightly
         # job would have put them (see check_fresh).
         since = [] if redis.dbsize() == 0 else [
-            "--start", f"{newest_event_day(home) - pd.Timedelta(days=2):%Y-%m-%d}"]
+            "--start", f"{newest_event_day(home, spec.name) - pd.Timedelta(days=2):%Y-%m-%d}"]
         log(" ".join(["feastflow materialize", *since]))
-        subprocess.run([*feastflow_cmd(), "materialize", *since], env=env, cwd=PROJECT_ROOT,
-                       stdout=sys.stderr, stderr=sys.stderr, check=True)
+        subprocess.run([*feastflow_cmd(), "materialize", "-u", spec.name, *since], env=env,
+                       cwd=PROJECT_ROOT, stdout=sys.stderr, stderr=sys.stderr, check=True)
     log(f"Redis holds {redis.dbsize():,} keys; champion is v{champion_version(home, spec.name)}")
 
 
-def event_days(home: Path) -> list[Path]:
-    """The home's event log partitions (date=YYYY-MM-DD), oldest first."""
-    days = sorted((home / "events").glob("date=*"))
+def event_days(home: Path, use_case: str) -> list[Path]:
+    """The use case's event log partitions (date=YYYY-MM-DD) in the home, oldest first."""
+    days = sorted((home / "events" / use_case).glob("date=*"))
     if not days:
-        raise FileNotFoundError(f"no event log under {home / 'events'}")
+        raise FileNotFoundError(f"no event log under {home / 'events' / use_case}")
     return days
 
 
-def newest_event_day(home: Path) -> pd.Timestamp:
-    """The newest day of the home's event log."""
-    return pd.Timestamp(event_days(home)[-1].name.partition("=")[2])
+def newest_event_day(home: Path, use_case: str) -> pd.Timestamp:
+    """The newest day of the use case's event log."""
+    return pd.Timestamp(event_days(home, use_case)[-1].name.partition("=")[2])
 
 
 # --- the request pool -------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class Unlock:
     when: pd.Timestamp
 
 
-def last_day_events(home: Path, secret: str) -> pd.DataFrame:
+def last_day_events(home: Path, secret: str, use_case: str) -> pd.DataFrame:
     """The last full day's unlocks with raw user ids: from <home>/raw/ if there, else the log."""
     raw_files = sorted((home / "raw").glob("*.parquet")) + sorted((home / "raw").glob("*.csv"))
     if raw_files:
@@ -193,7 +195,7 @@ def last_day_events(home: Path, secret: str) -> pd.DataFrame:
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
         last = frame["timestamp"].dt.floor("D").max()
         return frame[frame["timestamp"] >= last].reset_index(drop=True)
-    days = event_days(home)
+    days = event_days(home, use_case)
     # The last day of the world: a few events streamed after its end (the demo posts some) do
     # not make a day, so take the latest of the last three days with at least half the busiest's.
     frames = [pd.concat([pd.read_parquet(f) for f in sorted(day.glob("hour=*/*.parquet"))],
@@ -1038,7 +1040,7 @@ def analyse_faults(faults: FaultLog, load: dict[str, Any]) -> dict[str, Any]:
 def run_feast(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: RedisServer, work: Path,
               pool: list[Unlock], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
     """Start `feast serve`, build its two workloads from the pool, measure both, stop it."""
-    process, base = start_feast_serve(home, redis.url, work, args.feast_max_requests)
+    process, base = start_feast_serve(home, redis.url, work, spec.name, args.feast_max_requests)
     stack.callback(process.stop)
     known = [u for u in pool if u.known]
     with httpx.Client(base_url=base, timeout=60) as client:
@@ -1181,7 +1183,7 @@ def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
         redis.start()
         log(f"private redis-server on port {redis.port}, data in {redis.data_dir}")
         ensure_home(home, redis, spec, args.users, args.days)
-        events = last_day_events(home, secret)
+        events = last_day_events(home, secret, spec.name)
         pool = build_pool(events, args.pool, args.unknown_share, secret, args.seed)
         log(f"{len(pool):,} request bodies from {len(events):,} unlocks of "
             f"{events['timestamp'].min():%Y-%m-%d} (replayed a day later), "

@@ -364,7 +364,7 @@ def main() -> None:
                 "double_applied": max(checks["double_applied"], checks["double_logged"]),
                 **load, **checks}
 
-        feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work)
+        feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work, "next_app")
         processes.append(feast_process)
         feast_tracker, feast_load, _ = run_load(feast_url, args, settings, "feast", feast_push_request,
                                                 {})

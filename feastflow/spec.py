@@ -331,7 +331,7 @@ class RetrainSpec(_Strict):
     train_days: int = Field(default=28, ge=7)
 
 
-RANKING_METRICS = frozenset({"top1", "candidate_recall", "ndcg", "recall"})
+RANKING_METRICS = frozenset({"top1", "candidate_recall"})  # and top<k>, ndcg<k>, recall<k>
 CLASSIFICATION_METRICS = frozenset({"roc_auc", "average_precision", "log_loss", "brier",
                                     "precision_at_threshold", "recall_at_threshold",
                                     "precision_at_budget", "recall_at_budget"})
@@ -395,6 +395,9 @@ class ModelSpec(_Strict):
             if name not in known:
                 raise ValueError(f"metric {name!r} does not apply to task {self.task}; "
                                  f"use one of {', '.join(sorted(known))}")
+        budget = [m for m in (*self.metrics, self.primary) if m.endswith("_at_budget")]
+        if budget and self.daily_budget is None:
+            raise ValueError(f"metrics {budget} need `daily_budget` (how many a day are flagged)")
         for name, baseline in self.baselines.items():
             if baseline.kind not in _BASELINES_OF_TASK[self.task]:
                 raise ValueError(f"baseline {name!r}: kind {baseline.kind} does not apply to "
