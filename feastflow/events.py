@@ -64,7 +64,12 @@ def _to_bool(series: pd.Series) -> pd.Series:
 
 
 def _is_empty(series: pd.Series) -> np.ndarray:
-    text = series.astype("string").str.strip()
+    if series.dtype != object and not pd.api.types.is_string_dtype(series.dtype):
+        return series.isna().to_numpy()  # numbers, flags, times: only missing is empty
+    return _is_blank(series.astype("string").str.strip())
+
+
+def _is_blank(text: pd.Series) -> np.ndarray:
     return np.asarray((text.isna() | (text == "")).fillna(True), dtype=bool)
 
 
@@ -92,7 +97,7 @@ class _Checker:
 
     def string(self, name: str, column: ColumnSpec) -> None:
         text = self.frame[name].astype("string").str.strip()
-        empty = _is_empty(self.frame[name])
+        empty = _is_blank(text)
         if not column.nullable:
             self.reject(empty, name, "required value is empty")
         if column.pattern is not None:
