@@ -17,7 +17,7 @@ reference (its holdout's model inputs and top predictions, logged with the model
 The statistics are written here on numpy/scipy rather than taken from Evidently: Evidently's PSI
 bins the reference and the current data together, while bins must come from the reference
 alone for readings to compare from one run to the next; and the skew and accuracy checks need
-our own log and Feast's joins anyway (see README, "Monitoring and retraining").
+our own log and Feast's joins anyway (see docs/design.md, "Monitoring and retraining").
 """
 
 from __future__ import annotations
