@@ -304,12 +304,15 @@ class PredictionService:
         popular = self.popular.get(hour)
         if popular:
             return _ranked(popular, variant, version, False, "popular_at_hour")
+        self._warn_static_default(reason)
+        return _ranked(self.static_default, variant, version, False, "static_default")
+
+    def _warn_static_default(self, reason: str) -> None:
         now = time.monotonic()
         if now - self._static_warned_at > 10:  # one line per 10 s, not one per request
             self._static_warned_at = now
             log.warning("static default answered (counted in feastflow_fallbacks_total): %s",
                         reason)
-        return _ranked(self.static_default, variant, version, False, "static_default")
 
     def _after(self, model: ServedModel | None, answer: Answer, user_hash: str, unix_us: int,
                context: Mapping[str, Any], request_id: str, latency_s: float) -> None:
@@ -559,11 +562,7 @@ class EventService(PredictionService):
             if stale is not None:
                 return Answer([], stale.scores, variant, version, stale.known_user, "cache",
                               decision=stale.decision)
-        now = time.monotonic()
-        if now - self._static_warned_at > 10:  # one line per 10 s, not one per request
-            self._static_warned_at = now
-            log.warning("static default answered (counted in feastflow_fallbacks_total): %s",
-                        reason)
+        self._warn_static_default(reason)
         scores, decision = self.default
         return Answer([], list(scores), variant, version, False, "static_default",
                       decision=decision)
