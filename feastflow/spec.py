@@ -6,7 +6,7 @@ Pipelines read the spec and never name a use case; adding one means adding a fol
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -215,6 +215,9 @@ class ModelAlgoSpec(_Strict):
     extra_features: list[str] = Field(
         default_factory=list, description="model inputs that are not Feast features"
     )
+    exclude_features: list[str] = Field(
+        default_factory=list, description="features of the service that are not model inputs "
+        "(inputs of on-demand views, such as absolute times)")
 
 
 class SplitSpec(_Strict):
@@ -259,6 +262,35 @@ class BaselineSpec(_Strict):
         if (self.kind == "feature") != (self.feature is not None):
             raise ValueError("`feature` is required with kind feature, and only then")
         return self
+
+
+class ProtocolBaselineSpec(_Strict):
+    """A published model re-run under a protocol: scikit-learn with the publication's settings."""
+
+    kind: Literal["random_forest", "logistic_regression", "decision_tree"]
+    features: list[str] = Field(description="its inputs, as the publication lists them")
+    params: dict[str, Any] = Field(default_factory=dict, description="constructor arguments")
+    scale: bool = Field(default=True, description="standardise inputs on the training rows")
+
+
+class ProtocolSpec(_Strict):
+    """A published evaluation protocol, prequential: for each fold, `train_days` of events from
+    its start, `delay_days` unseen (labels not known yet), then `test_days` to test on."""
+
+    description: str = ""
+    test_folds: list[date] = Field(min_length=1, description="each test fold's training start")
+    validation_folds: list[date] = Field(
+        default_factory=list, description="folds for choices (features, parameters), never test")
+    train_days: int = Field(default=7, ge=1)
+    delay_days: int = Field(default=7, ge=0)
+    test_days: int = Field(default=7, ge=1)
+    exclude_known_positives: bool = Field(
+        default=True, description="drop from each test day the entities with a positive label "
+        "known by then (from the fold's start: the day before minus delay_days)")
+    top_k: int = Field(default=100, ge=1, description="entities per day for precision@k")
+    id_column: str = Field(description="the event column that names a prediction in the CSV")
+    id_header: str | None = Field(default=None, description="its CSV header (default: its name)")
+    baselines: dict[str, ProtocolBaselineSpec] = Field(default_factory=dict)
 
 
 class GateSpec(_Strict):
@@ -370,6 +402,8 @@ class ModelSpec(_Strict):
     serving: ServingSpec = ServingSpec()
     monitor: MonitorSpec = MonitorSpec()
     retrain: RetrainSpec = RetrainSpec()
+    protocols: dict[str, ProtocolSpec] = Field(
+        default_factory=dict, description="published protocols `evaluate --protocol` runs")
     source_dir: Path | None = None
 
     @model_validator(mode="after")

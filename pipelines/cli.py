@@ -234,12 +234,22 @@ def evaluate(
     use_case: UseCase = None,
     alias: Annotated[str, typer.Option(help="champion or challenger")] = "champion",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    protocol: Annotated[str | None, typer.Option(
+        help="run a published protocol of model.yaml `protocols:` instead (fits per fold)")] = None,
+    validation: Annotated[bool, typer.Option(
+        "--validation", help="with --protocol: its validation folds, not its test folds")] = False,
+    predictions: Annotated[Path | None, typer.Option(
+        help="with --protocol: write every test prediction to this CSV")] = None,
 ) -> None:
-    """Evaluate the aliased model on the holdout against the baselines."""
+    """Evaluate the aliased model on the holdout against the baselines, or run a protocol."""
     from pipelines.training import evaluate_alias
     from registry.lifecycle import RegistryError
 
     settings = _settings(ctx)
+    if protocol is not None:
+        _evaluate_protocol(settings, _spec(settings, use_case), protocol, validation, predictions,
+                           as_json)
+        return
     try:
         report = evaluate_alias(settings, _spec(settings, use_case), alias,
                                 progress=lambda m: console.print(m))
@@ -250,6 +260,33 @@ def evaluate(
         typer.echo(json.dumps(report))
     else:
         console.print(metrics_table(report))
+
+
+def _evaluate_protocol(settings: Settings, spec: ModelSpec, name: str, validation: bool,
+                       predictions: Path | None, as_json: bool) -> None:
+    from pipelines.protocols import run_protocol, write_predictions
+
+    try:
+        report, scored = run_protocol(settings, spec, name, validation,
+                                      progress=lambda m: console.print(m))
+    except (KeyError, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    if predictions is not None:
+        write_predictions(scored, predictions)
+        console.print(f"{len(scored):,} predictions written to {predictions}")
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    metric_names = [m for m in report["model"] if m != "folds"]
+    table = Table(title=f"{spec.name}: protocol {name}, mean over "
+                  f"{len(report['model']['folds'])} {report['folds_kind']} folds")
+    table.add_column("")
+    for metric in metric_names:
+        table.add_column(metric)
+    for model_name, values in {"model": report["model"], **report["baselines"]}.items():
+        table.add_row(model_name, *(f"{values[m]:.4f}" for m in metric_names))
+    console.print(table)
 
 
 def metrics_table(report: dict) -> Table:

@@ -131,12 +131,13 @@ def build_ranking_set(store: FeatureStore, requests: pd.DataFrame, spec: ModelSp
 
 
 def model_feature_names(store: FeatureStore, spec: ModelSpec) -> list[str]:
-    """The model's inputs: every feature of its service (ranking: stage 2), then the spec's
-    extra columns."""
+    """The model's inputs: every feature of its service (ranking: stage 2) but the excluded ones,
+    then the spec's extra columns."""
     service_name = spec.features.service if spec.per_event else spec.features.ranking_service
     service = store.get_feature_service(service_name)
+    excluded = set(spec.model.exclude_features)
     names = [f.name for projection in service.feature_view_projections
-             for f in projection.features]
+             for f in projection.features if f.name not in excluded]
     return names + [n for n in spec.model.extra_features if n not in names]
 
 
