@@ -35,7 +35,7 @@ from feastflow.spec import ModelSpec, ProtocolBaselineSpec, ProtocolSpec
 from feastflow.store import open_store
 from pipelines.datasets import SplitWindow, build_event_set, data_fingerprint, model_feature_names
 from pipelines.features import event_log_connection
-from pipelines.training import _cached, fit_model, score
+from pipelines.training import cached_frame, fit_model, score
 
 Progress = Callable[[str], None]
 DAY = "protocol_day"  # the event's UTC calendar day, the unit of precision@k
@@ -159,7 +159,7 @@ def protocol_rows(settings: Settings, spec: ModelSpec, protocol: ProtocolSpec,
         rows[DAY] = own[log.timestamp].dt.floor("D").to_numpy()
         return rows
 
-    return _cached(cache, build)
+    return cached_frame(cache, build)
 
 
 def run_protocol(settings: Settings, spec: ModelSpec, name: str, validation: bool = False,

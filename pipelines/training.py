@@ -67,7 +67,8 @@ class Datasets:
         return self._baselines
 
 
-def _cached(path: Path, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+def cached_frame(path: Path, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """The frame stored at `path`, else `build()` written there atomically (datasets' cache)."""
     if path.is_file():
         return pd.read_parquet(path)
     frame = build()
@@ -96,18 +97,18 @@ def build_datasets(settings: Settings, spec: ModelSpec, progress: Progress = pri
     if train_end <= window.train_start:
         raise ValueError(f"label_delay {spec.event_log.label_delay} leaves no training events "
                          f"between {window.train_start:%Y-%m-%d} and {window.holdout_start:%Y-%m-%d}")
-    train_requests = _cached(cache / "train_requests.parquet", lambda: sample_requests(
+    train_requests = cached_frame(cache / "train_requests.parquet", lambda: sample_requests(
         con, window.train_start, train_end, split.max_train_events, split.seed, spec))
-    holdout_requests = _cached(cache / "holdout_requests.parquet", lambda: sample_requests(
+    holdout_requests = cached_frame(cache / "holdout_requests.parquet", lambda: sample_requests(
         con, window.holdout_start, window.holdout_end, split.max_holdout_events, split.seed, spec))
     if train_requests.empty or holdout_requests.empty:
         raise ValueError(f"no {'training' if train_requests.empty else 'holdout'} events in "
                          f"{window.as_dict()}: widen the split in model.yaml")
     progress(f"training set: {len(train_requests)} events, point-in-time join")
-    train_rows = _cached(cache / "train_rows.parquet",
+    train_rows = cached_frame(cache / "train_rows.parquet",
                          lambda: build_set(store, train_requests, spec))
     progress(f"holdout set: {len(holdout_requests)} events, point-in-time join")
-    holdout_rows = _cached(cache / "holdout_rows.parquet",
+    holdout_rows = cached_frame(cache / "holdout_rows.parquet",
                            lambda: build_set(store, holdout_requests, spec))
     return Datasets(window, fingerprint, train_requests, train_rows, holdout_requests,
                     holdout_rows)
