@@ -14,12 +14,29 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
-from feast import FeatureStore
+from feast import FeatureStore, FileSource
 from feast.repo_config import RepoConfig
 
-from feastflow.settings import Settings
+from feastflow.settings import PROJECT_ROOT, Settings
 
 PROFILE_YAML = {"embedded": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+
+
+def feature_table_source(use_case: str, table: str) -> FileSource:
+    """The Feast source of a use case's batch feature table: `<table>.parquet` where
+    `compute_feature_tables` writes it, under $FEASTFLOW_HOME/features/<use case>.
+
+    An absolute path: Feast's DuckDB store reads FileSource paths relative to the working
+    directory, not to the repo. Read from the environment, not Settings: Feast imports the
+    definitions that call this, and that import must not validate secrets.
+    """
+    home = Path(os.environ.get("FEASTFLOW_HOME") or PROJECT_ROOT / "var").expanduser().resolve()
+    return FileSource(
+        name=f"{table}_source",
+        path=str(home / "features" / use_case / f"{table}.parquet"),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created_timestamp",
+    )
 
 
 def redis_connection_string(redis_url: str) -> str:

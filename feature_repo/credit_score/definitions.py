@@ -2,38 +2,23 @@
 Declarations only: applying and materializing live in `pipelines/`. Tables are written by the
 SQL files in `features/` (one file per table)."""
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 from feast import (
     Entity,
     FeatureService,
     FeatureView,
     Field,
-    FileSource,
     RequestSource,
     ValueType,
 )
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
-# Feature tables live under $FEASTFLOW_HOME/features/credit_score (absolute paths: Feast's
-# DuckDB store reads FileSource paths relative to the working directory, not to the repo).
-_HOME = Path(os.environ.get("FEASTFLOW_HOME") or Path(__file__).resolve().parents[2] / "var")
-TABLES = _HOME.resolve() / "features" / "credit_score"
+from feastflow.store import feature_table_source
 
 REFERENCE_TTL = timedelta(days=3650)  # reference facts stamped once (2017, 2020) stay valid
 WINDOW_TTL = timedelta(days=3650)  # windowed counts write a row when they drop, so never stale
-
-
-def _table(name: str) -> FileSource:
-    return FileSource(
-        name=f"{name}_source",
-        path=str(TABLES / f"{name}.parquet"),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
-    )
 
 
 # --- entities -------------------------------------------------------------------------------
@@ -43,9 +28,9 @@ person = Entity(name="person", join_keys=["dob_ssn"], value_type=ValueType.STRIN
 zipcode = Entity(name="zipcode", join_keys=["zipcode"], value_type=ValueType.INT64)
 
 # --- sources --------------------------------------------------------------------------------
-zipcode_profile_source = _table("zipcode_profile")
-zipcode_loans_source = _table("zipcode_loans")
-credit_history_source = _table("credit_history")
+zipcode_profile_source = feature_table_source("credit_score", "zipcode_profile")
+zipcode_loans_source = feature_table_source("credit_score", "zipcode_loans")
+credit_history_source = feature_table_source("credit_score", "credit_history")
 # Request-time facts of the application (taken from each event in training).
 application_context = RequestSource(
     name="application_context",

@@ -2,40 +2,25 @@
 applying and materializing live in `pipelines/`. Tables are written by the SQL files in
 `features/` (one file per table); `payment_odfv` adds the payment being scored."""
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 from feast import (
     Entity,
     FeatureService,
     FeatureView,
     Field,
-    FileSource,
     RequestSource,
     ValueType,
 )
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
-# Feature tables live under $FEASTFLOW_HOME/features/fraud (absolute paths: Feast's DuckDB
-# store reads FileSource paths relative to the working directory, not to the repo).
-_HOME = Path(os.environ.get("FEASTFLOW_HOME") or Path(__file__).resolve().parents[2] / "var")
-TABLES = _HOME.resolve() / "features" / "fraud"
+from feastflow.store import feature_table_source
 
 # Windowed counts write a row whenever they change, emptying included: a row never goes stale.
 WINDOW_TTL = timedelta(days=3650)
 CUSTOMER_WINDOWS = ("1h", "1d", "7d", "30d")
 BOOK_DAYS = (1, 7, 30)
-
-
-def _table(name: str) -> FileSource:
-    return FileSource(
-        name=f"{name}_source",
-        path=str(TABLES / f"{name}.parquet"),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
-    )
 
 
 # --- entities -------------------------------------------------------------------------------
@@ -45,8 +30,8 @@ customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueTy
 terminal = Entity(name="terminal", join_keys=["terminal_id"], value_type=ValueType.INT64)
 
 # --- sources --------------------------------------------------------------------------------
-customer_spending_source = _table("customer_spending")
-terminal_risk_source = _table("terminal_risk")
+customer_spending_source = feature_table_source("fraud", "customer_spending")
+terminal_risk_source = feature_table_source("fraud", "terminal_risk")
 # The payment being scored (taken from each event in training).
 payment = RequestSource(
     name="payment",

@@ -1,16 +1,13 @@
 """Feast objects of the next-app use case. Declarations only: applying and materializing live in
 `pipelines/`. Tables are written by the SQL files in `features/` (one file per table)."""
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 from feast import (
     Entity,
     FeatureService,
     FeatureView,
     Field,
-    FileSource,
     PushSource,
     RequestSource,
     ValueType,
@@ -18,22 +15,10 @@ from feast import (
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Bool, Float64, Int64, String
 
-# Feature tables live under $FEASTFLOW_HOME/features/next_app (absolute paths: Feast's DuckDB
-# store reads FileSource paths relative to the working directory, not to the repo).
-_HOME = Path(os.environ.get("FEASTFLOW_HOME") or Path(__file__).resolve().parents[2] / "var")
-TABLES = _HOME.resolve() / "features" / "next_app"
+from feastflow.store import feature_table_source
 
 DAILY = timedelta(days=1)  # daily snapshots: a row older than a day is superseded or gone
 EVENT_TTL = timedelta(days=90)  # event-level facts (last time an app was used) age slowly
-
-
-def _table(name: str) -> FileSource:
-    return FileSource(
-        name=f"{name}_source",
-        path=str(TABLES / f"{name}.parquet"),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
-    )
 
 
 # --- entities -------------------------------------------------------------------------------
@@ -51,16 +36,16 @@ day_type = Entity(name="day_type", join_keys=["is_weekend"], value_type=ValueTyp
 location = Entity(name="location", join_keys=["location"], value_type=ValueType.STRING)
 
 # --- sources --------------------------------------------------------------------------------
-user_app_usage_source = _table("user_app_usage")
-user_app_hour_source = _table("user_app_hour")
-user_app_daytype_source = _table("user_app_daytype")
-user_app_location_source = _table("user_app_location")
-app_transition_source = _table("app_transition")
-app_hour_popularity_source = _table("app_hour_popularity")
-user_profile_source = _table("user_profile")
-hour_popularity_source = _table("hour_popularity")
-user_app_recency_source = _table("user_app_recency")
-user_last_app_source = _table("user_last_app")
+user_app_usage_source = feature_table_source("next_app", "user_app_usage")
+user_app_hour_source = feature_table_source("next_app", "user_app_hour")
+user_app_daytype_source = feature_table_source("next_app", "user_app_daytype")
+user_app_location_source = feature_table_source("next_app", "user_app_location")
+app_transition_source = feature_table_source("next_app", "app_transition")
+app_hour_popularity_source = feature_table_source("next_app", "app_hour_popularity")
+user_profile_source = feature_table_source("next_app", "user_profile")
+hour_popularity_source = feature_table_source("next_app", "hour_popularity")
+user_app_recency_source = feature_table_source("next_app", "user_app_recency")
+user_last_app_source = feature_table_source("next_app", "user_last_app")
 # Real-time updates of the event-level views (the stream processor pushes here).
 user_last_app_push = PushSource(name="user_last_app_push", batch_source=user_last_app_source)
 user_app_recency_push = PushSource(

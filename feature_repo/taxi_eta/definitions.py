@@ -2,41 +2,26 @@
 applying and materializing live in `pipelines/`. Tables are written by the SQL files in
 `features/` (one file per table)."""
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 from feast import (
     Entity,
     FeatureService,
     FeatureView,
     Field,
-    FileSource,
     RequestSource,
     ValueType,
 )
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
-# Feature tables live under $FEASTFLOW_HOME/features/taxi_eta (absolute paths: Feast's DuckDB
-# store reads FileSource paths relative to the working directory, not to the repo).
-_HOME = Path(os.environ.get("FEASTFLOW_HOME") or Path(__file__).resolve().parents[2] / "var")
-TABLES = _HOME.resolve() / "features" / "taxi_eta"
+from feastflow.store import feature_table_source
 
 # Trips are sparse (a route may see one trip a year): a statistic stays valid until superseded.
 STATS_TTL = timedelta(days=3650)
 # What every table holds of the durations known before the request (see features/*.sql).
 STATS = ("trips", "median_seconds", "mean_seconds", "p25_seconds", "p75_seconds",
          "mean_log_seconds")
-
-
-def _table(name: str) -> FileSource:
-    return FileSource(
-        name=f"{name}_source",
-        path=str(TABLES / f"{name}.parquet"),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
-    )
 
 
 def _stats(prefix: str) -> list[Field]:
@@ -60,11 +45,11 @@ dropoff_area = Entity(
 hour_of_day = Entity(name="hour_of_day", join_keys=["hour_of_day"], value_type=ValueType.INT64)
 
 # --- sources --------------------------------------------------------------------------------
-pickup_area_duration_source = _table("pickup_area_duration")
-dropoff_area_duration_source = _table("dropoff_area_duration")
-route_duration_source = _table("route_duration")
-route_hour_duration_source = _table("route_hour_duration")
-hour_duration_source = _table("hour_duration")
+pickup_area_duration_source = feature_table_source("taxi_eta", "pickup_area_duration")
+dropoff_area_duration_source = feature_table_source("taxi_eta", "dropoff_area_duration")
+route_duration_source = feature_table_source("taxi_eta", "route_duration")
+route_hour_duration_source = feature_table_source("taxi_eta", "route_hour_duration")
+hour_duration_source = feature_table_source("taxi_eta", "hour_duration")
 # Request-time coordinates of the pickup and the asked-for dropoff (may be missing).
 trip_request = RequestSource(
     name="trip_request",
