@@ -64,6 +64,7 @@ terminal_risk_fv = FeatureView(
     ] + [
         Field(name="terminal_last_fraud_unix", dtype=Int64),  # when its last known fraud was
         Field(name="terminal_last_label", dtype=Int64),  # its latest known payment a fraud?
+        Field(name="terminal_fraud_run", dtype=Int64),  # known frauds in a row, the latest last
     ],
     source=terminal_risk_source,
 )
