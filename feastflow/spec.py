@@ -305,14 +305,45 @@ class GateSpec(_Strict):
     beat_baselines_on: list[str] = Field(default_factory=list)
 
 
+class DecisionCostSpec(_Strict):
+    """What each answer costs when it is wrong or spent, in one currency."""
+
+    missed_positive: float = Field(gt=0, description="`below` given to a positive (a fraud paid)")
+    false_positive: float = Field(gt=0, description="`above` given to a negative (a good customer "
+                                  "declined)")
+    review: float = Field(gt=0, description="one `review` (it finds the truth)")
+
+
 class DecisionSpec(_Strict):
-    """A classifier's answer in words: `above` when the score is at least `threshold`."""
+    """A classifier's answer in words: `above` when the score is at least `threshold`.
+
+    With `costs`, the threshold and review band follow from them, the score read as a calibrated
+    probability p: each answer's expected cost is p * missed_positive (below), review, and
+    (1 - p) * false_positive (above); the cheapest wins.
+    """
 
     threshold: float = Field(default=0.5, ge=0, le=1)
     above: str = "positive"
     below: str = "negative"
     review_band: tuple[float, float] | None = Field(
         default=None, description="scores in [low, high) answer `review`")
+    costs: DecisionCostSpec | None = Field(
+        default=None, description="derive threshold and review band from these costs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_costs(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or raw.get("costs") is None:
+            return raw
+        if "threshold" in raw or "review_band" in raw:
+            raise ValueError("give `costs` or `threshold`/`review_band`, not both")
+        costs = DecisionCostSpec.model_validate(raw["costs"])
+        miss, decline, review = costs.missed_positive, costs.false_positive, costs.review
+        low, high = review / miss, 1 - review / decline  # review beats below / above from here
+        if low < high:
+            return {**raw, "threshold": high, "review_band": (low, high)}
+        # a review never pays: below and above break even at decline / (decline + miss)
+        return {**raw, "threshold": decline / (decline + miss)}
 
 
 class ServingSpec(_Strict):

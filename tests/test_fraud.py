@@ -206,3 +206,20 @@ def test_evaluate_protocol_runs_both_model_and_book_models_and_writes_recomputab
         truth = labels.loc[mine["TRANSACTION_ID"]].to_numpy()
         assert skm.average_precision_score(truth, mine["score"]) == pytest.approx(fold["ap"],
                                                                                   abs=1e-6)
+
+
+def test_decision_costs_set_the_cheapest_answer_per_score() -> None:
+    from feastflow.spec import DecisionSpec
+
+    rule = DecisionSpec(above="deny", below="approve",
+                        costs={"missed_positive": 100, "false_positive": 20, "review": 5})
+    # review pays once p * 100 > 5; denying once (1 - p) * 20 < 5
+    assert rule.threshold == pytest.approx(0.75)
+    assert rule.review_band == pytest.approx((0.05, 0.75))
+    # a review dearer than either mistake is never chosen: approve and deny break even
+    no_review = DecisionSpec(costs={"missed_positive": 30, "false_positive": 10, "review": 9})
+    assert no_review.review_band is None and no_review.threshold == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="not both"):
+        DecisionSpec(threshold=0.3, costs={"missed_positive": 1, "false_positive": 1, "review": 1})
+    spec = load_spec("fraud", Path(__file__).resolve().parents[1] / "feature_repo")
+    assert spec.serving.decision.review_band == pytest.approx((5 / 131.17, 0.8))
