@@ -1,7 +1,12 @@
 """Serving benchmark: our prediction server against Feast's own `feast serve`, side by side, and faults.
 
-    python bench/serving.py [--home DIR [--keep]] [--connections 8 --threads 2 --duration 20 --warmup 5]
+    python bench/serving.py [--use-case next_app|fraud|...] [--home DIR [--keep]]
+                            [--connections 8 --threads 2 --duration 20 --warmup 5]
                             [--rate 500] [--faults] [--tool auto|wrk|python] [--no-feature-cache]
+
+What follows describes the flagship, next_app (a ranking over a generated world, the default);
+a per-event use case with a `loader` (fraud: a classifier over a public data set) differs where
+the section "Per-event use cases" below says.
 
 Setup. A private redis-server on a free port, its data in <home>/bench_redis/dump.rdb (stopped with
 `redis-cli shutdown save`, so the data outlives a restart and, with --home, the run). The home is a
@@ -60,6 +65,24 @@ again as a new MLflow version (in a child that imported MLflow before the load s
 full model); recovery is measured from the restart to the first full-model answer and to the
 50th of 50 consecutive ones. This leaves a new champion version in the home's registry.
 
+Per-event use cases (classification, regression; e.g. fraud). The home is built by `feastflow
+demo -u <use case>` (load the data set, ingest, features, apply, train, promote, materialize;
+~4 min for fraud), --users and --days do not apply. Requests are the last 7 days of the data set
+(read with the use case's `loader`, raw ids), replayed 7 days later (weekday and hour of day
+kept): after the newest row online, as a payment is scored after everything the store knows.
+The body is the event's entity, timestamp and context (fraud: customer_id, transaction_id,
+terminal_id, tx_amount); --unknown-share of them from entities the store has never seen, with
+the event's own context. Feast's workload `feast_serve` is the same read our server makes for
+each of its answers: the spec's feature service (fraud_v1) for one entity row, join keys and
+request fields as the spec declares them (fraud: the hashed customer_id, terminal_id, tx_amount,
+tx_unix), for every request of the pool, unknown entities included (our server scores those
+too: the store has none of their rows, the model gets missing values); there is no stage 1, so
+no `feast_serve_one_entity`. Before measuring, Feast reads every request's rows once: the run
+stops if a row is stamped after its request (the server would score with the future) or if
+the last request is beyond the views' TTL of the newest row. A good answer of ours has a
+`decision` (classification) or a `prediction`; Feast's has a feature value PRESENT. Our
+endpoint is POST /v1/<use case>/predict.
+
 Progress goes to stderr; stdout gets one JSON object. Everything started here (servers, Redis,
 the temporary folder unless --keep) is stopped and removed at exit, also on Ctrl-C or failure.
 """
@@ -105,13 +128,15 @@ from harness import (
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
 
 from feastflow.privacy import hash_user_id
-from feastflow.settings import DEV_HASH_SECRET, FEATURE_REPO
+from feastflow.settings import DEFAULT_USE_CASE, DEV_HASH_SECRET, FEATURE_REPO
 from feastflow.spec import ModelSpec, load_spec
 
 LUA = Path(__file__).resolve().with_name("serving_load.lua")
 OPEN_LOOP_C = Path(__file__).resolve().with_name("open_loop.c")
-PREDICT_PATH, FEAST_PATH = "/v1/predict", "/get-online-features"
+PREDICT_PATH, FEAST_PATH = "/v1/predict", "/get-online-features"  # /v1/predict: the default use case
 RAW_ID_FORMAT = "user_{:05d}"  # pipelines/generate.py names its simulated users so
+EVENT_DAYS = 7  # per-event use cases: the last week of the data set ...
+EVENT_REPLAY_SHIFT = pd.Timedelta(days=7)  # ... replayed a week later (weekday and hour kept)
 REQUEST_TIMEOUT_S = 10.0
 OPEN_LOOP_DRAIN_S = 10.0
 FAULT_STOP_S, FAULT_RESTART_S, FAULT_RELOAD_S = 8.0, 18.0, 24.0
@@ -140,9 +165,10 @@ def ensure_home(home: Path, redis: RedisServer, spec: ModelSpec, users: int, day
              and (home / "feast" / "registry.db").exists()
              and (home / "events" / spec.name).is_dir())
     if not built:
-        log(f"building the home {home}: feastflow demo --users {users} --days {days} (2-3 min)")
-        subprocess.run([*feastflow_cmd(), "demo", "-u", spec.name, "--users", str(users),
-                        "--days", str(days)],
+        # a generated world takes its size; a loader's data set is what it is
+        size = [] if spec.generator is None else ["--users", str(users), "--days", str(days)]
+        log(f"building the home {home}: feastflow demo -u {spec.name} {' '.join(size)} (2-5 min)")
+        subprocess.run([*feastflow_cmd(), "demo", "-u", spec.name, *size],
                        env=env, cwd=PROJECT_ROOT, stdout=sys.stderr, stderr=sys.stderr, check=True)
     else:
         # The registry must hold this checkout's definitions (e.g. an on-demand view's mode
@@ -177,13 +203,37 @@ def newest_event_day(home: Path, use_case: str) -> pd.Timestamp:
 
 
 @dataclass(frozen=True)
-class Unlock:
-    """One prediction request and what a feature server needs to know about it."""
+class Request:
+    """One prediction request (an unlock, a payment) and what a feature server needs to know
+    about it: the entity as the store keys it (hashed when the contract hashes it), whether the
+    store has seen the entity, and the request's time."""
 
     body: dict[str, Any]
     user_hash: str
     known: bool
     when: pd.Timestamp
+
+
+def request_pool(spec: ModelSpec, home: Path, args: argparse.Namespace, secret: str
+                 ) -> tuple[list[Request], str]:
+    """The request bodies, by the spec's source of events, and where they come from in words."""
+    if spec.generator is not None:  # a generated world: its last day's unlocks
+        events = last_day_events(home, secret, spec.name)
+        pool = build_pool(events, args.pool, args.unknown_share, secret, args.seed)
+        return pool, (f"{len(events):,} unlocks of {events['timestamp'].min():%Y-%m-%d} "
+                      "(replayed a day later)")
+    if spec.loader is not None and spec.per_event:  # a data set: its last week's events
+        events = last_week_events(spec)
+        seen = logged_entities(home, spec, days=EVENT_DAYS + 1)
+        pool = build_event_pool(spec, events, args.pool, args.unknown_share, secret, args.seed, seen)
+        if not any(r.known for r in pool):
+            raise RuntimeError(f"no {spec.event_log.entity} of the requests is in the home's event "
+                               "log: was the home built with another FEASTFLOW_USER_HASH_SECRET?")
+        stamps = events[spec.event_log.timestamp]
+        return pool, (f"{len(events):,} events of {stamps.min():%Y-%m-%d} .. {stamps.max():%Y-%m-%d} "
+                      f"(replayed {EVENT_REPLAY_SHIFT.days} days later)")
+    raise ValueError(f"{spec.name}: the bench builds requests for a ranking over a `generator`'s "
+                     "world or a per-event task over a `loader`'s data set")
 
 
 def last_day_events(home: Path, secret: str, use_case: str) -> pd.DataFrame:
@@ -226,7 +276,7 @@ def raw_ids_of(hashes: set[str], secret: str, limit: int = 100_000) -> dict[str,
 
 
 def build_pool(events: pd.DataFrame, size: int, unknown_share: float, secret: str, seed: int
-               ) -> list[Unlock]:
+               ) -> list[Request]:
     """`size` requests from the day's unlocks replayed a day later; some from never-seen users."""
     rng = np.random.default_rng(seed)
     rows = events.iloc[rng.choice(len(events), size, replace=size > len(events))].reset_index(drop=True)
@@ -243,7 +293,59 @@ def build_pool(events: pd.DataFrame, size: int, unknown_share: float, secret: st
                         "secs_since_prev_unlock": 1800.0 if pd.isna(secs) else round(float(secs), 1)},
             "k": 4,
         }
-        pool.append(Unlock(body, hash_user_id(user, secret), not unknown[i], when))
+        pool.append(Request(body, hash_user_id(user, secret), not unknown[i], when))
+    return pool
+
+
+def last_week_events(spec: ModelSpec) -> pd.DataFrame:
+    """The data set's last EVENT_DAYS days with raw ids, as the use case's loader reads them."""
+    from feastflow.plugins import use_case_function
+    from feastflow.settings import Settings
+
+    assert spec.loader is not None
+    load = use_case_function(spec, spec.loader.module, spec.loader.function)
+    frame = load(Settings().data_dir)
+    stamps = pd.to_datetime(frame[spec.event_log.timestamp], utc=True)
+    start = stamps.max().floor("D") - pd.Timedelta(days=EVENT_DAYS - 1)
+    week = frame[stamps >= start].copy()
+    week[spec.event_log.timestamp] = stamps[stamps >= start]
+    return week.reset_index(drop=True)
+
+
+def logged_entities(home: Path, spec: ModelSpec, days: int) -> set[Any]:
+    """The entities (as stored: hashed) of the home's event log over its last `days` days."""
+    entity = spec.event_log.entity
+    files = [f for day in event_days(home, spec.name)[-days:] for f in sorted(day.glob("hour=*/*.parquet"))]
+    return set(pd.concat([pd.read_parquet(f, columns=[entity]) for f in files])[entity])
+
+
+def unknown_entity(spec: ModelSpec, i: int) -> str | None:
+    """An entity id the store has never seen, when the contract accepts one (a free string)."""
+    column = spec.event_log.columns[spec.event_log.entity]
+    free = column.type == "string" and column.pattern is None and column.allowed is None
+    return f"bench-new-{i:05d}" if free else None
+
+
+def build_event_pool(spec: ModelSpec, events: pd.DataFrame, size: int, unknown_share: float,
+                     secret: str, seed: int, seen: set[Any]) -> list[Request]:
+    """`size` requests from the events replayed EVENT_REPLAY_SHIFT later, each with its own
+    entity and context; about `unknown_share` of them from never-seen entities (same context)."""
+    from pipelines.demo import request_body
+
+    log = spec.event_log
+    rng = np.random.default_rng(seed)
+    rows = events.iloc[rng.choice(len(events), size, replace=size > len(events))].reset_index(drop=True)
+    unknown = rng.random(size) < unknown_share
+    hashed = log.entity in log.hashed_columns
+    pool = []
+    for i, row in enumerate(rows.to_dict("records")):
+        when = (pd.Timestamp(row[log.timestamp]) + EVENT_REPLAY_SHIFT).floor("s")
+        new = unknown_entity(spec, i) if unknown[i] else None
+        entity = row[log.entity] if new is None else new
+        key = hash_user_id(str(entity), secret) if hashed else entity
+        body = request_body(spec, entity, when, {name: row[name] for name in log.context})
+        body["timestamp"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        pool.append(Request(body, key, key in seen, when))
     return pool
 
 
@@ -301,7 +403,7 @@ def time_value(when: pd.Timestamp, name: str) -> int:
     raise ValueError(f"unknown time source {name!r}")
 
 
-def source_value(source: str, unlock: Unlock, stage1: dict[str, Any] | None = None,
+def source_value(source: str, unlock: Request, stage1: dict[str, Any] | None = None,
                  item: str | None = None) -> Any:
     """The value of a declared source (`entity`, `item`, `feature:x`, `context:x`, `time:x`)."""
     from feastflow.ranking import MISSING_KEY
@@ -320,18 +422,18 @@ def source_value(source: str, unlock: Unlock, stage1: dict[str, Any] | None = No
     raise ValueError(f"unknown source kind in {source!r}")
 
 
-def stage1_key(spec: ModelSpec, unlock: Unlock) -> tuple[Any, ...]:
+def stage1_key(spec: ModelSpec, unlock: Request) -> tuple[Any, ...]:
     return tuple(source_value(s, unlock) for s in spec.features.entity_join_keys.values())
 
 
-def one_entity_body(spec: ModelSpec, unlock: Unlock) -> dict[str, Any]:
+def one_entity_body(spec: ModelSpec, unlock: Request) -> dict[str, Any]:
     """The stage-1 request: the entity service for one user and hour."""
     return {"feature_service": spec.features.entity_service,
             "entities": {k: [v] for k, v in zip(spec.features.entity_join_keys, stage1_key(spec, unlock),
                                                 strict=True)}}
 
 
-def ranker_body(spec: ModelSpec, unlock: Unlock, stage1: dict[str, Any]) -> dict[str, Any]:
+def ranker_body(spec: ModelSpec, unlock: Request, stage1: dict[str, Any]) -> dict[str, Any]:
     """The stage-2 request one prediction makes: a row per candidate, keys as the spec declares."""
     from feastflow.ranking import generate_candidates
 
@@ -342,6 +444,29 @@ def ranker_body(spec: ModelSpec, unlock: Unlock, stage1: dict[str, Any]) -> dict
     return {"feature_service": spec.features.ranking_service,
             "entities": {key: [source_value(source, unlock, stage1, item) for item in items]
                          for key, source in sources.items()}}
+
+
+def event_body(spec: ModelSpec, request: Request) -> dict[str, Any]:
+    """A per-event request's read: the spec's service for one row, keys and request fields as
+    the spec declares them."""
+    sources = {**spec.features.join_keys, **spec.features.request_fields}
+    return {"feature_service": spec.features.service,
+            "entities": {key: [source_value(source, request)] for key, source in sources.items()}}
+
+
+def event_rows(client: httpx.Client, spec: ModelSpec, pool: list[Request], batch: int = 256
+               ) -> list[dict[str, Any]]:
+    """Each request's row of the spec's service (values and `<name>__ts`), read from Feast's server."""
+    sources = {**spec.features.join_keys, **spec.features.request_fields}
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(pool), batch):
+        chunk = pool[start:start + batch]
+        response = client.post(FEAST_PATH, json={
+            "feature_service": spec.features.service,
+            "entities": {key: [source_value(source, r) for r in chunk] for key, source in sources.items()}})
+        response.raise_for_status()
+        rows += feast_rows(response.json())
+    return rows
 
 
 def check_feast_answers(client: httpx.Client, bodies: list[bytes], keys: set[str]) -> dict[str, Any]:
@@ -361,7 +486,7 @@ def check_feast_answers(client: httpx.Client, bodies: list[bytes], keys: set[str
 
 
 def check_fresh(spec: ModelSpec, home: Path, redis_url: str, snapshot: pd.Timestamp,
-                known: list[Unlock]) -> None:
+                known: list[Request]) -> None:
     """Fail unless every request falls within the TTL of the newest candidate-list snapshot online.
 
     Feast serves values of any age, while our server treats values older than their view's TTL
@@ -385,6 +510,53 @@ def check_fresh(spec: ModelSpec, home: Path, redis_url: str, snapshot: pd.Timest
     log(f"online snapshot {snapshot} is fresh for every request (newest {last}, TTL {ttl / 3600:g} h)")
 
 
+def check_event_fresh(spec: ModelSpec, home: Path, redis_url: str, pool: list[Request],
+                      rows: list[dict[str, Any]]) -> None:
+    """Fail unless every request comes after the rows online it reads, and within the views' TTL
+    of the newest of them.
+
+    A row stamped after its request would score the payment with what happened after it (the
+    server keeps such values: a client's clock may lag); rows older than their view's TTL are
+    missing to our server, not to Feast (see check_fresh).
+    """
+    from feastflow.scoring import FeaturePlan
+    from feastflow.settings import Settings
+    from feastflow.store import open_store
+
+    settings = Settings(home=home, profile="redis", redis_url=redis_url)
+    views = FeaturePlan.from_store(open_store(settings, spec.name), spec).stage2
+    stored = {f"{name}__ts" for view in views for name in view.features}
+    newest: list[pd.Timestamp | None] = []
+    for row in rows:
+        stamps = [pd.Timestamp(v) for k, v in row.items() if k in stored and v and not v.startswith("1970")]
+        newest.append(max(stamps) if stamps else None)
+    ahead = [(r.when, n) for r, n in zip(pool, newest, strict=True) if n is not None and n > r.when]
+    if ahead:
+        raise RuntimeError(f"{len(ahead)} of {len(pool)} requests read rows stamped after them "
+                           f"(e.g. a request at {ahead[0][0]} reads a row of {ahead[0][1]}): "
+                           "replay them later")
+    found = [n for n in newest if n is not None]
+    if not found:
+        raise RuntimeError("feast serve found no row online for any request: materialize first")
+    snapshot, last = max(found), max(r.when for r in pool)
+    ttl = min(view.ttl_seconds or float("inf") for view in views)
+    if (last - snapshot).total_seconds() > ttl:
+        raise RuntimeError(f"the newest row online is of {snapshot}, but requests run until {last}: "
+                           f"beyond the views' TTL of {ttl / 3600:g} h")
+    # the entity's own rows: found for the known, never for the unknown
+    entity = spec.event_log.entity
+    own = [f"{name}__ts" for view in views if entity in view.join_keys for name in view.features]
+    has_own = [any(row.get(k) and not row[k].startswith("1970") for k in own) for row in rows]
+    known = Counter(r.known for r, found in zip(pool, has_own, strict=True) if found)
+    if own and known[True] == 0:
+        raise RuntimeError(f"no known {entity} has a row online: materialize, or was the home built "
+                           "with another FEASTFLOW_USER_HASH_SECRET?")
+    log(f"rows online are older than every request (newest {snapshot}, requests "
+        f"{min(r.when for r in pool)} .. {last}, TTL {ttl / 86400:g} days); {entity} rows found for "
+        f"{known[True]} of {sum(r.known for r in pool)} known and {known[False]} of "
+        f"{sum(not r.known for r in pool)} unknown")
+
+
 # --- load -------------------------------------------------------------------------------------
 
 
@@ -400,6 +572,11 @@ class Workload:
     headers: dict[str, str] = field(default_factory=dict)
     known: list[bool] | None = None  # per body: a known user? (the server's own known_user is false
     #                                  whenever a fallback answers, so the answer cannot tell)
+
+    @property
+    def ours(self) -> bool:
+        """Our predict endpoint (its answers name fallbacks), not Feast's."""
+        return self.path != FEAST_PATH
 
     def raw_requests(self) -> list[bytes]:
         """Whole HTTP/1.1 requests, serialized once."""
@@ -442,7 +619,7 @@ def run_wrk(work: Workload, folder: Path, connections: int, threads: int, second
     lat = w["latency_us"]
     result.update(p50_ms=round(lat["p50"] / 1000, 2), p99_ms=round(lat["p99"] / 1000, 2),
                   p999_ms=round(lat["p999"] / 1000, 2))
-    if work.path == PREDICT_PATH:
+    if work.ours:
         seconds = w["duration_us"] / 1e6
         with_fallbacks(result, w["fallback"], None, w["ok_bodies"], seconds)
     return result
@@ -572,7 +749,7 @@ async def closed_loop(work: Workload, connections: int, seconds: float, on_answe
                        elapsed, latencies, non_2xx=counts["non_2xx"],
                        socket_errors=counts["socket_errors"], timeouts=counts["timeouts"],
                        bad_bodies=counts["bad_bodies"])
-    if work.path == PREDICT_PATH:
+    if work.ours:
         with_fallbacks(result, counts["fallback"], counts["fallback_known"] if work.known else None,
                        counts["ok"], elapsed)
     return result
@@ -812,19 +989,39 @@ def wait_ours_ready(process: Process, base: str, timeout_s: float = 180.0) -> st
         time.sleep(0.25)
 
 
-def check_ours(base: str, pool: list[Unlock], api_key: str, n: int = 40) -> None:
-    """A few answers by hand: 200, apps, and who got a fallback."""
+def predict_path(spec: ModelSpec) -> str:
+    """Our endpoint: /v1/predict for the flagship (as ever: --server-root may be an older tree),
+    /v1/<use case>/predict for the others."""
+    return PREDICT_PATH if spec.name == DEFAULT_USE_CASE else f"/v1/{spec.name}/predict"
+
+
+def answer_marker(spec: ModelSpec) -> str:
+    """A string every good answer of ours contains: an item, a decision, a prediction."""
+    if spec.task == "ranking":
+        return f'"{spec.event_log.item}"'
+    return '"decision":"' if spec.task == "binary_classification" else '"prediction":'
+
+
+def answered(spec: ModelSpec, answer: dict[str, Any]) -> bool:
+    """The answer has what the task predicts: items, or a score / prediction."""
+    if spec.task == "ranking":
+        return bool(answer.get(spec.serving.items_key or f"{spec.event_log.item}s"))
+    return answer.get("score" if spec.task == "binary_classification" else "prediction") is not None
+
+
+def check_ours(base: str, spec: ModelSpec, pool: list[Request], api_key: str, n: int = 40) -> None:
+    """A few answers by hand: 200, what the task predicts, and who got a fallback."""
     fallbacks: Counter[str] = Counter()
+    path = predict_path(spec)
     with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S, headers={"X-API-Key": api_key}) as client:
-        for unlock in pool[:n]:
-            response = client.post(PREDICT_PATH, json=unlock.body)
+        for request in pool[:n]:
+            response = client.post(path, json=request.body)
             if response.status_code != 200:
-                raise RuntimeError(f"POST {PREDICT_PATH} answered {response.status_code}: "
-                                   f"{response.text[:500]}")
+                raise RuntimeError(f"POST {path} answered {response.status_code}: {response.text[:500]}")
             answer = response.json()
-            if not answer.get("apps"):
-                raise RuntimeError(f"POST {PREDICT_PATH} answered no apps: {answer}")
-            fallbacks[f"{'known' if unlock.known else 'unknown'}:{answer.get('fallback')}"] += 1
+            if not answered(spec, answer):
+                raise RuntimeError(f"POST {path} answered without a prediction: {answer}")
+            fallbacks[f"{'known' if request.known else 'unknown'}:{answer.get('fallback')}"] += 1
     log(f"our server answers {n} checks: {dict(fallbacks)} (model v{answer.get('model_version')})")
 
 
@@ -913,7 +1110,7 @@ class FaultLog:
     reload: dict[str, Any] = field(default_factory=dict)
 
 
-async def fault_run(work: Workload, pool: list[Unlock], redis: RedisServer, base: str, api_key: str,
+async def fault_run(work: Workload, pool: list[Request], redis: RedisServer, base: str, api_key: str,
                     home: Path, use_case: str, child_log: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Load ours while Redis goes away and comes back and the model is reloaded; see the module doc."""
     faults = FaultLog()
@@ -1038,41 +1235,70 @@ def analyse_faults(faults: FaultLog, load: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_feast(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: RedisServer, work: Path,
-              pool: list[Unlock], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
-    """Start `feast serve`, build its two workloads from the pool, measure both, stop it."""
+              pool: list[Request], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Start `feast serve`, build its workloads from the pool (the task says which), measure each,
+    stop it."""
     process, base = start_feast_serve(home, redis.url, work, spec.name, args.feast_max_requests)
     stack.callback(process.stop)
-    known = [u for u in pool if u.known]
+    build = feast_event_workloads if spec.per_event else feast_ranking_workloads
     with httpx.Client(base_url=base, timeout=60) as client:
-        keys = sorted({stage1_key(spec, u) for u in known})
-        stage1 = stage1_features(client, spec, keys)
-        log(f"feast serve: stage-1 features of {len(keys):,} (user, hour) pairs read")
-        ranker = [compact(ranker_body(spec, u, stage1[stage1_key(spec, u)])) for u in known]
-        one = [compact(one_entity_body(spec, u)) for u in known]
-        rows = [len(json.loads(b)["entities"][next(iter(spec.features.join_keys))]) for b in ranker]
-        log(f"feast_serve bodies: {len(ranker):,}, {np.mean(rows):.1f} candidate rows each "
-            f"(min {min(rows)}, max {max(rows)}); feast_serve_one_entity bodies: {len(one):,}")
-        join_keys = set(spec.features.join_keys) | set(spec.features.request_fields)
-        checked = {"feast_serve": check_feast_answers(client, ranker[:100], join_keys),
-                   "feast_serve_one_entity": check_feast_answers(client, one[:100],
-                                                                 set(spec.features.entity_join_keys))}
+        workloads, must_contain = build(client, spec, home, redis, pool)
+    results = {}
+    port = int(base.rsplit(":", 1)[1])
+    for name, (bodies, rows_per_request, checked) in workloads.items():
+        results[name] = measure(Workload(name, port, FEAST_PATH, bodies, must_contain), tool, work, args)
+        results[name]["sample_check"] = checked
+        results[name]["rows_per_request"] = rows_per_request
+    process.stop()
+    return results
+
+
+# name -> (bodies, entity rows per request, sample check); and the string every good answer has
+FeastWorkloads = tuple[dict[str, tuple[list[bytes], float, dict[str, Any]]], str]
+
+
+def feast_ranking_workloads(client: httpx.Client, spec: ModelSpec, home: Path, redis: RedisServer,
+                            pool: list[Request]) -> FeastWorkloads:
+    """A ranking's two reads, known users only: stage 2 (`feast_serve`) and stage 1
+    (`feast_serve_one_entity`); the online daily snapshot checked fresh for every request."""
+    known = [u for u in pool if u.known]
+    keys = sorted({stage1_key(spec, u) for u in known})
+    stage1 = stage1_features(client, spec, keys)
+    log(f"feast serve: stage-1 features of {len(keys):,} (user, hour) pairs read")
+    ranker = [compact(ranker_body(spec, u, stage1[stage1_key(spec, u)])) for u in known]
+    one = [compact(one_entity_body(spec, u)) for u in known]
+    rows = [len(json.loads(b)["entities"][next(iter(spec.features.join_keys))]) for b in ranker]
+    log(f"feast_serve bodies: {len(ranker):,}, {np.mean(rows):.1f} candidate rows each "
+        f"(min {min(rows)}, max {max(rows)}); feast_serve_one_entity bodies: {len(one):,}")
+    join_keys = set(spec.features.join_keys) | set(spec.features.request_fields)
+    checked = {"feast_serve": check_feast_answers(client, ranker[:100], join_keys),
+               "feast_serve_one_entity": check_feast_answers(client, one[:100],
+                                                             set(spec.features.entity_join_keys))}
     log(f"feast serve answers checked: {checked}")
     # Every good answer carries the latest daily snapshot's timestamp: the values were found.
     stamps = Counter(row.get(spec.candidates.fallback_list + "__ts") for row in stage1.values())
     latest = max(s for s in stamps if s and not s.startswith("1970"))
     check_fresh(spec, home, redis.url, pd.Timestamp(latest), known)
-    results = {}
-    port = int(base.rsplit(":", 1)[1])
-    for name, bodies in (("feast_serve", ranker), ("feast_serve_one_entity", one)):
-        results[name] = measure(Workload(name, port, FEAST_PATH, bodies, f'"{latest}"'), tool, work, args)
-        results[name]["sample_check"] = checked[name]
-        results[name]["rows_per_request"] = round(float(np.mean(rows)), 1) if name == "feast_serve" else 1
-    process.stop()
-    return results
+    return {"feast_serve": (ranker, round(float(np.mean(rows)), 1), checked["feast_serve"]),
+            "feast_serve_one_entity": (one, 1, checked["feast_serve_one_entity"])}, f'"{latest}"'
+
+
+def feast_event_workloads(client: httpx.Client, spec: ModelSpec, home: Path, redis: RedisServer,
+                          pool: list[Request]) -> FeastWorkloads:
+    """A per-event task's one read (`feast_serve`): the spec's service for the request's entity
+    row, every request of the pool; each request's rows checked older than it."""
+    bodies = [compact(event_body(spec, r)) for r in pool]
+    check_event_fresh(spec, home, redis.url, pool, event_rows(client, spec, pool))
+    keys = set(spec.features.join_keys) | set(spec.features.request_fields)
+    checked = check_feast_answers(client, bodies[:100], keys)
+    log(f"feast_serve bodies: {len(bodies):,}, one entity row each ({spec.features.service}); "
+        f"answers checked: {checked}")
+    # Feast's status of a value it found: a good answer has at least one.
+    return {"feast_serve": (bodies, 1, checked)}, '"PRESENT"'
 
 
 def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: RedisServer, work: Path,
-             pool: list[Unlock], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+             pool: list[Request], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
     """Start `feastflow serve`, the headline run, the open loop, the faults; stop it."""
     port = free_port()
     api_key = secrets.token_urlsafe(24)
@@ -1091,9 +1317,9 @@ def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redis
     log(f"feastflow serve on {base} from {root}")
     probe = wait_ours_ready(process, base)
     log(f"feastflow serve is ready ({probe})")
-    check_ours(base, pool, api_key)
-    work_ours = Workload("ours", port, PREDICT_PATH, [compact(u.body) for u in pool], '"app"',
-                         {"X-API-Key": api_key}, [u.known for u in pool])
+    check_ours(base, spec, pool, api_key)
+    work_ours = Workload("ours", port, predict_path(spec), [compact(u.body) for u in pool],
+                         answer_marker(spec), {"X-API-Key": api_key}, [u.known for u in pool])
     results: dict[str, Any] = {}
     scraped: dict[str, Any] = {}
     results["ours"] = measure(work_ours, tool, work, args,
@@ -1115,8 +1341,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, help="reuse this FEASTFLOW_HOME (built there if it is not)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, bodies)")
-    parser.add_argument("--users", type=int, default=150)
-    parser.add_argument("--days", type=int, default=56)
+    parser.add_argument("--users", type=int, default=150, help="generated worlds: users of the demo")
+    parser.add_argument("--days", type=int, default=56, help="generated worlds: days of the demo")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of each measured run")
@@ -1183,11 +1409,9 @@ def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
         redis.start()
         log(f"private redis-server on port {redis.port}, data in {redis.data_dir}")
         ensure_home(home, redis, spec, args.users, args.days)
-        events = last_day_events(home, secret, spec.name)
-        pool = build_pool(events, args.pool, args.unknown_share, secret, args.seed)
-        log(f"{len(pool):,} request bodies from {len(events):,} unlocks of "
-            f"{events['timestamp'].min():%Y-%m-%d} (replayed a day later), "
-            f"{sum(not u.known for u in pool)} from unknown users")
+        pool, source = request_pool(spec, home, args, secret)
+        log(f"{len(pool):,} request bodies from {source}, "
+            f"{sum(not u.known for u in pool)} from unknown {'users' if spec.generator else 'entities'}")
         feast = {} if args.skip_feast else run_feast(args, spec, home, redis, work, pool, tool, stack)
         ours = run_ours(args, spec, home, redis, work, pool, tool, stack)
 
@@ -1195,6 +1419,7 @@ def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
         return round(a["rps"] / b["rps"], 2) if b and b.get("rps") else None
 
     report: dict[str, Any] = {
+        "use_case": spec.name,
         "ours": ours["ours"],
         "feast_serve": feast.get("feast_serve"),
         "feast_serve_one_entity": feast.get("feast_serve_one_entity"),
@@ -1207,6 +1432,8 @@ def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
         "duration_s": args.duration,
         "tool": tool,
     }
+    if spec.per_event:  # one read per answer: Feast has no stage 1 to compare with
+        del report["feast_serve_one_entity"], report["rps_ratio_one_entity"]
     if args.rate > 0:
         report[f"open_loop_{args.rate:g}"] = ours["open_loop"]
     if args.faults:
