@@ -17,23 +17,27 @@ import yaml
 from feast import FeatureStore, FileSource
 from feast.repo_config import RepoConfig
 
-from feastflow.settings import PROJECT_ROOT, Settings
+from feastflow.settings import Settings
 
 PROFILE_YAML = {"embedded": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
 
 
-def feature_table_source(use_case: str, table: str) -> FileSource:
-    """The Feast source of a use case's batch feature table: `<table>.parquet` where
-    `compute_feature_tables` writes it, under $FEASTFLOW_HOME/features/<use case>.
+def feature_table_source(definitions_file: str, table: str) -> FileSource:
+    """The Feast source of a use case's batch feature table, called from its definitions.py as
+    `feature_table_source(__file__, "<table>")`: `<table>.parquet` where `compute_feature_tables`
+    writes it, $FEASTFLOW_HOME/features/<use case folder>/, the home defaulting to the `var/`
+    beside the feature repo that holds the folder (Feast's own CLI run in a copy of the repo
+    finds the copy's state).
 
     An absolute path: Feast's DuckDB store reads FileSource paths relative to the working
     directory, not to the repo. Read from the environment, not Settings: Feast imports the
     definitions that call this, and that import must not validate secrets.
     """
-    home = Path(os.environ.get("FEASTFLOW_HOME") or PROJECT_ROOT / "var").expanduser().resolve()
+    folder = Path(definitions_file).resolve().parent
+    home = Path(os.environ.get("FEASTFLOW_HOME") or folder.parents[1] / "var")
     return FileSource(
         name=f"{table}_source",
-        path=str(home / "features" / use_case / f"{table}.parquet"),
+        path=str(home.expanduser().resolve() / "features" / folder.name / f"{table}.parquet"),
         timestamp_field="event_timestamp",
         created_timestamp_column="created_timestamp",
     )

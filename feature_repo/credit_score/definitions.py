@@ -28,9 +28,9 @@ person = Entity(name="person", join_keys=["dob_ssn"], value_type=ValueType.STRIN
 zipcode = Entity(name="zipcode", join_keys=["zipcode"], value_type=ValueType.INT64)
 
 # --- sources --------------------------------------------------------------------------------
-zipcode_profile_source = feature_table_source("credit_score", "zipcode_profile")
-zipcode_loans_source = feature_table_source("credit_score", "zipcode_loans")
-credit_history_source = feature_table_source("credit_score", "credit_history")
+zipcode_profile_source = feature_table_source(__file__, "zipcode_profile")
+zipcode_loans_source = feature_table_source(__file__, "zipcode_loans")
+credit_history_source = feature_table_source(__file__, "credit_history")
 # Request-time facts of the application (taken from each event in training).
 application_context = RequestSource(
     name="application_context",

@@ -30,8 +30,8 @@ customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueTy
 terminal = Entity(name="terminal", join_keys=["terminal_id"], value_type=ValueType.INT64)
 
 # --- sources --------------------------------------------------------------------------------
-customer_spending_source = feature_table_source("fraud", "customer_spending")
-terminal_risk_source = feature_table_source("fraud", "terminal_risk")
+customer_spending_source = feature_table_source(__file__, "customer_spending")
+terminal_risk_source = feature_table_source(__file__, "terminal_risk")
 # The payment being scored (taken from each event in training).
 payment = RequestSource(
     name="payment",

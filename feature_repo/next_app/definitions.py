@@ -36,16 +36,16 @@ day_type = Entity(name="day_type", join_keys=["is_weekend"], value_type=ValueTyp
 location = Entity(name="location", join_keys=["location"], value_type=ValueType.STRING)
 
 # --- sources --------------------------------------------------------------------------------
-user_app_usage_source = feature_table_source("next_app", "user_app_usage")
-user_app_hour_source = feature_table_source("next_app", "user_app_hour")
-user_app_daytype_source = feature_table_source("next_app", "user_app_daytype")
-user_app_location_source = feature_table_source("next_app", "user_app_location")
-app_transition_source = feature_table_source("next_app", "app_transition")
-app_hour_popularity_source = feature_table_source("next_app", "app_hour_popularity")
-user_profile_source = feature_table_source("next_app", "user_profile")
-hour_popularity_source = feature_table_source("next_app", "hour_popularity")
-user_app_recency_source = feature_table_source("next_app", "user_app_recency")
-user_last_app_source = feature_table_source("next_app", "user_last_app")
+user_app_usage_source = feature_table_source(__file__, "user_app_usage")
+user_app_hour_source = feature_table_source(__file__, "user_app_hour")
+user_app_daytype_source = feature_table_source(__file__, "user_app_daytype")
+user_app_location_source = feature_table_source(__file__, "user_app_location")
+app_transition_source = feature_table_source(__file__, "app_transition")
+app_hour_popularity_source = feature_table_source(__file__, "app_hour_popularity")
+user_profile_source = feature_table_source(__file__, "user_profile")
+hour_popularity_source = feature_table_source(__file__, "hour_popularity")
+user_app_recency_source = feature_table_source(__file__, "user_app_recency")
+user_last_app_source = feature_table_source(__file__, "user_last_app")
 # Real-time updates of the event-level views (the stream processor pushes here).
 user_last_app_push = PushSource(name="user_last_app_push", batch_source=user_last_app_source)
 user_app_recency_push = PushSource(

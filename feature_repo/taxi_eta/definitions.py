@@ -45,11 +45,11 @@ dropoff_area = Entity(
 hour_of_day = Entity(name="hour_of_day", join_keys=["hour_of_day"], value_type=ValueType.INT64)
 
 # --- sources --------------------------------------------------------------------------------
-pickup_area_duration_source = feature_table_source("taxi_eta", "pickup_area_duration")
-dropoff_area_duration_source = feature_table_source("taxi_eta", "dropoff_area_duration")
-route_duration_source = feature_table_source("taxi_eta", "route_duration")
-route_hour_duration_source = feature_table_source("taxi_eta", "route_hour_duration")
-hour_duration_source = feature_table_source("taxi_eta", "hour_duration")
+pickup_area_duration_source = feature_table_source(__file__, "pickup_area_duration")
+dropoff_area_duration_source = feature_table_source(__file__, "dropoff_area_duration")
+route_duration_source = feature_table_source(__file__, "route_duration")
+route_hour_duration_source = feature_table_source(__file__, "route_hour_duration")
+hour_duration_source = feature_table_source(__file__, "hour_duration")
 # Request-time coordinates of the pickup and the asked-for dropoff (may be missing).
 trip_request = RequestSource(
     name="trip_request",
