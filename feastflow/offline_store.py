@@ -19,13 +19,15 @@ frame (as Arrow) with the feature columns beside it, and on-demand views are the
 Feast's RetrievalJob. Configure with `offline_store: type:
 feastflow.offline_store.AsofDuckDBOfflineStore`. What this store does not read directly
 (non-Parquet or remote sources, `filter_by_created_timestamp`, substrait on-demand views,
-retrieval without an entity frame) it hands to Feast's DuckDB store.
+retrieval without an entity frame) it hands to Feast's DuckDB store. An entity column named
+like an output feature is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +79,7 @@ class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
 class _ViewJoin:
     """One feature view's part of the join, with every name resolved."""
 
+    name: str  # the view's name as requested, for errors
     parquet: str  # read_parquet(...) of the source
     keys: list[tuple[str, str]]  # (source column, entity-frame column)
     timestamp: str  # source column of the event time
@@ -251,9 +254,13 @@ def _reads_directly(source: DataSource | None) -> bool:
     return isinstance(fmt, ParquetFormat) or (fmt is None and source.path.endswith(".parquet"))
 
 
-def _parquet_sql(config: RepoConfig, source: DataSource) -> str:
+def _parquet_path(config: RepoConfig, source: DataSource) -> str:
     # A relative path is relative to the feature repo, as feature_store.yaml paths are.
-    path = FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=cast(FileSource, source).path)
+    uri = cast(FileSource, source).path
+    return str(FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=uri))
+
+
+def _read_parquet_sql(path: str) -> str:
     return "read_parquet('" + path.replace("'", "''") + "')"
 
 
@@ -270,7 +277,7 @@ def _pull_sql(
     bounds = [f"{ts} >= {_naive_utc_sql(start)}"] if start else []
     bounds += [f"{ts} <= {_naive_utc_sql(end)}"] if end else []
     where = f"\nWHERE {' AND '.join(bounds)}" if bounds else ""
-    return f"SELECT {_names(columns)}\nFROM {_parquet_sql(config, source)}{where}"
+    return f"SELECT {_names(columns)}\nFROM {_read_parquet_sql(_parquet_path(config, source))}{where}"
 
 
 def _naive_utc_sql(moment: datetime) -> str:
@@ -323,10 +330,20 @@ def _to_micros(column: pa.ChunkedArray, tz: str | None) -> pa.ChunkedArray:
 
 
 def _check_columns(entity: pa.Table, timestamp_col: str, views: list[_ViewJoin]) -> None:
+    """Every key and the event time in the entity frame, and no output column named twice."""
     expected = {timestamp_col, *(col for view in views for _, col in view.keys)}
     missing = expected - set(entity.column_names)
     if missing:
         raise FeastEntityDFMissingColumnsError(sorted(expected), sorted(missing))
+    columns = [*((c, f"the entity frame's column {c!r}") for c in entity.column_names),
+               *((out, f"feature {out!r} of feature view {view.name!r}")
+                 for view in views for _, out in view.features)]
+    counts = Counter(name for name, _ in columns)
+    for name in (name for name, count in counts.items() if count > 1):
+        clash = " and ".join(owner for n, owner in columns if n == name)
+        # Feast's store refuses this too ("Duplicate column name"), as would a DataFrame's user.
+        raise ValueError(f"the training set would have two columns named {name!r}: {clash}; "
+                         "rename the entity frame's column, or ask with full_feature_names=True")
 
 
 def _time_span(column: pa.ChunkedArray) -> tuple[datetime | None, datetime | None]:
@@ -350,7 +367,8 @@ def _view_join(
     key_map = fv.projection.join_key_map or {c.name: c.name for c in fv.entity_columns}
     created = source.created_timestamp_column
     return _ViewJoin(
-        parquet=_parquet_sql(config, source),
+        name=fv.projection.name_to_use(),
+        parquet=_read_parquet_sql(_parquet_path(config, source)),
         keys=[(to_source.get(key, key), entity_col) for key, entity_col in key_map.items()],
         timestamp=to_source.get(source.timestamp_field, source.timestamp_field),
         created=to_source.get(created, created) if created else None,
@@ -400,7 +418,7 @@ def _view_features(
         else:
             keys = ([entity[col] for _, col in view.keys], [rows[f"__k{k}"] for k in range(len(view.keys))])
         matches = _matches(con, view, probe, keys, rows, coded is not None)
-    features = rows.select([out for _, out in view.features])
+    features = rows.select([f"__v{i}" for i in range(len(view.features))])  # in view.features' order
     del rows, keys  # keys and times: freed before the feature values are copied out
     columns = []
     for out in list(features.column_names):
@@ -500,7 +518,11 @@ def _kind(dtype: pa.DataType) -> str:
 
 def _rows_sql(view: _ViewJoin, first: datetime | None, last: datetime | None,
               cards: list[int] | None = None) -> str:
-    """The rows of a view that some entity row can see, keys (or their code) and times as `__*`."""
+    """The rows of a view that some entity row can see: keys (or their code), times, features.
+
+    Every output column has an internal name (`__k0`, `__ts`, `__v0`, ...), so no feature or
+    source column can collide with another (DuckDB compares names case-insensitively).
+    """
     ts = f"CAST(s.{_q(view.timestamp)} AS TIMESTAMPTZ)"
     joins = ""
     if cards:  # feature keys without an entity row drop out here
@@ -515,7 +537,7 @@ def _rows_sql(view: _ViewJoin, first: datetime | None, last: datetime | None,
     select.append(f"{ts} AS __ts")
     if view.created:
         select.append(f"CAST(s.{_q(view.created)} AS TIMESTAMPTZ) AS __created")
-    select += [f"s.{_q(src)} AS {_q(out)}" for src, out in view.features]
+    select += [f"s.{_q(src)} AS __v{i}" for i, (src, _) in enumerate(view.features)]
     where = [f"s.{_q(src)} IS NOT NULL" for src, _ in view.keys]  # a null key matches nothing
     where.append(f"{ts} <= {_timestamptz_sql(last)}" if last else f"{ts} IS NOT NULL")
     oldest = _minus(first, view.ttl)

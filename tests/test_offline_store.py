@@ -32,6 +32,7 @@ from feast.repo_config import RepoConfig, get_offline_config_from_type
 from feast.types import Float64, Int64, String
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ibis.common.exceptions import IbisInputError
 
 from feastflow import offline_store
 from feastflow.offline_store import AsofDuckDBOfflineStore, AsofDuckDBOfflineStoreConfig
@@ -548,3 +549,53 @@ def test_the_plugin_returns_the_stock_stores_training_set(
     full_names = data.draw(st.booleans(), label="full_feature_names")
     assert_same_rows(training_set(ours, entity_df, refs, full_names),
                      training_set(stock, entity_df, refs, full_names))
+
+
+# --- column names and timestamp features ------------------------------------------------------
+
+
+def cased_table(path: Path, columns: dict[str, list]) -> str:
+    """Columns (in their order) then the event and created times of one or two rows."""
+    rows = len(next(iter(columns.values())))
+    times = {"event_timestamp": [at(0)] * rows, "created_timestamp": [at(0)] * rows}
+    return write_table(path, {**columns, **times})
+
+
+INTERNAL_NAMES = ["__k0", "__K1", "__ts", "__created", "__row", "__match", "__v0", "__v9", "value", "code"]
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_features_named_like_the_plugins_internal_columns(tmp_path: Path, path: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(offline_store, name, value)
+    columns = {"user_id": ["u0", "u1"], **{f: [i, 10 + i] for i, f in enumerate(INTERNAL_NAMES)}}
+    fv = feature_view("odd_fv", [user], source(cased_table(tmp_path / "odd.parquet", columns)), None,
+                      dict.fromkeys(INTERNAL_NAMES, Int64))
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0, 1, 2], "user_id": ["u1", "u9", "u0"],
+                              "event_timestamp": [at(1)] * 3})
+    refs = [f"odd_fv:{f}" for f in INTERNAL_NAMES]
+    result = training_set(ours, entity_df, refs)
+    assert [values(result, f) for f in INTERNAL_NAMES] == [[10 + i, None, i]
+                                                           for i in range(len(INTERNAL_NAMES))]
+    assert_same_rows(result, training_set(stock, entity_df, refs))
+
+
+@pytest.mark.parametrize(("entity_column", "full_feature_names"), [("x", False), ("user_fv__x", True)])
+def test_an_entity_column_named_like_an_output_feature_is_refused(
+    tmp_path: Path, user_table: str, entity_column: str, full_feature_names: bool
+) -> None:
+    fv = feature_view("user_fv", [user], source(user_table), None, {"x": Int64})
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0], "user_id": ["u0"], entity_column: [-1],
+                              "event_timestamp": [at(1)]})
+    with pytest.raises(ValueError, match=rf"two columns named '{entity_column}': the entity frame's column "
+                                         rf"'{entity_column}' and feature '{entity_column}' of feature view "
+                                         "'user_fv'; rename the entity frame's column"):
+        training_set(ours, entity_df, ["user_fv:x"], full_feature_names)
+    with pytest.raises(IbisInputError, match="Duplicate column name"):
+        training_set(stock, entity_df, ["user_fv:x"], full_feature_names)
+    # The other naming keeps them apart, in both stores.
+    result = training_set(ours, entity_df, ["user_fv:x"], not full_feature_names)
+    assert_same_rows(result, training_set(stock, entity_df, ["user_fv:x"], not full_feature_names))
