@@ -19,8 +19,9 @@ frame (as Arrow) with the feature columns beside it, and on-demand views are the
 Feast's RetrievalJob. Configure with `offline_store: type:
 feastflow.offline_store.AsofDuckDBOfflineStore`. What this store does not read directly
 (non-Parquet or remote sources, `filter_by_created_timestamp`, substrait on-demand views,
-retrieval without an entity frame) it hands to Feast's DuckDB store. An entity column named
-like an output feature is refused.
+retrieval without an entity frame) it hands to Feast's DuckDB store. DuckDB matches column
+names case-insensitively: a source column it would take for another (`X` beside `x`) is refused,
+never misread, and so is an entity column named like an output feature.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.errors import FeastEntityDFMissingColumnsError
@@ -80,6 +82,7 @@ class _ViewJoin:
     """One feature view's part of the join, with every name resolved."""
 
     name: str  # the view's name as requested, for errors
+    path: str  # the source's Parquet file (or glob)
     parquet: str  # read_parquet(...) of the source
     keys: list[tuple[str, str]]  # (source column, entity-frame column)
     timestamp: str  # source column of the event time
@@ -177,6 +180,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         entity, timestamp_col = _entity_table(entity_df)
         views = [_view_join(config, fv, feature_refs, full_feature_names) for fv in feature_views]
         _check_columns(entity, timestamp_col, views)
+        for view in views:
+            _check_source_columns(f"feature view '{view.name}'", view.path, _source_columns(view))
         first, last = _time_span(entity[timestamp_col])
         return AsofDuckDBRetrievalJob(
             functools.partial(_point_in_time_join, entity, timestamp_col, views, first, last),
@@ -264,6 +269,36 @@ def _read_parquet_sql(path: str) -> str:
     return "read_parquet('" + path.replace("'", "''") + "')"
 
 
+def _check_source_columns(owner: str, path: str, columns: list[str]) -> None:
+    """Refuse a column that DuckDB would read from another column, or not at all.
+
+    DuckDB matches column names case-insensitively: of a file's columns `x` and `X` it renames
+    the second `X_1`, so `"X"` reads `x` (and `"X_1"` reads `X`). Each column is read only if
+    DuckDB's name for it is the file's name at the same position.
+    """
+    with _connection() as con:
+        read = con.sql(f"SELECT * FROM {_read_parquet_sql(path)} LIMIT 0").columns
+        first = con.execute("SELECT file FROM glob(?) ORDER BY file LIMIT 1", [path]).fetchone()
+    written = pq.read_schema(first[0]).names if first else read
+    renamed = {name for pair in zip(read, written, strict=False) if pair[0] != pair[1] for name in pair}
+    lowered = [name.lower() for name in written]
+    clashing = [name for name in written if lowered.count(name.lower()) > 1]
+    for column in dict.fromkeys(columns):
+        if column in read and column not in renamed:
+            continue
+        if column in renamed or column.lower() in {name.lower() for name in clashing}:
+            related = [name for name in clashing if name.lower() == column.lower()] or clashing
+            raise ValueError(
+                f"{owner}: column {column!r} cannot be read from {path}: its columns {related} "
+                "differ only in case, and DuckDB matches column names case-insensitively (it "
+                f"reads the file's columns as {read}). Rename them so that their names differ "
+                "by more than case."
+            )
+        twins = [name for name in written if name.lower() == column.lower()]
+        hint = f" (column names are case-sensitive: it has {twins[0]!r})" if twins else ""
+        raise ValueError(f"{owner}: its source {path} has no column {column!r}{hint}")
+
+
 def _pull_sql(
     config: RepoConfig,
     source: DataSource,
@@ -277,7 +312,9 @@ def _pull_sql(
     bounds = [f"{ts} >= {_naive_utc_sql(start)}"] if start else []
     bounds += [f"{ts} <= {_naive_utc_sql(end)}"] if end else []
     where = f"\nWHERE {' AND '.join(bounds)}" if bounds else ""
-    return f"SELECT {_names(columns)}\nFROM {_read_parquet_sql(_parquet_path(config, source))}{where}"
+    path = _parquet_path(config, source)
+    _check_source_columns(f"source {source.name!r}", path, columns)
+    return f"SELECT {_names(columns)}\nFROM {_read_parquet_sql(path)}{where}"
 
 
 def _naive_utc_sql(moment: datetime) -> str:
@@ -346,6 +383,12 @@ def _check_columns(entity: pa.Table, timestamp_col: str, views: list[_ViewJoin])
                          "rename the entity frame's column, or ask with full_feature_names=True")
 
 
+def _source_columns(view: _ViewJoin) -> list[str]:
+    """The source columns a view reads: keys, times and features."""
+    times = [view.timestamp, *([view.created] if view.created else [])]
+    return [*(src for src, _ in view.keys), *times, *(src for src, _ in view.features)]
+
+
 def _time_span(column: pa.ChunkedArray) -> tuple[datetime | None, datetime | None]:
     # A naive event time is UTC, as in Feast.
     span = pc.min_max(column.cast(UTC_MICROS))
@@ -366,9 +409,11 @@ def _view_join(
     alias = fv.projection.name_alias or fv.name  # Feast names columns without the version
     key_map = fv.projection.join_key_map or {c.name: c.name for c in fv.entity_columns}
     created = source.created_timestamp_column
+    path = _parquet_path(config, source)
     return _ViewJoin(
         name=fv.projection.name_to_use(),
-        parquet=_read_parquet_sql(_parquet_path(config, source)),
+        path=path,
+        parquet=_read_parquet_sql(path),
         keys=[(to_source.get(key, key), entity_col) for key, entity_col in key_map.items()],
         timestamp=to_source.get(source.timestamp_field, source.timestamp_field),
         created=to_source.get(created, created) if created else None,
