@@ -582,7 +582,10 @@ def _rows_sql(view: _ViewJoin, first: datetime | None, last: datetime | None,
     select.append(f"{ts} AS __ts")
     if view.created:
         select.append(f"CAST(s.{_q(view.created)} AS TIMESTAMPTZ) AS __created")
-    select += [f"s.{_q(src)} AS __v{i}" for i, (src, _) in enumerate(view.features)]
+    # The view's own event and created times are UTC times to Feast, as features too.
+    times = {view.timestamp, view.created}
+    select += [f"CAST(s.{_q(src)} AS TIMESTAMPTZ) AS __v{i}" if src in times else f"s.{_q(src)} AS __v{i}"
+               for i, (src, _) in enumerate(view.features)]
     where = [f"s.{_q(src)} IS NOT NULL" for src, _ in view.keys]  # a null key matches nothing
     where.append(f"{ts} <= {_timestamptz_sql(last)}" if last else f"{ts} IS NOT NULL")
     oldest = _minus(first, view.ttl)

@@ -30,7 +30,7 @@ from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.repo_config import RepoConfig, get_offline_config_from_type
-from feast.types import Float64, Int64, String
+from feast.types import Float64, Int64, String, UnixTimestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ibis.common.exceptions import IbisInputError, IbisTypeError
@@ -658,3 +658,23 @@ def test_an_entity_column_named_like_an_output_feature_is_refused(
     # The other naming keeps them apart, in both stores.
     result = training_set(ours, entity_df, ["user_fv:x"], not full_feature_names)
     assert_same_rows(result, training_set(stock, entity_df, ["user_fv:x"], not full_feature_names))
+
+
+@pytest.mark.parametrize("file_type", [pa.timestamp("us"), pa.timestamp("ns", tz="UTC"),
+                                       pa.timestamp("ms", tz="Europe/Paris")], ids=str)
+def test_the_views_own_times_as_features_are_utc_as_in_feast(tmp_path: Path, file_type: pa.DataType) -> None:
+    times = [at(0), at(1, 1000)]  # a millisecond past the hour: every type holds it
+    stamps = pa.array([t.tz_localize(None) for t in times] if file_type.tz is None else times, file_type)
+    pq.write_table(pa.table({"user_id": ["u0", "u1"], "event_ts": stamps, "created": stamps}),
+                   tmp_path / "stamped.parquet")
+    src = FileSource(name="stamped_source", path=str(tmp_path / "stamped.parquet"),
+                     timestamp_field="event_ts", created_timestamp_column="created")
+    fv = feature_view("stamped_fv", [user], src, None, {"event_ts": UnixTimestamp, "created": UnixTimestamp})
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0, 1, 2], "user_id": ["u1", "u0", "u9"],
+                              "event_timestamp": [at(2)] * 3})
+    refs = ["stamped_fv:event_ts", "stamped_fv:created"]
+    result = training_set(ours, entity_df, refs)
+    assert [str(result[c].dtype) for c in ("event_ts", "created")] == ["datetime64[us, UTC]"] * 2
+    assert values(result, "event_ts") == [at(1, 1000), at(0), None]
+    assert_same_rows(result, training_set(stock, entity_df, refs))
