@@ -19,13 +19,16 @@ frame (as Arrow) with the feature columns beside it, and on-demand views are the
 Feast's RetrievalJob. Configure with `offline_store: type:
 feastflow.offline_store.AsofDuckDBOfflineStore`. What this store does not read directly
 (non-Parquet or remote sources, `filter_by_created_timestamp`, substrait on-demand views,
-retrieval without an entity frame) it hands to Feast's DuckDB store.
+retrieval without an entity frame) it hands to Feast's DuckDB store. DuckDB matches column
+names case-insensitively: a source column it would take for another (`X` beside `x`) is refused,
+never misread, and so is an entity column named like an output feature.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.errors import FeastEntityDFMissingColumnsError
@@ -77,6 +81,8 @@ class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
 class _ViewJoin:
     """One feature view's part of the join, with every name resolved."""
 
+    name: str  # the view's name as requested, for errors
+    path: str  # the source's Parquet file (or glob)
     parquet: str  # read_parquet(...) of the source
     keys: list[tuple[str, str]]  # (source column, entity-frame column)
     timestamp: str  # source column of the event time
@@ -174,6 +180,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         entity, timestamp_col = _entity_table(entity_df)
         views = [_view_join(config, fv, feature_refs, full_feature_names) for fv in feature_views]
         _check_columns(entity, timestamp_col, views)
+        for view in views:
+            _check_source_columns(f"feature view '{view.name}'", view.path, _source_columns(view))
         first, last = _time_span(entity[timestamp_col])
         return AsofDuckDBRetrievalJob(
             functools.partial(_point_in_time_join, entity, timestamp_col, views, first, last),
@@ -251,10 +259,44 @@ def _reads_directly(source: DataSource | None) -> bool:
     return isinstance(fmt, ParquetFormat) or (fmt is None and source.path.endswith(".parquet"))
 
 
-def _parquet_sql(config: RepoConfig, source: DataSource) -> str:
+def _parquet_path(config: RepoConfig, source: DataSource) -> str:
     # A relative path is relative to the feature repo, as feature_store.yaml paths are.
-    path = FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=cast(FileSource, source).path)
+    uri = cast(FileSource, source).path
+    return str(FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=uri))
+
+
+def _read_parquet_sql(path: str) -> str:
     return "read_parquet('" + path.replace("'", "''") + "')"
+
+
+def _check_source_columns(owner: str, path: str, columns: list[str]) -> None:
+    """Refuse a column that DuckDB would read from another column, or not at all.
+
+    DuckDB matches column names case-insensitively: of a file's columns `x` and `X` it renames
+    the second `X_1`, so `"X"` reads `x` (and `"X_1"` reads `X`). Each column is read only if
+    DuckDB's name for it is the file's name at the same position.
+    """
+    with _connection() as con:
+        read = con.sql(f"SELECT * FROM {_read_parquet_sql(path)} LIMIT 0").columns
+        first = con.execute("SELECT file FROM glob(?) ORDER BY file LIMIT 1", [path]).fetchone()
+    written = pq.read_schema(first[0]).names if first else read
+    renamed = {name for pair in zip(read, written, strict=False) if pair[0] != pair[1] for name in pair}
+    lowered = [name.lower() for name in written]
+    clashing = [name for name in written if lowered.count(name.lower()) > 1]
+    for column in dict.fromkeys(columns):
+        if column in read and column not in renamed:
+            continue
+        if column in renamed or column.lower() in {name.lower() for name in clashing}:
+            related = [name for name in clashing if name.lower() == column.lower()] or clashing
+            raise ValueError(
+                f"{owner}: column {column!r} cannot be read from {path}: its columns {related} "
+                "differ only in case, and DuckDB matches column names case-insensitively (it "
+                f"reads the file's columns as {read}). Rename them so that their names differ "
+                "by more than case."
+            )
+        twins = [name for name in written if name.lower() == column.lower()]
+        hint = f" (column names are case-sensitive: it has {twins[0]!r})" if twins else ""
+        raise ValueError(f"{owner}: its source {path} has no column {column!r}{hint}")
 
 
 def _pull_sql(
@@ -270,7 +312,9 @@ def _pull_sql(
     bounds = [f"{ts} >= {_naive_utc_sql(start)}"] if start else []
     bounds += [f"{ts} <= {_naive_utc_sql(end)}"] if end else []
     where = f"\nWHERE {' AND '.join(bounds)}" if bounds else ""
-    return f"SELECT {_names(columns)}\nFROM {_parquet_sql(config, source)}{where}"
+    path = _parquet_path(config, source)
+    _check_source_columns(f"source {source.name!r}", path, columns)
+    return f"SELECT {_names(columns)}\nFROM {_read_parquet_sql(path)}{where}"
 
 
 def _naive_utc_sql(moment: datetime) -> str:
@@ -323,10 +367,26 @@ def _to_micros(column: pa.ChunkedArray, tz: str | None) -> pa.ChunkedArray:
 
 
 def _check_columns(entity: pa.Table, timestamp_col: str, views: list[_ViewJoin]) -> None:
+    """Every key and the event time in the entity frame, and no output column named twice."""
     expected = {timestamp_col, *(col for view in views for _, col in view.keys)}
     missing = expected - set(entity.column_names)
     if missing:
         raise FeastEntityDFMissingColumnsError(sorted(expected), sorted(missing))
+    columns = [*((c, f"the entity frame's column {c!r}") for c in entity.column_names),
+               *((out, f"feature {out!r} of feature view {view.name!r}")
+                 for view in views for _, out in view.features)]
+    counts = Counter(name for name, _ in columns)
+    for name in (name for name, count in counts.items() if count > 1):
+        clash = " and ".join(owner for n, owner in columns if n == name)
+        # Feast's store refuses this too ("Duplicate column name"), as would a DataFrame's user.
+        raise ValueError(f"the training set would have two columns named {name!r}: {clash}; "
+                         "rename the entity frame's column, or ask with full_feature_names=True")
+
+
+def _source_columns(view: _ViewJoin) -> list[str]:
+    """The source columns a view reads: keys, times and features."""
+    times = [view.timestamp, *([view.created] if view.created else [])]
+    return [*(src for src, _ in view.keys), *times, *(src for src, _ in view.features)]
 
 
 def _time_span(column: pa.ChunkedArray) -> tuple[datetime | None, datetime | None]:
@@ -349,8 +409,11 @@ def _view_join(
     alias = fv.projection.name_alias or fv.name  # Feast names columns without the version
     key_map = fv.projection.join_key_map or {c.name: c.name for c in fv.entity_columns}
     created = source.created_timestamp_column
+    path = _parquet_path(config, source)
     return _ViewJoin(
-        parquet=_parquet_sql(config, source),
+        name=fv.projection.name_to_use(),
+        path=path,
+        parquet=_read_parquet_sql(path),
         keys=[(to_source.get(key, key), entity_col) for key, entity_col in key_map.items()],
         timestamp=to_source.get(source.timestamp_field, source.timestamp_field),
         created=to_source.get(created, created) if created else None,
@@ -400,7 +463,7 @@ def _view_features(
         else:
             keys = ([entity[col] for _, col in view.keys], [rows[f"__k{k}"] for k in range(len(view.keys))])
         matches = _matches(con, view, probe, keys, rows, coded is not None)
-    features = rows.select([out for _, out in view.features])
+    features = rows.select([f"__v{i}" for i in range(len(view.features))])  # in view.features' order
     del rows, keys  # keys and times: freed before the feature values are copied out
     columns = []
     for out in list(features.column_names):
@@ -500,7 +563,11 @@ def _kind(dtype: pa.DataType) -> str:
 
 def _rows_sql(view: _ViewJoin, first: datetime | None, last: datetime | None,
               cards: list[int] | None = None) -> str:
-    """The rows of a view that some entity row can see, keys (or their code) and times as `__*`."""
+    """The rows of a view that some entity row can see: keys (or their code), times, features.
+
+    Every output column has an internal name (`__k0`, `__ts`, `__v0`, ...), so no feature or
+    source column can collide with another (DuckDB compares names case-insensitively).
+    """
     ts = f"CAST(s.{_q(view.timestamp)} AS TIMESTAMPTZ)"
     joins = ""
     if cards:  # feature keys without an entity row drop out here
@@ -515,7 +582,10 @@ def _rows_sql(view: _ViewJoin, first: datetime | None, last: datetime | None,
     select.append(f"{ts} AS __ts")
     if view.created:
         select.append(f"CAST(s.{_q(view.created)} AS TIMESTAMPTZ) AS __created")
-    select += [f"s.{_q(src)} AS {_q(out)}" for src, out in view.features]
+    # The view's own event and created times are UTC times to Feast, as features too.
+    times = {view.timestamp, view.created}
+    select += [f"CAST(s.{_q(src)} AS TIMESTAMPTZ) AS __v{i}" if src in times else f"s.{_q(src)} AS __v{i}"
+               for i, (src, _) in enumerate(view.features)]
     where = [f"s.{_q(src)} IS NOT NULL" for src, _ in view.keys]  # a null key matches nothing
     where.append(f"{ts} <= {_timestamptz_sql(last)}" if last else f"{ts} IS NOT NULL")
     oldest = _minus(first, view.ttl)

@@ -7,6 +7,7 @@ store's row for row and value for value; a materialization test compares the onl
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,9 +30,10 @@ from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.repo_config import RepoConfig, get_offline_config_from_type
-from feast.types import Float64, Int64, String
+from feast.types import Float64, Int64, String, UnixTimestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ibis.common.exceptions import IbisInputError, IbisTypeError
 
 from feastflow import offline_store
 from feastflow.offline_store import AsofDuckDBOfflineStore, AsofDuckDBOfflineStoreConfig
@@ -548,3 +550,131 @@ def test_the_plugin_returns_the_stock_stores_training_set(
     full_names = data.draw(st.booleans(), label="full_feature_names")
     assert_same_rows(training_set(ours, entity_df, refs, full_names),
                      training_set(stock, entity_df, refs, full_names))
+
+
+# --- column names and timestamp features ------------------------------------------------------
+
+
+def cased_table(path: Path, columns: dict[str, list]) -> str:
+    """Columns (in their order) then the event and created times of one or two rows."""
+    rows = len(next(iter(columns.values())))
+    times = {"event_timestamp": [at(0)] * rows, "created_timestamp": [at(0)] * rows}
+    return write_table(path, {**columns, **times})
+
+
+@pytest.mark.parametrize(("columns", "features", "clash"), [
+    ({"user_id": ["u0"], "x": [1], "X": [2]}, {"x": Int64, "X": Int64}, "['x', 'X']"),
+    ({"USER_ID": ["u1"], "user_id": ["u0"], "x": [1]}, {"x": Int64}, "['USER_ID', 'user_id']"),
+])
+def test_source_columns_differing_only_in_case_are_refused_not_misread(
+    tmp_path: Path, columns: dict[str, list], features: dict[str, object], clash: str
+) -> None:
+    # DuckDB reads `X` as `x`'s values, and joins on `USER_ID` when asked for `user_id`.
+    fv = feature_view("cased_fv", [user], source(cased_table(tmp_path / "cased.parquet", columns)), None,
+                      features)
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0], "user_id": ["u0"], "event_timestamp": [at(1)]})
+    refs = [f"cased_fv:{f}" for f in features]
+    with pytest.raises(ValueError, match=rf"view 'cased_fv': column .* {re.escape(clash)} differ only in"):
+        training_set(ours, entity_df, refs)
+    with pytest.raises(IbisTypeError, match="is not found"):  # Feast's store cannot read it either
+        training_set(stock, entity_df, refs)
+    with pytest.raises(ValueError, match=rf"source 'cased_source': .* {re.escape(clash)} differ only in"):
+        ours.materialize(at(0).to_pydatetime(), at(24).to_pydatetime())
+
+
+def test_the_first_of_two_case_twins_is_read_as_the_stock_store_reads_it(tmp_path: Path) -> None:
+    path = cased_table(tmp_path / "cased.parquet", {"user_id": ["u0", "u1"], "x": [1, 2], "X": [3, 4]})
+    fv = feature_view("cased_fv", [user], source(path), None, {"x": Int64})
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0, 1], "user_id": ["u1", "u0"], "event_timestamp": [at(1)] * 2})
+    result = training_set(ours, entity_df, ["cased_fv:x"])
+    assert values(result, "x") == [2, 1]
+    assert_same_rows(result, training_set(stock, entity_df, ["cased_fv:x"]))
+
+
+def test_a_feature_named_in_another_case_than_its_column_is_refused(tmp_path: Path) -> None:
+    path = cased_table(tmp_path / "cased.parquet", {"user_id": ["u0"], "x": [1]})
+    fv = feature_view("cased_fv", [user], source(path), None, {"X": Int64})  # DuckDB would read x
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0], "user_id": ["u0"], "event_timestamp": [at(1)]})
+    with pytest.raises(ValueError, match=r"feature view 'cased_fv': .* no column 'X' \(.*it has 'x'\)"):
+        training_set(ours, entity_df, ["cased_fv:X"])
+    with pytest.raises(IbisTypeError, match="is not found"):
+        training_set(stock, entity_df, ["cased_fv:X"])
+
+
+def test_entity_columns_differing_in_case_from_keys_and_features_are_kept_apart(
+    tmp_path: Path, user_table: str
+) -> None:
+    fv = feature_view("user_fv", [user], source(user_table), None, {"x": Int64})
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0, 1], "user_id": ["u0", "u1"], "X": [-1, -2],
+                              "event_timestamp": [at(12)] * 2})
+    result = training_set(ours, entity_df, ["user_fv:x"])
+    assert values(result, "x") == [2, 7] and values(result, "X") == [-1, -2]
+    assert_same_rows(result, training_set(stock, entity_df, ["user_fv:x"]))
+    # A column USER_ID beside the key user_id (Feast's store fails here: 'Field "USER_ID" exists 2 times').
+    with_twin = entity_df.assign(USER_ID=["u1", "u0"])
+    result = training_set(ours, with_twin, ["user_fv:x"])
+    assert values(result, "x") == [2, 7] and values(result, "USER_ID") == ["u1", "u0"]
+
+
+INTERNAL_NAMES = ["__k0", "__K1", "__ts", "__created", "__row", "__match", "__v0", "__v9", "value", "code"]
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_features_named_like_the_plugins_internal_columns(tmp_path: Path, path: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(offline_store, name, value)
+    columns = {"user_id": ["u0", "u1"], **{f: [i, 10 + i] for i, f in enumerate(INTERNAL_NAMES)}}
+    fv = feature_view("odd_fv", [user], source(cased_table(tmp_path / "odd.parquet", columns)), None,
+                      dict.fromkeys(INTERNAL_NAMES, Int64))
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0, 1, 2], "user_id": ["u1", "u9", "u0"],
+                              "event_timestamp": [at(1)] * 3})
+    refs = [f"odd_fv:{f}" for f in INTERNAL_NAMES]
+    result = training_set(ours, entity_df, refs)
+    assert [values(result, f) for f in INTERNAL_NAMES] == [[10 + i, None, i]
+                                                           for i in range(len(INTERNAL_NAMES))]
+    assert_same_rows(result, training_set(stock, entity_df, refs))
+
+
+@pytest.mark.parametrize(("entity_column", "full_feature_names"), [("x", False), ("user_fv__x", True)])
+def test_an_entity_column_named_like_an_output_feature_is_refused(
+    tmp_path: Path, user_table: str, entity_column: str, full_feature_names: bool
+) -> None:
+    fv = feature_view("user_fv", [user], source(user_table), None, {"x": Int64})
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0], "user_id": ["u0"], entity_column: [-1],
+                              "event_timestamp": [at(1)]})
+    with pytest.raises(ValueError, match=rf"two columns named '{entity_column}': the entity frame's column "
+                                         rf"'{entity_column}' and feature '{entity_column}' of feature view "
+                                         "'user_fv'; rename the entity frame's column"):
+        training_set(ours, entity_df, ["user_fv:x"], full_feature_names)
+    with pytest.raises(IbisInputError, match="Duplicate column name"):
+        training_set(stock, entity_df, ["user_fv:x"], full_feature_names)
+    # The other naming keeps them apart, in both stores.
+    result = training_set(ours, entity_df, ["user_fv:x"], not full_feature_names)
+    assert_same_rows(result, training_set(stock, entity_df, ["user_fv:x"], not full_feature_names))
+
+
+@pytest.mark.parametrize("file_type", [pa.timestamp("us"), pa.timestamp("ns", tz="UTC"),
+                                       pa.timestamp("ms", tz="Europe/Paris")], ids=str)
+def test_the_views_own_times_as_features_are_utc_as_in_feast(tmp_path: Path, file_type: pa.DataType) -> None:
+    times = [at(0), at(1, 1000)]  # a millisecond past the hour: every type holds it
+    stamps = pa.array([t.tz_localize(None) for t in times] if file_type.tz is None else times, file_type)
+    pq.write_table(pa.table({"user_id": ["u0", "u1"], "event_ts": stamps, "created": stamps}),
+                   tmp_path / "stamped.parquet")
+    src = FileSource(name="stamped_source", path=str(tmp_path / "stamped.parquet"),
+                     timestamp_field="event_ts", created_timestamp_column="created")
+    fv = feature_view("stamped_fv", [user], src, None, {"event_ts": UnixTimestamp, "created": UnixTimestamp})
+    ours, stock = twin_stores(tmp_path, [user, fv])
+    entity_df = pd.DataFrame({"row_id": [0, 1, 2], "user_id": ["u1", "u0", "u9"],
+                              "event_timestamp": [at(2)] * 3})
+    refs = ["stamped_fv:event_ts", "stamped_fv:created"]
+    result = training_set(ours, entity_df, refs)
+    assert [str(result[c].dtype) for c in ("event_ts", "created")] == ["datetime64[us, UTC]"] * 2
+    assert values(result, "event_ts") == [at(1, 1000), at(0), None]
+    assert_same_rows(result, training_set(stock, entity_df, refs))
