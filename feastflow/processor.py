@@ -10,6 +10,9 @@ to the Parquet event log (all-or-nothing) and only then acknowledge them.
 At-least-once delivery, exactly-once effect: an entry acknowledged is in the log; an entry not
 acknowledged is re-read after a crash. States remember the last stream position applied per user,
 so re-read entries do not count twice; the log is checked for re-read entries before appending.
+
+A failure (broker or store down) is retried with exponential backoff and jitter, one log line
+when a streak starts and one when it ends.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Protocol
 
 import pandas as pd
 import redis
+from redis.backoff import EqualJitterBackoff
 
 from feastflow.event_log import existing_event_ids, has_events, read_events, write_partitions
 from feastflow.events import decode_events
@@ -128,7 +132,8 @@ class StreamProcessor:
 
     def __init__(self, realtime: RealtimeFeatures, stream: EventStream, states: StateStore,
                  push: Push, events_dir: Path, batch_events: int = 2000, block_ms: int = 50,
-                 log_flush_seconds: float = 2.0, retry_seconds: float = 1.0) -> None:
+                 log_flush_seconds: float = 2.0, retry_seconds: float = 0.2,
+                 retry_max_seconds: float = 10.0) -> None:
         self.realtime = realtime
         self.stream = stream
         self.states = states
@@ -138,6 +143,8 @@ class StreamProcessor:
         self.block_ms = block_ms
         self.log_flush_seconds = log_flush_seconds
         self.retry_seconds = retry_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self._backoff = EqualJitterBackoff(cap=retry_max_seconds, base=retry_seconds)
         self.stats = ProcessorStats()
         self._unlogged: list[pd.DataFrame] = []
         self._unacked: list[StreamEntry] = []
@@ -278,23 +285,44 @@ class StreamProcessor:
             self._last_flush = time.monotonic()
             return written
 
+    def retry_delay(self, failures: int) -> float:
+        """Seconds before attempt `failures` + 1: exponential from `retry_seconds` up to
+        `retry_max_seconds`, with equal jitter (processors that failed together spread out)."""
+        return self._backoff.compute(failures)
+
     def _retrying(self, stop: threading.Event, work: Callable[[], object],
                   attempts_after_stop: int = 0) -> None:
-        # A broker or store outage must not lose what is in hand: retry the same work.
-        failed_after_stop = 0
+        # A broker or store outage must not lose what is in hand: retry the same work, with
+        # backoff, saying so once when the streak starts and once when it ends.
+        name = getattr(work, "__name__", "work")
+        failures, failed_after_stop, started = 0, 0, 0.0
         while True:
             try:
                 work()
-                return
-            except Exception:
+            except Exception as e:
+                failures += 1
                 self.stats.failures += 1
-                log.exception("stream processor: %s failed; retrying in %.1f s",
-                              getattr(work, "__name__", "work"), self.retry_seconds)
+                if failures == 1:
+                    started = time.monotonic()
+                    log.error("stream processor: %s failed (%s: %s); retrying with backoff up "
+                              "to %.0f s, quiet until it recovers", name, type(e).__name__, e,
+                              self.retry_max_seconds)
+                    log.debug("stream processor: %s failed", name, exc_info=True)
                 if stop.is_set():
                     failed_after_stop += 1
                     if failed_after_stop > attempts_after_stop:
-                        return  # unacknowledged entries are re-read at the next start
-                time.sleep(self.retry_seconds)
+                        log.error("stream processor: stopping with %s failing (%s: %s): what "
+                                  "was not acknowledged is read again at the next start", name,
+                                  type(e).__name__, e)
+                        return
+                    time.sleep(self.retry_delay(failures))
+                else:
+                    stop.wait(self.retry_delay(failures))
+                continue
+            if failures:
+                log.info("stream processor: %s recovered after %d failures in %.1f s", name,
+                         failures, time.monotonic() - started)
+            return
 
 
 class BackgroundProcessor:
