@@ -21,19 +21,35 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import redis
+from starlette.testclient import TestClient
 from test_streaming import (
+    KEY,
+    SECRET,
     StreamWorld,
+    as_payload,
+    drain,
+    good_event,
+    logged_event_ids,
+    make_world,
+    offline_values,
+    online_values,
+    post,
 )
 
-from feastflow.processor import MemoryStateStore, StreamProcessor
+from feastflow.privacy import hash_user_id
+from feastflow.processor import MemoryStateStore, StreamProcessor, build_processor
 from feastflow.realtime import RealtimeFeatures
 from feastflow.settings import FEATURE_REPO
 from feastflow.spec import load_spec
 from feastflow.store import open_store
-from feastflow.stream import RedisEventStream, StreamUnavailable
+from feastflow.stream import RedisEventStream, StreamUnavailable, open_event_stream
+from pipelines.features import compute_feature_tables
+from serving.app import create_app
 from serving.events import EventIntake
+from serving.settings import ServingSettings
 
 BATCH_FEATURE = "user_app_usage_fv:opens_28d"  # a batch view: materialized, never pushed
 
@@ -117,6 +133,152 @@ def batch_values(world: StreamWorld, pairs: list[tuple[str, str]]) -> list[Any]:
     rows = [{"user_id": u, "app": a} for u, a in pairs]
     return open_store(world.settings, "next_app").get_online_features(
         [BATCH_FEATURE], rows).to_dict()["opens_28d"]
+
+
+# --- item 1: Redis restarted -----------------------------------------------------------------
+
+
+def test_after_a_redis_restart_the_processor_recovers_what_the_online_store_lost(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    world = make_world(tmp_path, db=0, seed=53, redis_base=redis_server.base)
+    settings, spec = world.settings, world.spec
+    intake = EventIntake(open_event_stream(settings, spec.name), SECRET, spec.event_log)
+    users = [hash_user_id(u, SECRET) for u in sorted(world.history["user_id"].unique())]
+    pairs = sorted({(hash_user_id(u, SECRET), a) for u, a in
+                    zip(world.history["user_id"], world.history["app"], strict=True)})[:30]
+    materialized = batch_values(world, pairs)
+    assert any(v is not None for v in materialized)
+    payload = as_payload(world.live)
+    first, second = payload[: len(payload) // 2], payload[len(payload) // 2:]
+    all_ids = set(world.history["event_id"]) | set(world.live["event_id"])
+
+    processor = build_processor(settings, spec)
+    stop = threading.Event()
+    thread = threading.Thread(target=processor.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert submit(intake, first) == len(first)
+        first_ids = {e["event_id"] for e in first}
+        wait_until(lambda: first_ids <= set(logged_event_ids(settings)), 120,
+                   "the first half was not logged")
+        redis_server.restart()  # group, states, online rows and dedupe keys: all gone
+
+        assert submit(intake, first[:10]) == 10  # a client retrying: Redis forgot these ids
+        assert submit(intake, second) == len(second)
+        wait_until(lambda: set(logged_event_ids(settings)) >= all_ids, 120,
+                   "the processor made no progress after the restart")
+        wait_until(lambda: batch_values(world, pairs) == materialized, 60,
+                   "the batch views were not restored")
+    finally:
+        stop.set()
+        thread.join(60)
+
+    ids = logged_event_ids(settings)
+    assert not ids.duplicated().any(), ids[ids.duplicated()].tolist()[:5]
+    assert set(ids) == all_ids
+    # the real-time features online are the offline point-in-time values over the whole log
+    compute_feature_tables(settings, spec)
+    live_pairs = sorted({(hash_user_id(u, SECRET), a) for u, a in
+                         zip(world.live["user_id"], world.live["app"], strict=True)})
+    at = world.live["timestamp"].max() + pd.Timedelta(microseconds=1)
+    assert online_values(settings, users, live_pairs) == offline_values(settings, users,
+                                                                        live_pairs, at)
+
+
+def test_a_processor_started_after_a_redis_restart_restores_the_online_store(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    # A machine rebooted: Redis and the processor come back together, the processor first.
+    world = make_world(tmp_path, db=0, seed=59, redis_base=redis_server.base)
+    settings, spec = world.settings, world.spec
+    users = [hash_user_id(u, SECRET) for u in sorted(world.history["user_id"].unique())]
+    pairs = sorted({(hash_user_id(u, SECRET), a) for u, a in
+                    zip(world.history["user_id"], world.history["app"], strict=True)})[:30]
+    build_processor(settings, spec).seed_from_log()  # once: the processor has run here
+    before = (batch_values(world, pairs), online_values(settings, users, pairs))
+    redis_server.restart()
+    processor = build_processor(settings, spec)
+    processor.seed_from_log()
+    assert (batch_values(world, pairs), online_values(settings, users, pairs)) == before
+
+
+# --- item 1: /readyz and item 2: dead letters ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fault_world(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> StreamWorld:
+    return make_world(tmp_path_factory.mktemp("faults"), db=11, seed=61)
+
+
+@pytest.fixture()
+def fault_client(fault_world: StreamWorld) -> Iterator[TestClient]:
+    serving = ServingSettings(**{**fault_world.settings.model_dump(), "api_key": KEY,
+                                 "registry_poll_seconds": 0, "log_json": False})
+    with TestClient(create_app(serving), raise_server_exceptions=False) as client:
+        yield client
+
+
+def readyz_reasons(client: TestClient) -> list[str]:
+    return client.get("/readyz").json()["reasons"]
+
+
+def test_an_undecodable_entry_goes_to_the_dead_letter_stream_and_processing_goes_on(
+        fault_world: StreamWorld, fault_client: TestClient) -> None:
+    settings, spec = fault_world.settings, fault_world.spec
+    client = redis.Redis.from_url(settings.redis_url)
+    key = settings.event_stream_key(spec.name)
+    assert post(fault_client, [good_event("dl-1"), good_event("dl-2")]).status_code == 202
+    not_json = client.xadd(key, {"e": b"{not json"}).decode()
+    no_e = client.xadd(key, {"x": b"1"}).decode()
+    assert post(fault_client, [good_event("dl-3")]).status_code == 202
+
+    processor = build_processor(settings, spec)
+    drain(processor)
+
+    assert {"dl-1", "dl-2", "dl-3"} <= set(logged_event_ids(settings))
+    assert open_event_stream(settings, spec.name).backlog() == 0
+    dead = {fields[b"id"].decode(): fields for _, fields in client.xrange(key + ":dead")}
+    assert set(dead) == {not_json, no_e}
+    assert dead[not_json][b"entry"] == b"{not json"
+    assert b"JSON" in dead[not_json][b"error"] or b"json" in dead[not_json][b"error"]
+    assert b"'e'" in dead[no_e][b"error"]
+    assert all(pd.Timestamp(f[b"time"].decode()).tzinfo is not None for f in dead.values())
+    assert "dead_letters" in readyz_reasons(fault_client)
+    metrics = fault_client.get("/metrics").text
+    assert 'feastflow_stream_dead_letters{use_case="next_app"} 2.0' in metrics
+
+
+def test_an_undecodable_entry_left_pending_by_a_crash_does_not_block_recovery(
+        fault_world: StreamWorld) -> None:
+    settings, spec = fault_world.settings, fault_world.spec
+    client = redis.Redis.from_url(settings.redis_url)
+    key = settings.event_stream_key(spec.name)
+    stream = open_event_stream(settings, spec.name)
+    drain(build_processor(settings, spec))
+    dead_before = client.xlen(key + ":dead")
+    client.xadd(key, {"x": b"no payload"})
+    assert len(stream.read(10, 10)) == 1  # taken by processor-1, which then "crashed"
+    assert client.xpending(key, "feastflow-stream")["pending"] == 1
+
+    processor = build_processor(settings, spec)
+    processor.recover()
+    assert client.xpending(key, "feastflow-stream")["pending"] == 0
+    assert client.xlen(key + ":dead") == dead_before + 1
+
+
+def test_readyz_reports_a_processor_that_makes_no_progress(
+        fault_world: StreamWorld, fault_client: TestClient) -> None:
+    settings, spec = fault_world.settings, fault_world.spec
+    drain(build_processor(settings, spec))
+    intake = fault_client.app.state.core.use_cases[spec.name].intake  # type: ignore[attr-defined]
+    intake.watch.stall_seconds = 0.5
+    assert "processor_stalled" not in readyz_reasons(fault_client)
+    assert post(fault_client, [good_event("stall-1")]).status_code == 202
+    # no processor runs: the backlog stays and nothing moves
+    wait_until(lambda: "processor_stalled" in readyz_reasons(fault_client), 30,
+               "/readyz did not report the stalled processor")
+    drain(build_processor(settings, spec))
+    wait_until(lambda: "processor_stalled" not in readyz_reasons(fault_client), 30,
+               "/readyz still reports a stall after the processor caught up")
 
 
 # --- item 7: retry with backoff --------------------------------------------------------------
