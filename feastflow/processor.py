@@ -253,8 +253,9 @@ class StreamProcessor:
         """The states were lost while running: log what is in hand, then seed and restore."""
         self.stats.resets += 1
         log.error("stream processor: the state store lost its states (Redis restarted with "
-                  "nothing on disk?): rebuilding them and the online store from the event log %s",
-                  self.events_dir)
+                  "nothing on disk?): rebuilding them and the online store from the event log %s; "
+                  "events appended and not yet read before the restart are lost unless Redis "
+                  "persists them (appendonly yes)", self.events_dir)
         self.flush_log()  # the log must hold every event applied so far before it is folded
         self._seed(restore=self.restore_online is not None)
 

@@ -31,7 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, cast
 
 import orjson
 import redis
@@ -41,7 +41,6 @@ from feastflow.settings import Settings
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_MAX = 100_000  # entries kept in a dead-letter stream (approximate trim)
-T = TypeVar("T")
 
 # KEYS[1]: the stream; ARGV[1]: id TTL (s), ARGV[2]: id key prefix, then (event id, payload) pairs.
 # Atomic in Redis: an event id is appended once, whatever the client retries.
@@ -168,7 +167,7 @@ class RedisEventStream:
                 raise
         self._group_ready = True
 
-    def _with_group(self, command: Callable[[], T]) -> T:
+    def _with_group(self, command: Callable[[], Any]) -> Any:
         # Redis restarted with nothing on disk (or the key was deleted) drops the group: every
         # read would fail with NOGROUP forever. Recreate it once and run the command again.
         self._ensure_group()
@@ -262,7 +261,7 @@ class RedisEventStream:
         length, dead = pipe.execute()
         if not length:
             return StreamStatus(0, None, int(dead))
-        for group in self.client.xinfo_groups(self.stream):
+        for group in cast(list[dict[str, Any]], self.client.xinfo_groups(self.stream)):
             if group["name"] == self.group.encode():
                 backlog = int(group.get("lag") or 0) + int(group["pending"])
                 progress = (group["last-delivered-id"], group.get("entries-read"),

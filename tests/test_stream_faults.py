@@ -18,13 +18,16 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 import redis
-from starlette.testclient import TestClient
+import uvicorn
+from starlette.applications import Starlette
 from test_streaming import (
     KEY,
     SECRET,
@@ -54,13 +57,17 @@ from serving.settings import ServingSettings
 BATCH_FEATURE = "user_app_usage_fv:opens_28d"  # a batch view: materialized, never pushed
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class RedisServer:
     """A redis-server of this test on a free port, keeping nothing on disk (like the issue's)."""
 
     def __init__(self, workdir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -209,27 +216,48 @@ def fault_world(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Str
     return make_world(tmp_path_factory.mktemp("faults"), db=11, seed=61)
 
 
+@dataclass
+class Served:
+    """The app in uvicorn on a real port (a thread of this process) and an HTTP client to it."""
+
+    app: Starlette
+    http: httpx.Client
+
+
 @pytest.fixture()
-def fault_client(fault_world: StreamWorld) -> Iterator[TestClient]:
-    serving = ServingSettings(**{**fault_world.settings.model_dump(), "api_key": KEY,
-                                 "registry_poll_seconds": 0, "log_json": False})
-    with TestClient(create_app(serving), raise_server_exceptions=False) as client:
-        yield client
+def served(fault_world: StreamWorld) -> Iterator[Served]:
+    settings = ServingSettings(**{**fault_world.settings.model_dump(), "api_key": KEY,
+                                  "registry_poll_seconds": 0, "log_json": False})
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), 120, "the server did not start")
+    assert server.started
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield Served(app, http)
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
-def readyz_reasons(client: TestClient) -> list[str]:
+def readyz_reasons(client: httpx.Client) -> list[str]:
     return client.get("/readyz").json()["reasons"]
 
 
 def test_an_undecodable_entry_goes_to_the_dead_letter_stream_and_processing_goes_on(
-        fault_world: StreamWorld, fault_client: TestClient) -> None:
+        fault_world: StreamWorld, served: Served) -> None:
+    http = served.http
     settings, spec = fault_world.settings, fault_world.spec
     client = redis.Redis.from_url(settings.redis_url)
     key = settings.event_stream_key(spec.name)
-    assert post(fault_client, [good_event("dl-1"), good_event("dl-2")]).status_code == 202
+    assert post(http, [good_event("dl-1"), good_event("dl-2")]).status_code == 202
     not_json = client.xadd(key, {"e": b"{not json"}).decode()
     no_e = client.xadd(key, {"x": b"1"}).decode()
-    assert post(fault_client, [good_event("dl-3")]).status_code == 202
+    assert post(http, [good_event("dl-3")]).status_code == 202
 
     processor = build_processor(settings, spec)
     drain(processor)
@@ -242,8 +270,8 @@ def test_an_undecodable_entry_goes_to_the_dead_letter_stream_and_processing_goes
     assert b"JSON" in dead[not_json][b"error"] or b"json" in dead[not_json][b"error"]
     assert b"'e'" in dead[no_e][b"error"]
     assert all(pd.Timestamp(f[b"time"].decode()).tzinfo is not None for f in dead.values())
-    assert "dead_letters" in readyz_reasons(fault_client)
-    metrics = fault_client.get("/metrics").text
+    assert "dead_letters" in readyz_reasons(http)
+    metrics = http.get("/metrics").text
     assert 'feastflow_stream_dead_letters{use_case="next_app"} 2.0' in metrics
 
 
@@ -266,18 +294,19 @@ def test_an_undecodable_entry_left_pending_by_a_crash_does_not_block_recovery(
 
 
 def test_readyz_reports_a_processor_that_makes_no_progress(
-        fault_world: StreamWorld, fault_client: TestClient) -> None:
+        fault_world: StreamWorld, served: Served) -> None:
+    http = served.http
     settings, spec = fault_world.settings, fault_world.spec
     drain(build_processor(settings, spec))
-    intake = fault_client.app.state.core.use_cases[spec.name].intake  # type: ignore[attr-defined]
+    intake = served.app.state.core.use_cases[spec.name].intake
     intake.watch.stall_seconds = 0.5
-    assert "processor_stalled" not in readyz_reasons(fault_client)
-    assert post(fault_client, [good_event("stall-1")]).status_code == 202
+    assert "processor_stalled" not in readyz_reasons(http)
+    assert post(http, [good_event("stall-1")]).status_code == 202
     # no processor runs: the backlog stays and nothing moves
-    wait_until(lambda: "processor_stalled" in readyz_reasons(fault_client), 30,
+    wait_until(lambda: "processor_stalled" in readyz_reasons(http), 30,
                "/readyz did not report the stalled processor")
     drain(build_processor(settings, spec))
-    wait_until(lambda: "processor_stalled" not in readyz_reasons(fault_client), 30,
+    wait_until(lambda: "processor_stalled" not in readyz_reasons(http), 30,
                "/readyz still reports a stall after the processor caught up")
 
 
