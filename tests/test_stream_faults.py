@@ -43,12 +43,23 @@ from test_streaming import (
 )
 
 from feastflow.privacy import hash_user_id
-from feastflow.processor import MemoryStateStore, StreamProcessor, build_processor
+from feastflow.processor import (
+    SEEDED_MARKER,
+    MemoryStateStore,
+    RedisStateStore,
+    StreamProcessor,
+    build_processor,
+)
 from feastflow.realtime import RealtimeFeatures
 from feastflow.settings import FEATURE_REPO
 from feastflow.spec import load_spec
 from feastflow.store import open_store
-from feastflow.stream import RedisEventStream, StreamUnavailable, open_event_stream
+from feastflow.stream import (
+    MemoryEventStream,
+    RedisEventStream,
+    StreamUnavailable,
+    open_event_stream,
+)
 from pipelines.features import compute_feature_tables
 from serving.app import create_app
 from serving.events import EventIntake
@@ -356,3 +367,44 @@ def test_a_broker_outage_is_one_log_line_per_failure_streak(
     assert "ConnectionError" in failing[0].getMessage()
     [recovered] = [r for r in lines if "recovered" in r.getMessage()]
     assert f"{processor.stats.failures} failures" in recovered.getMessage()
+
+
+def test_a_processor_that_cannot_restore_the_batch_views_says_so_and_goes_on(
+        tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    events_dir = tmp_path / "events"
+    events_dir.mkdir()
+    (events_dir / SEEDED_MARKER).write_text("seeded before the restart\n")
+
+    def restore() -> None:
+        raise FileNotFoundError("no feature tables in /nowhere: run `feastflow features` first")
+
+    spec = load_spec("next_app", FEATURE_REPO)
+    client = redis.Redis.from_url(redis_server.base + "/0")
+    processor = StreamProcessor(
+        RealtimeFeatures(spec), RedisEventStream(redis_server.base + "/0", "s"),
+        RedisStateStore(client, spec.name), lambda source, rows: None, events_dir,
+        restore_online=restore)
+    caplog.set_level(logging.INFO, logger="feastflow.processor")
+    processor.seed_from_log()
+    [cannot] = [r for r in caplog.records if "CANNOT restore" in r.getMessage()]
+    assert cannot.levelno == logging.ERROR and "feastflow materialize" in cannot.getMessage()
+    assert RedisStateStore(client, spec.name).is_seeded()  # processing goes on
+
+
+def test_the_embedded_stream_dead_letters_too(tmp_path: Path) -> None:
+    stream = MemoryEventStream()
+    spec = load_spec("next_app", FEATURE_REPO)
+    contract = spec.event_log
+    intake = EventIntake(stream, SECRET, contract)
+    assert intake.submit([good_event("m-1")]).accepted == 1
+    stream.append([("m-bad", b"[1, 2")])
+    assert intake.submit([good_event("m-2")]).accepted == 1
+    processor = StreamProcessor(RealtimeFeatures(spec), stream, MemoryStateStore(),
+                                lambda source, rows: None, tmp_path / "events")
+    drain(processor)
+    assert processor.stats.applied == 2 and processor.stats.dead_letters == 1
+    [dead] = stream.dead_letters
+    assert dead["entry"] == b"[1, 2" and "JSON" in str(dead["error"])
+    status = stream.status()
+    assert (status.backlog, status.dead_letters) == (0, 1)
+    assert intake.stream_reasons()[0] == ["dead_letters"]
