@@ -45,16 +45,27 @@ def read_events(events_dir: Path, columns: list[str]) -> pd.DataFrame:
         "hive_partitioning = false)").df()
 
 
-def existing_event_ids(events_dir: Path, candidate_ids: pd.Series, id_column: str = "event_id"
-                       ) -> set[str]:
-    """Which of these event ids are already in the log."""
-    if not has_events(events_dir):
+def existing_event_ids(events_dir: Path, candidate_ids: pd.Series, id_column: str = "event_id",
+                       timestamps: pd.Series | None = None) -> set[str]:
+    """Which of these event ids are already in the log.
+
+    With the candidates' `timestamps`, only the date/hour partitions they fall in are read (an
+    event logged once sits in the partition of its own time), not the whole log.
+    """
+    if timestamps is None:
+        globs = [events_glob(events_dir)] if has_events(events_dir) else []
+    else:
+        hours = pd.Series(timestamps.dt.floor("h").unique())
+        parts = [events_dir / f"date={h:%Y-%m-%d}" / f"hour={h:%H}" for h in hours]
+        globs = [f"{part}/*.parquet" for part in parts if any(part.glob("*.parquet"))]
+    if not globs:
         return set()
     con = duckdb.connect()
     con.register("incoming", pa.table({"id": candidate_ids.astype(str).to_numpy()}))
+    files = "[" + ", ".join(sql_string(g) for g in globs) + "]"
     found = con.execute(
         f"""SELECT DISTINCT l."{id_column}"::VARCHAR FROM read_parquet(
-            {sql_string(events_glob(events_dir))}, hive_partitioning = false) l
+            {files}, hive_partitioning = false) l
             JOIN incoming i ON l."{id_column}"::VARCHAR = i.id"""
     ).fetchall()
     return {row[0] for row in found}

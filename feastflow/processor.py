@@ -9,7 +9,18 @@ to the Parquet event log (all-or-nothing) and only then acknowledge them.
 
 At-least-once delivery, exactly-once effect: an entry acknowledged is in the log; an entry not
 acknowledged is re-read after a crash. States remember the last stream position applied per user,
-so re-read entries do not count twice; the log is checked for re-read entries before appending.
+so re-read entries do not count twice; the log is checked for re-read entries before appending,
+and for every entry while the stream's dedupe memory is younger than its TTL (a broker restarted
+empty forgot which ids it took: a client's retry must not be logged twice).
+
+Faults:
+- an entry that cannot be decoded goes to the stream's dead-letter stream; the rest go on;
+- the state store lost its states (Redis restarted with nothing on disk, seen through its marker,
+  while running or at start): what this processor holds is appended to the log, then the states
+  are rebuilt from the log and the online store is restored: the batch views re-materialized
+  (`restore_online`) and the latest real-time rows pushed again;
+- any other failure (broker or store down) is retried with exponential backoff and jitter, one
+  log line when a streak starts and one when it ends.
 """
 
 from __future__ import annotations
@@ -19,11 +30,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
 import redis
+from redis.backoff import EqualJitterBackoff
 
 from feastflow.event_log import existing_event_ids, has_events, read_events, write_partitions
 from feastflow.events import decode_events
@@ -36,13 +49,19 @@ from feastflow.stream import EventStream, StreamEntry, open_event_stream
 log = logging.getLogger(__name__)
 
 Push = Callable[[str, pd.DataFrame], None]  # (push source, rows) -> written online
+SEEDED_MARKER = "_processor_seeded"  # beside the log: a processor seeded states from it once
+
+
+class StatesLost(RuntimeError):
+    """The state store no longer holds the states this process saw there (Redis restarted)."""
 
 
 class StateStore(Protocol):
     """Where the processor keeps each entity's real-time state between batches and restarts."""
 
     def get(self, entities: Iterable[str]) -> dict[str, EntityState]:
-        """The states of these entities (fresh ones for unknown entities)."""
+        """The states of these entities (fresh ones for unknown entities); raises StatesLost
+        when the store was seeded as seen by this process and has since lost everything."""
         ...
 
     def put(self, states: dict[str, EntityState]) -> None:
@@ -64,11 +83,19 @@ class RedisStateStore:
     def __init__(self, client: redis.Redis, use_case: str) -> None:
         self.client = client
         self.key = f"feastflow:{use_case}:realtime_state"
+        self._seen_seeded = False  # this process saw the marker: its absence now means a reset
 
     def get(self, entities: Iterable[str]) -> dict[str, EntityState]:
-        """The states of these entities."""
+        """The states of these entities, with the seeding marker checked in the same round trip."""
         names = list(entities)
-        raw = self.client.hmget(self.key, names) if names else []
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(self.key + ":seeded")
+        if names:
+            pipe.hmget(self.key, names)
+        seeded, *rest = pipe.execute()
+        if self._seen_seeded and not seeded:
+            raise StatesLost(f"{self.key} lost its states (Redis restarted with nothing on disk?)")
+        raw = rest[0] if names else []
         return {n: EntityState.decode(r) for n, r in zip(names, raw, strict=True)}
 
     def put(self, states: dict[str, EntityState]) -> None:
@@ -78,11 +105,14 @@ class RedisStateStore:
 
     def is_seeded(self) -> bool:
         """The seeding marker is set."""
-        return bool(self.client.exists(self.key + ":seeded"))
+        seeded = bool(self.client.exists(self.key + ":seeded"))
+        self._seen_seeded = self._seen_seeded or seeded
+        return seeded
 
     def mark_seeded(self) -> None:
         """Set the seeding marker."""
         self.client.set(self.key + ":seeded", "1")
+        self._seen_seeded = True
 
 
 class MemoryStateStore:
@@ -120,6 +150,8 @@ class ProcessorStats:
     already_logged: int = 0  # re-read events found in the log already
     batches: int = 0
     failures: int = 0
+    dead_letters: int = 0  # entries that could not be decoded, moved to the dead-letter stream
+    resets: int = 0  # times the states were found lost and rebuilt from the log
     started: float = field(default_factory=time.monotonic)
 
 
@@ -128,7 +160,9 @@ class StreamProcessor:
 
     def __init__(self, realtime: RealtimeFeatures, stream: EventStream, states: StateStore,
                  push: Push, events_dir: Path, batch_events: int = 2000, block_ms: int = 50,
-                 log_flush_seconds: float = 2.0, retry_seconds: float = 1.0) -> None:
+                 log_flush_seconds: float = 2.0, retry_seconds: float = 0.2,
+                 retry_max_seconds: float = 10.0, reset_check_seconds: float = 1.0,
+                 restore_online: Callable[[], None] | None = None) -> None:
         self.realtime = realtime
         self.stream = stream
         self.states = states
@@ -138,6 +172,14 @@ class StreamProcessor:
         self.block_ms = block_ms
         self.log_flush_seconds = log_flush_seconds
         self.retry_seconds = retry_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self._backoff = EqualJitterBackoff(cap=retry_max_seconds, base=retry_seconds)
+        self.reset_check_seconds = reset_check_seconds
+        # Re-materializes the batch views after the online store was lost with the states (the
+        # Redis profile); None where the online store outlives the states (embedded).
+        self.restore_online = restore_online
+        self._seeded = False  # this processor seeded or found seeded states
+        self._next_reset_check = 0.0
         self.stats = ProcessorStats()
         self._unlogged: list[pd.DataFrame] = []
         self._unacked: list[StreamEntry] = []
@@ -150,19 +192,81 @@ class StreamProcessor:
         self._last_flush = time.monotonic()
 
     def seed_from_log(self) -> int:
-        """Once per state store: start every user's state from the offline event log."""
+        """Once per state store: start every user's state from the offline event log.
+
+        When a processor seeded from this log before (its marker is beside the log) the store
+        was lost, not new: the online store lost its rows with it and is restored too.
+        """
         if self.states.is_seeded():
+            self._seeded = True
             return 0
+        # (embedded: the states live in memory and are new at every start, the online store not)
+        reset = self.restore_online is not None and (self.events_dir / SEEDED_MARKER).exists()
+        if reset:
+            log.error("stream processor: the state store is empty but a processor seeded it "
+                      "from %s before (Redis restarted with nothing on disk?): rebuilding the "
+                      "states and the online store from the event log", self.events_dir)
+        return self._seed(restore=reset)
+
+    def _seed(self, restore: bool) -> int:
         seeded = 0
         if has_events(self.events_dir):
             rt = self.realtime
             frame = read_events(self.events_dir, [rt.entity_key, rt.item_key, rt.event_id_key,
                                                   rt.timestamp_key])
+            if restore:
+                self._restore_online(frame)
             states = self.realtime.states_from_log(frame)
             self.states.put(states)
             seeded = len(states)
+        elif restore:
+            self._restore_online(None)
         self.states.mark_seeded()
+        self.events_dir.mkdir(parents=True, exist_ok=True)
+        (self.events_dir / SEEDED_MARKER).write_text(datetime.now(UTC).isoformat() + "\n")
+        self._seeded = True
         return seeded
+
+    def _restore_online(self, events: pd.DataFrame | None) -> None:
+        # Batch views first, then the real-time rows: Feast keeps a key's newest row, and the
+        # log's fold is at least as new as the tables the batch views were computed from.
+        if self.restore_online is not None:
+            try:
+                self.restore_online()
+            except Exception as e:
+                log.error("stream processor: CANNOT restore the batch feature views online (%s: "
+                          "%s): answers miss them until `feastflow materialize` is run",
+                          type(e).__name__, e)
+        if events is None:
+            return
+        rt = self.realtime
+        for table, rows in rt.batch_tables(events).items():
+            keys = [rt.entity_key] if table == rt.entity_table else [rt.entity_key, rt.item_key]
+            latest = rows.sort_values("event_timestamp", kind="stable").drop_duplicates(
+                keys, keep="last")
+            if len(latest):
+                self.push(rt.push_sources[table], latest)
+        log.warning("stream processor: pushed the latest real-time rows of %d entities again",
+                    events[rt.entity_key].nunique())
+
+    def replay_after_reset(self) -> None:
+        """The states were lost while running: log what is in hand, then seed and restore."""
+        self.stats.resets += 1
+        log.error("stream processor: the state store lost its states (Redis restarted with "
+                  "nothing on disk?): rebuilding them and the online store from the event log %s; "
+                  "events appended and not yet read before the restart are lost unless Redis "
+                  "persists them (appendonly yes)", self.events_dir)
+        self.flush_log()  # the log must hold every event applied so far before it is folded
+        self._seed(restore=self.restore_online is not None)
+
+    def _check_reset(self) -> None:
+        # A restarted Redis shows no error while idle: look at the states' marker now and then.
+        now = time.monotonic()
+        if not self._seeded or now < self._next_reset_check:
+            return
+        if not self.states.is_seeded():
+            self.replay_after_reset()
+        self._next_reset_check = now + self.reset_check_seconds
 
     def run(self, stop: threading.Event, on_progress: Callable[[ProcessorStats], None] | None = None
             ) -> ProcessorStats:
@@ -192,8 +296,49 @@ class StreamProcessor:
             self._retrying(stop, self.flush_log, attempts_after_stop=5)
         return self.stats
 
-    def _decode(self, entries: list[StreamEntry]) -> pd.DataFrame:
-        return decode_events([e.payload for e in entries], self.realtime.contract)
+    def _decode(self, entries: list[StreamEntry]) -> tuple[list[StreamEntry], pd.DataFrame]:
+        """The entries that decode and their frame; the others go to the dead-letter stream."""
+        try:
+            frame = self._decode_checked(entries)
+            return entries, frame
+        except Exception:
+            pass  # one at a time, to find the bad ones (rare: append writes valid payloads)
+        good, frames = [], []
+        for entry in entries:
+            try:
+                frames.append(self._decode_checked([entry]))
+                good.append(entry)
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"
+                self.stream.dead_letter(entry, error)
+                self.stats.dead_letters += 1
+                log.error("stream processor: entry %s cannot be decoded (%s): moved to the "
+                          "dead-letter stream", entry.entry_id, error)
+        if not frames:
+            return [], decode_events([], self.realtime.contract)
+        return good, pd.concat(frames, ignore_index=True)
+
+    def _decode_checked(self, entries: list[StreamEntry]) -> pd.DataFrame:
+        rt = self.realtime
+        for entry in entries:
+            if entry.payload is None:
+                raise ValueError("the entry has no 'e' field (the event's JSON payload)")
+        frame = decode_events([e.payload for e in entries if e.payload is not None], rt.contract)
+        keys = [rt.entity_key, rt.item_key, rt.event_id_key, rt.timestamp_key]
+        missing = [k for k in keys if frame[k].isna().any()]
+        if missing:
+            raise ValueError(f"empty {', '.join(missing)}: the fold needs every key")
+        return frame
+
+    def _apply(self, entries: list[StreamEntry], frame: pd.DataFrame,
+               already_logged: set[str] | frozenset[str] = frozenset()) -> None:
+        if not entries:
+            return
+        try:
+            self.handle(entries, frame, already_logged)
+        except StatesLost:  # Redis restarted under us: rebuild, then apply to the right states
+            self.replay_after_reset()
+            self.handle(entries, frame, already_logged)
 
     def recover(self) -> int:
         """Re-process entries taken before and never acknowledged (a crash); return how many."""
@@ -204,22 +349,23 @@ class StreamProcessor:
             if not entries:
                 break
             after = entries[-1].entry_id
-            frame = self._decode(entries)
+            good, frame = self._decode(entries)
             logged = existing_event_ids(self.events_dir, frame[self.realtime.event_id_key],
-                                        self.realtime.event_id_key)
+                                        self.realtime.event_id_key) if good else set()
             self.stats.already_logged += len(logged)
-            self.handle(entries, frame, already_logged=logged)
+            self._apply(good, frame, already_logged=logged)
             recovered += len(entries)
         self.flush_log()
         return recovered
 
     def step(self) -> int:
         """One read, one fold-and-push; append to the log when it is due. Returns events read."""
+        self._check_reset()
         if self._in_hand is None:  # a batch that failed is retried before anything new is read
             self._in_hand = self.stream.read(self.batch_events, self.block_ms)
         entries = self._in_hand
         if entries:
-            self.handle(entries, self._decode(entries))
+            self._apply(*self._decode(entries))
         self._in_hand = None
         due = time.monotonic() - self._last_flush >= self.log_flush_seconds
         if due and self._unacked and not self._log_in_background:
@@ -267,8 +413,10 @@ class StreamProcessor:
             written = 0
             if frames:
                 timestamp = self.realtime.timestamp_key
-                events = pd.concat(frames, ignore_index=True).sort_values(timestamp, kind="stable")
-                write_partitions(events, self.events_dir, timestamp)
+                events = self._not_logged(pd.concat(frames, ignore_index=True))
+                events = events.sort_values(timestamp, kind="stable")
+                if len(events):
+                    write_partitions(events, self.events_dir, timestamp)
                 written = len(events)
             self._flushing_frames = []  # in the log now: a failed ack must not write them again
             self.stats.logged += written
@@ -278,23 +426,61 @@ class StreamProcessor:
             self._last_flush = time.monotonic()
             return written
 
+    def _not_logged(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Drop events twice in hand, and, while the stream's dedupe memory may have lost ids
+        (younger than its TTL), those already in the log (read in their own partitions only)."""
+        rt = self.realtime
+        events = events.drop_duplicates(rt.event_id_key, ignore_index=True)
+        if self.stream.dedupe_complete():
+            return events
+        logged = existing_event_ids(self.events_dir, events[rt.event_id_key], rt.event_id_key,
+                                    timestamps=events[rt.timestamp_key])
+        if not logged:
+            return events
+        self.stats.already_logged += len(logged)
+        log.warning("stream processor: %d events appended again after the stream forgot their "
+                    "ids (a client retry after a broker restart?) are in the log already: "
+                    "skipped", len(logged))
+        return events[~events[rt.event_id_key].isin(logged)]
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds before attempt `failures` + 1: exponential from `retry_seconds` up to
+        `retry_max_seconds`, with equal jitter (processors that failed together spread out)."""
+        return self._backoff.compute(failures)
+
     def _retrying(self, stop: threading.Event, work: Callable[[], object],
                   attempts_after_stop: int = 0) -> None:
-        # A broker or store outage must not lose what is in hand: retry the same work.
-        failed_after_stop = 0
+        # A broker or store outage must not lose what is in hand: retry the same work, with
+        # backoff, saying so once when the streak starts and once when it ends.
+        name = getattr(work, "__name__", "work")
+        failures, failed_after_stop, started = 0, 0, 0.0
         while True:
             try:
                 work()
-                return
-            except Exception:
+            except Exception as e:
+                failures += 1
                 self.stats.failures += 1
-                log.exception("stream processor: %s failed; retrying in %.1f s",
-                              getattr(work, "__name__", "work"), self.retry_seconds)
+                if failures == 1:
+                    started = time.monotonic()
+                    log.error("stream processor: %s failed (%s: %s); retrying with backoff up "
+                              "to %.0f s, quiet until it recovers", name, type(e).__name__, e,
+                              self.retry_max_seconds)
+                    log.debug("stream processor: %s failed", name, exc_info=True)
                 if stop.is_set():
                     failed_after_stop += 1
                     if failed_after_stop > attempts_after_stop:
-                        return  # unacknowledged entries are re-read at the next start
-                time.sleep(self.retry_seconds)
+                        log.error("stream processor: stopping with %s failing (%s: %s): what "
+                                  "was not acknowledged is read again at the next start", name,
+                                  type(e).__name__, e)
+                        return
+                    time.sleep(self.retry_delay(failures))
+                else:
+                    stop.wait(self.retry_delay(failures))
+                continue
+            if failures:
+                log.info("stream processor: %s recovered after %d failures in %.1f s", name,
+                         failures, time.monotonic() - started)
+            return
 
 
 class BackgroundProcessor:
@@ -324,20 +510,33 @@ class BackgroundProcessor:
 def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | None = None,
                     states: StateStore | None = None) -> StreamProcessor:
     """A processor for the settings' profile: Redis stream and states, or in-process ones."""
-    from feast.data_source import PushMode
+    from feast.data_source import PushMode, PushSource
 
     store = open_store(settings, spec.name)
 
     def push(source: str, rows: pd.DataFrame) -> None:
         store.push(source, rows, to=PushMode.ONLINE)
 
+    def restore_batch_views() -> None:
+        # Feast's materialize over all time: the latest row of every key of each batch view (the
+        # pushed views are rebuilt from the event log by the processor itself).
+        views = [v.name for v in store.list_feature_views()
+                 if not isinstance(v.stream_source, PushSource)]
+        if views:
+            store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC),
+                              end_date=datetime.now(UTC), feature_views=views)
+            log.warning("stream processor: re-materialized %d batch feature views: %s",
+                        len(views), ", ".join(views))
+
     if stream is None:
         stream = open_event_stream(settings, spec.name)
     if states is None:
         states = (RedisStateStore(redis.Redis.from_url(settings.redis_url), spec.name)
                   if settings.profile == "redis" else MemoryStateStore())
+    redis_profile = settings.profile == "redis"
     return StreamProcessor(RealtimeFeatures(spec), stream, states, push,
                            settings.events_dir(spec.name),
                            batch_events=settings.stream_batch_events,
                            block_ms=settings.stream_block_ms,
-                           log_flush_seconds=settings.stream_log_flush_seconds)
+                           log_flush_seconds=settings.stream_log_flush_seconds,
+                           restore_online=restore_batch_views if redis_profile else None)

@@ -8,6 +8,14 @@ One interface, two brokers:
 - `MemoryEventStream` (embedded profile): the same interface in process, so the server can run
   its own processor with no services (not durable: a restart loses what was not yet processed).
 
+Faults the processor must survive, each answered here:
+- an entry that cannot be decoded goes to a dead-letter stream (`dead_letter`) with the error and
+  the time, and is acknowledged: one bad entry never stops the ones after it;
+- Redis restarted with nothing on disk: the consumer group is gone (NOGROUP); the next read
+  recreates it from the start of what the stream holds, and the dedupe memory is gone too, which
+  `dedupe_complete` admits so the processor checks the event log instead;
+- `status` gives what /readyz needs to see a processor that stopped making progress.
+
 Kafka slots in behind the same interface: `append` is an idempotent producer keyed by user (one
 partition per user keeps a user's events in order), `read` a consumer-group poll, `ack` an offset
 commit after the offline log write, `pending` what the group re-delivers after a rebalance.
@@ -15,15 +23,24 @@ commit after the offline log write, `pending` what the group re-delivers after a
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
 
+import orjson
 import redis
 
 from feastflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_MAX = 100_000  # entries kept in a dead-letter stream (approximate trim)
 
 # KEYS[1]: the stream; ARGV[1]: id TTL (s), ARGV[2]: id key prefix, then (event id, payload) pairs.
 # Atomic in Redis: an event id is appended once, whatever the client retries.
@@ -47,7 +64,24 @@ class StreamEntry:
 
     entry_id: str
     seq: int  # grows with the stream: idempotent application compares it
-    payload: bytes
+    payload: bytes | None  # None: the entry has no `e` field (not written by `append`)
+    fields: tuple[tuple[bytes, bytes], ...] = ()  # the entry's fields when `payload` is None
+
+    def describe(self) -> bytes:
+        """The entry as stored, for a dead letter: its payload, or its fields as JSON."""
+        if self.payload is not None:
+            return self.payload
+        return orjson.dumps({k.decode(errors="replace"): v.decode(errors="replace")
+                             for k, v in self.fields})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """What /readyz reads: the backlog, a marker that moves when the processor does, dead letters."""
+
+    backlog: int  # entries appended and not yet acknowledged
+    progress: object  # changes whenever the group reads or acknowledges; None without a group
+    dead_letters: int  # entries in the dead-letter stream
 
 
 class EventStream(Protocol):
@@ -77,6 +111,19 @@ class EventStream(Protocol):
         """Entries appended but not yet acknowledged."""
         ...
 
+    def dead_letter(self, entry: StreamEntry, error: str) -> None:
+        """Move an entry that cannot be processed to the dead-letter stream and acknowledge it."""
+        ...
+
+    def status(self) -> StreamStatus:
+        """Backlog, progress marker and dead letters, in one look."""
+        ...
+
+    def dedupe_complete(self) -> bool:
+        """Every event id appended within the dedupe TTL is still remembered (False after the
+        broker lost its memory, e.g. a restart with nothing on disk: check the log instead)."""
+        ...
+
     def ping(self) -> bool:
         """The broker answers."""
         ...
@@ -103,9 +150,12 @@ class RedisEventStream:
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
         self.claim_idle_ms = claim_idle_ms
         self._id_prefix = f"{stream}:seen:"
+        self.dead_key = f"{stream}:dead"
+        self._dedupe_since_key = f"{stream}:dedupe_since"
         self._append_once = self.client.register_script(_APPEND_ONCE)
         self._group_ready = False
         self._acks = 0
+        self.group_resets = 0  # times the group was found missing and recreated
 
     def _ensure_group(self) -> None:
         if self._group_ready:
@@ -116,6 +166,22 @@ class RedisEventStream:
             if "BUSYGROUP" not in str(e):
                 raise
         self._group_ready = True
+
+    def _with_group(self, command: Callable[[], Any]) -> Any:
+        # Redis restarted with nothing on disk (or the key was deleted) drops the group: every
+        # read would fail with NOGROUP forever. Recreate it once and run the command again.
+        self._ensure_group()
+        try:
+            return command()
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+        self._group_ready = False
+        self._ensure_group()
+        self.group_resets += 1
+        log.warning("event stream %s: consumer group %s was gone (Redis restarted empty?); "
+                    "recreated it from the oldest entry the stream holds", self.stream, self.group)
+        return command()
 
     def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
         """Append new event ids, atomically skip seen ones."""
@@ -133,19 +199,18 @@ class RedisEventStream:
 
     def read(self, count: int, block_ms: int) -> list[StreamEntry]:
         """New entries for this consumer."""
-        self._ensure_group()
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
-                                       count=count, block=block_ms or None)
+        reply = self._with_group(lambda: self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms or None))
         return self._entries(reply)
 
     def claim_abandoned(self) -> int:
         """Move entries idle for `claim_idle_ms` on other consumers to this one."""
-        self._ensure_group()
         claimed, cursor = 0, "0-0"
         while True:
-            cursor, entries, *_ = self.client.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
-                start_id=cursor, count=1000)  # (justid would drop the cursor in redis-py)
+            cursor, entries, *_ = self._with_group(functools.partial(
+                self.client.xautoclaim, self.stream, self.group, self.consumer,
+                min_idle_time=self.claim_idle_ms, start_id=cursor, count=1000))  # (justid
+            # would drop the cursor in redis-py)
             claimed += len(entries)
             cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
             if cursor == "0-0":
@@ -153,9 +218,8 @@ class RedisEventStream:
 
     def pending(self, count: int, after: str = "0") -> list[StreamEntry]:
         """This consumer's unacknowledged entries with ids after `after`, oldest first."""
-        self._ensure_group()
-        return self._entries(self.client.xreadgroup(self.group, self.consumer,
-                                                    {self.stream: after}, count=count))
+        return self._entries(self._with_group(lambda: self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: after}, count=count)))
 
     def ack(self, entries: list[StreamEntry]) -> None:
         """Acknowledge, then now and then trim what every reader has acknowledged."""
@@ -178,11 +242,40 @@ class RedisEventStream:
 
     def backlog(self) -> int:
         """Entries not yet delivered plus those delivered and not acknowledged."""
-        self._ensure_group()
-        for group in self.client.xinfo_groups(self.stream):
+        return self.status().backlog
+
+    def dead_letter(self, entry: StreamEntry, error: str) -> None:
+        """XADD the entry, the error and the time to `<stream>:dead` and XACK it, atomically."""
+        record = {"id": entry.entry_id, "entry": entry.describe(), "error": error[:4000],
+                  "time": datetime.now(UTC).isoformat()}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.dead_key, record, maxlen=DEAD_LETTER_MAX, approximate=True)  # type: ignore[arg-type]
+        pipe.xack(self.stream, self.group, entry.entry_id)
+        pipe.execute()
+
+    def status(self) -> StreamStatus:
+        """The group's lag plus pending (the stream's length when no group reads it)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(self.stream)
+        pipe.xlen(self.dead_key)
+        length, dead = pipe.execute()
+        if not length:
+            return StreamStatus(0, None, int(dead))
+        for group in cast(list[dict[str, Any]], self.client.xinfo_groups(self.stream)):
             if group["name"] == self.group.encode():
-                return int(group.get("lag") or 0) + int(group["pending"])
-        return 0
+                backlog = int(group.get("lag") or 0) + int(group["pending"])
+                progress = (group["last-delivered-id"], group.get("entries-read"),
+                            group["pending"])
+                return StreamStatus(backlog, progress, int(dead))
+        return StreamStatus(int(length), None, int(dead))  # no group: nobody reads these
+
+    def dedupe_complete(self) -> bool:
+        """The dedupe memory started (marker set NX, lost with it) at least one TTL ago."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self._dedupe_since_key, time.time(), nx=True)
+        pipe.get(self._dedupe_since_key)
+        since = float(pipe.execute()[1])
+        return time.time() - since >= self.dedupe_ttl_seconds
 
     def ping(self) -> bool:
         """The broker answers."""
@@ -202,7 +295,10 @@ class RedisEventStream:
             for entry_id, fields in messages:
                 if fields:  # a trimmed entry comes back without fields
                     decoded = entry_id.decode()
-                    out.append(StreamEntry(decoded, _seq(decoded), fields[b"e"]))
+                    payload = fields.get(b"e")
+                    out.append(StreamEntry(decoded, _seq(decoded), payload) if payload is not None
+                               else StreamEntry(decoded, _seq(decoded), None,
+                                                tuple(fields.items())))
         return out
 
 
@@ -215,6 +311,9 @@ class MemoryEventStream:
         self._delivered: OrderedDict[str, StreamEntry] = OrderedDict()
         self._seen: dict[str, float] = {}
         self._next = 0
+        self._acked = 0
+        self._created = time.monotonic()
+        self.dead_letters: list[dict[str, object]] = []
         self._ready = threading.Condition()
 
     def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
@@ -259,12 +358,31 @@ class MemoryEventStream:
         """Forget acknowledged entries."""
         with self._ready:
             for entry in entries:
-                self._delivered.pop(entry.entry_id, None)
+                if self._delivered.pop(entry.entry_id, None) is not None:
+                    self._acked += 1
 
     def backlog(self) -> int:
         """Entries not yet delivered plus those delivered and not acknowledged."""
         with self._ready:
             return len(self._queue) + len(self._delivered)
+
+    def dead_letter(self, entry: StreamEntry, error: str) -> None:
+        """Keep the entry, the error and the time in a list, and acknowledge it."""
+        with self._ready:
+            self.dead_letters.append({"id": entry.entry_id, "entry": entry.describe(),
+                                      "error": error, "time": datetime.now(UTC).isoformat()})
+        self.ack([entry])
+
+    def status(self) -> StreamStatus:
+        """Backlog, (delivered, acknowledged) as the progress marker, dead letters."""
+        with self._ready:
+            delivered = self._next - len(self._queue)
+            return StreamStatus(len(self._queue) + len(self._delivered), (delivered, self._acked),
+                                len(self.dead_letters))
+
+    def dedupe_complete(self) -> bool:
+        """This process has lived one dedupe TTL (a restart forgets every id)."""
+        return time.monotonic() - self._created >= self.dedupe_ttl_seconds
 
     def ping(self) -> bool:
         """Always reachable."""

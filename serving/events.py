@@ -1,8 +1,14 @@
 """Event intake behind POST /v1/events: validate each event with ingest's rules, hash the user
-ids, append the valid ones to the event stream; invalid ones come back with the field and reason."""
+ids, append the valid ones to the event stream; invalid ones come back with the field and reason.
+
+It also watches the stream for /readyz: a processor that stopped making progress while events
+wait (`processor_stalled`) and entries moved to the dead-letter stream (`dead_letters`).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +17,9 @@ import pandas as pd
 from feastflow.event_log import hash_columns
 from feastflow.events import encode_events, event_columns, unknown_field_reason, validate_events
 from feastflow.spec import EventLogSpec
-from feastflow.stream import EventStream
+from feastflow.stream import EventStream, StreamStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,13 +35,49 @@ class IntakeResult:
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
 
 
+class StallWatch:
+    """Remembers when the stream's consumer group last moved, to tell a stalled processor."""
+
+    def __init__(self, stall_seconds: float = 60.0) -> None:
+        self.stall_seconds = stall_seconds
+        self._progress: object = None
+        self._moved_at = time.monotonic()
+
+    def stalled(self, status: StreamStatus, now: float | None = None) -> bool:
+        """Events wait and the group neither read nor acknowledged for `stall_seconds`."""
+        now = time.monotonic() if now is None else now
+        if status.backlog == 0 or status.progress != self._progress:
+            self._progress, self._moved_at = status.progress, now
+            return False
+        return now - self._moved_at >= self.stall_seconds
+
+
 class EventIntake:
     """Validates and hashes events and appends them to the stream (blocking: run in a thread)."""
 
-    def __init__(self, stream: EventStream, secret: str, contract: EventLogSpec) -> None:
+    def __init__(self, stream: EventStream, secret: str, contract: EventLogSpec,
+                 stall_seconds: float = 60.0) -> None:
         self.stream = stream
         self.secret = secret
         self.contract = contract
+        self.watch = StallWatch(stall_seconds)
+        self._reported: set[str] = set()
+
+    def stream_reasons(self) -> tuple[list[str], StreamStatus]:
+        """/readyz reason codes about the stream's consumer (blocking), with the status read;
+        the detail goes to the log once when a reason appears."""
+        status = self.stream.status()
+        reasons = []
+        if self.watch.stalled(status):
+            reasons.append("processor_stalled")
+        if status.dead_letters:
+            reasons.append("dead_letters")
+        for reason in sorted(set(reasons) - self._reported):
+            log.warning("event stream: %s (backlog %d, no progress for %.0f s or more, %d dead "
+                        "letters)", reason, status.backlog, self.watch.stall_seconds,
+                        status.dead_letters)
+        self._reported = set(reasons)
+        return reasons, status
 
     def submit(self, items: list[Any], now: pd.Timestamp | None = None) -> IntakeResult:
         """Append the valid events of `items`; each invalid one is reported by its index."""

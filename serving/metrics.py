@@ -20,6 +20,7 @@ serves every use case; `for_use_case` binds a view of the same families to anoth
     request_log_dropped_total              counter
     circuit_state{name}                    gauge, 0 closed, 1 open, 2 half-open
     events_total{outcome}                  counter, POST /v1/events: accepted | duplicate | rejected
+    stream_dead_letters                    gauge, entries in the event stream's dead-letter stream
 
 Label values must come from code, never from the request (each new value is a new time series).
 """
@@ -99,6 +100,9 @@ class ServingMetrics:
 
         self.events = Counter("feastflow_events", "events received on POST /v1/events, by outcome",
                               [u, "outcome"], registry=r)
+        self.stream_dead_letters = Gauge("feastflow_stream_dead_letters",
+                                         "event stream entries the processor could not decode, kept "
+                                         "in the dead-letter stream", [u], registry=r)
 
     def _create_children(self) -> None:
         # Children by label values; a miss builds the child once (dict writes are atomic under the GIL,
@@ -204,6 +208,10 @@ class ServingMetrics:
             raise ValueError(f"circuit state must be 0, 1 or 2, got {state!r}")
         _child(self._circuits, self.circuit_state, self.use_case, name).set(value)
 
+    def set_dead_letters(self, n: int) -> None:
+        """Set how many entries the event stream's dead-letter stream holds."""
+        self.stream_dead_letters.labels(self.use_case).set(n)
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this registry and its content type, for GET /metrics."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -211,7 +219,8 @@ class ServingMetrics:
 
 _FAMILIES: Final = ("requests", "request_latency", "stage_latency", "cache_requests", "fallbacks",
                      "variant_requests", "errors", "model_version_info", "shadow", "batch_size",
-                     "request_log_dropped_total", "circuit_state", "events")
+                     "request_log_dropped_total", "circuit_state", "events",
+                     "stream_dead_letters")
 
 
 def _child(children: dict[tuple[str, ...], Any], metric: Any, *labels: str) -> Any:

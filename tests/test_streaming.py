@@ -59,8 +59,10 @@ class StreamWorld:
     live: pd.DataFrame  # raw events still to come through the stream, in time order
 
 
-def make_world(root: Path, db: int, seed: int, users: int = 8, days: int = 4) -> StreamWorld:
-    url = REDIS_TEST_URL.rsplit("/", 1)[0] + f"/{db}"
+def make_world(root: Path, db: int, seed: int, users: int = 8, days: int = 4,
+               redis_base: str | None = None) -> StreamWorld:
+    """A world in db `db` of the test Redis (or of the server at `redis_base`, redis://host:port)."""
+    url = (redis_base or REDIS_TEST_URL.rsplit("/", 1)[0]) + f"/{db}"
     redis.Redis.from_url(url).flushdb()
     settings = Settings(home=root / "var", profile="redis", redis_url=url, user_hash_secret=SECRET,
                         stream_log_flush_seconds=0.2, stream_block_ms=20)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving.events import EventIntake
 from serving.routes.common import ServerState, UseCaseState, json_response, state
+
+log = logging.getLogger(__name__)
+STREAM_STATUS_BUDGET_S = 1.0  # /metrics and /readyz do not wait on a hung broker beyond this
 
 
 async def healthz(request: Request) -> Response:
@@ -39,6 +44,8 @@ async def use_case_readiness(uc: UseCaseState) -> dict[str, Any]:
         reasons.append(f"event intake unavailable: {events} answers 503")
     elif uc.intake is not None and not await asyncio.to_thread(uc.intake.stream.ping):
         reasons.append(f"event stream unreachable: {events} answers 503")
+    elif uc.intake is not None:
+        reasons += await _stream_reasons(uc, uc.intake)
     breaker = uc.service.features.breaker
     if breaker.state:
         reasons.append(f"online store circuit {breaker.state.name.lower()}: {breaker.last_error}")
@@ -48,6 +55,19 @@ async def use_case_readiness(uc: UseCaseState) -> dict[str, Any]:
     else:
         status = "degraded" if reasons else "ready"
     return {"status": status, "reasons": reasons, "models": models}
+
+
+async def _stream_reasons(uc: UseCaseState, intake: EventIntake) -> list[str]:
+    # processor_stalled / dead_letters, and the dead-letter gauge refreshed on the way
+    try:
+        reasons, status = await asyncio.wait_for(
+            asyncio.to_thread(intake.stream_reasons), STREAM_STATUS_BUDGET_S)
+    except Exception as e:  # the ping above answered: a slow look is not a reason to degrade
+        log.warning("use case %s: event stream status not read: %s: %s", uc.name,
+                    type(e).__name__, e)
+        return []
+    uc.metrics.set_dead_letters(status.dead_letters)
+    return reasons
 
 
 async def readyz(request: Request) -> Response:
@@ -81,5 +101,14 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of the server's metrics (every use case's, labelled)."""
-    body, content_type = state(request).metrics.render()
+    app: ServerState = state(request)
+    for uc in app.use_cases.values():
+        if uc.intake is not None:  # the dead-letter gauge reads the broker: at scrape time
+            try:
+                status = await asyncio.wait_for(asyncio.to_thread(uc.intake.stream.status),
+                                                STREAM_STATUS_BUDGET_S)
+                uc.metrics.set_dead_letters(status.dead_letters)
+            except Exception as e:
+                log.debug("use case %s: dead letters not read: %s", uc.name, e)
+    body, content_type = app.metrics.render()
     return Response(body, media_type=content_type)
