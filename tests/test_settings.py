@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +73,23 @@ def test_each_use_case_folder_gives_feast_cli_its_own_project_on_the_same_state(
         assert online == PROJECT_ROOT / "var" / "feast" / "online.db"
         for key in ("provider", "offline_store", "entity_key_serialization_version", "auth"):
             assert own[key] == template[key], (name, key)
+
+
+def test_the_checkout_keeps_its_var_folder_as_the_default_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEASTFLOW_HOME", raising=False)
+    assert Settings().home == PROJECT_ROOT / "var"
+
+
+def test_an_installed_package_keeps_its_state_out_of_site_packages(tmp_path: Path) -> None:
+    # The package laid out as a non-editable install lays it: no pyproject.toml beside it.
+    site = tmp_path / "site-packages"
+    shutil.copytree(PROJECT_ROOT / "feastflow", site / "feastflow",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEASTFLOW_")}
+    env.update(PYTHONPATH=str(site), XDG_DATA_HOME=str(tmp_path / "data"))
+    code = "import feastflow.settings as s; print(s.__file__); print(s.Settings().home)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    module, home = done.stdout.split()
+    assert Path(module).is_relative_to(site)  # the copy was imported, not the checkout
+    assert Path(home) == tmp_path / "data" / "feastflow"
