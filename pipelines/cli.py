@@ -9,7 +9,7 @@ import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import typer
 import yaml
@@ -58,6 +58,19 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     logging.getLogger("py.warnings").warning("%s", text)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes (a test runner swaps and closes it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        """The current sys.stderr."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler.__init__ and setStream assign it: always follow sys.stderr instead
+
+
 def configure_cli_logging(level: str = "WARNING") -> None:
     """One timestamped text handler on the root logger, MLflow's logs and Python's warnings into it.
 
@@ -72,7 +85,7 @@ def configure_cli_logging(level: str = "WARNING") -> None:
     root.setLevel(os.environ.get("FEASTFLOW_LOG_LEVEL", level).upper())
     for handler in [h for h in root.handlers if getattr(h, "_feastflow", False)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     # Tagged as serving/logs.py tags its handler: `serve` replaces this one with the server's.
     handler._feastflow = True  # type: ignore[attr-defined]
