@@ -36,6 +36,8 @@ UseCase = Annotated[str | None, typer.Option(
 
 # Libraries whose own deprecation notices say nothing a user of this CLI can act on.
 QUIET_DEPRECATIONS: Final = frozenset({"mlflow", "sqlalchemy", "alembic", "ibis"})
+# Feast's note on every on-demand view: the use cases declare them on purpose.
+QUIET_MESSAGES: Final = ("On demand feature view is an experimental",)
 LOG_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"  # serving/logs.py's text
 
 
@@ -52,7 +54,7 @@ def _is_quiet_deprecation(category: type[Warning], filename: str) -> bool:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
     """warnings.showwarning for the CLI: drop the quiet deprecations, log the rest (timestamped)."""
-    if _is_quiet_deprecation(category, filename):
+    if _is_quiet_deprecation(category, filename) or str(message).startswith(QUIET_MESSAGES):
         return
     text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
     logging.getLogger("py.warnings").warning("%s", text)
@@ -82,7 +84,7 @@ def configure_cli_logging(level: str = "WARNING") -> None:
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     root = logging.getLogger()
-    root.setLevel(os.environ.get("FEASTFLOW_LOG_LEVEL", level).upper())
+    root.setLevel(level)
     for handler in [h for h in root.handlers if getattr(h, "_feastflow", False)]:
         root.removeHandler(handler)
     handler = _StderrHandler()
@@ -92,7 +94,6 @@ def configure_cli_logging(level: str = "WARNING") -> None:
     root.addHandler(handler)
     for name in ("feastflow", "pipelines", "registry"):  # our own INFO lines are worth seeing
         logging.getLogger(name).setLevel(logging.INFO)
-    warnings.filterwarnings("ignore", message="On demand feature view is an experimental")
     warnings.showwarning = _show_warning
 
 

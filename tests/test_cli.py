@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import SADeprecationWarning
 
-from pipelines.cli import _is_quiet_deprecation
+from pipelines.cli import _is_quiet_deprecation, _show_warning
 
 BIN = Path(sys.executable).parent
 TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (ERROR|WARNING) ")
@@ -85,3 +85,14 @@ def test_a_stream_error_line_carries_a_timestamp(tmp_path: Path) -> None:
 def test_only_the_named_libraries_deprecations_are_quiet(category: type[Warning], filename: str,
                                                          quiet: bool) -> None:
     assert _is_quiet_deprecation(category, filename) is quiet
+
+
+def test_shown_warnings_are_logged_except_the_quiet_ones(caplog: pytest.LogCaptureFixture) -> None:
+    feast = "/venv/lib/python3.11/site-packages/feast/feature_store.py"
+    _show_warning(RuntimeWarning("On demand feature view is an experimental feature."),
+                  RuntimeWarning, feast, 1)
+    _show_warning(SADeprecationWarning("noload"), SADeprecationWarning, feast, 2)
+    assert not caplog.records
+    _show_warning(DeprecationWarning("ours"), DeprecationWarning, "/work/pipelines/x.py", 3)
+    assert [(r.name, r.levelname) for r in caplog.records] == [("py.warnings", "WARNING")]
+    assert "DeprecationWarning: ours" in caplog.records[0].getMessage()
