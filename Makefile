@@ -7,21 +7,35 @@ PROFILE ?= embedded
 export FEASTFLOW_PROFILE := $(PROFILE)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format serve bench clean
+.PHONY: help setup install lock demo test test-fast lint format serve bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml requirements.lock
+# requirements.lock pins what runs in production; requirements-dev.lock adds the dev extra (tests,
+# lint) at the same pins. `make setup` (development, CI) installs both; `make install` only the first.
+$(BIN)/uv:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
 		{ echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv==0.13.8
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-dev.lock | $(BIN)/uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock -r requirements-dev.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
-setup: $(BIN)/.installed ## create .venv and install the pinned dependencies
+setup: $(BIN)/.installed ## create .venv with the runtime and dev dependencies (tests, lint)
+
+install: | $(BIN)/uv ## production: a fresh .venv with the runtime pins only, feastflow not editable
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps .
+	rm -f $(BIN)/.installed
+
+lock: | $(BIN)/uv ## re-resolve both locks after editing pyproject.toml (keeps the pins it can)
+	$(BIN)/uv pip compile -q --python $(BIN)/python pyproject.toml -o requirements.lock
+	$(BIN)/uv pip compile -q --python $(BIN)/python pyproject.toml --extra dev \
+		-c requirements.lock -o requirements-dev.lock
 
 demo: setup ## run the flagship job end to end (PROFILE=redis for the Redis online store)
 	$(BIN)/feastflow demo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,13 +19,25 @@ DEFAULT_USE_CASE = "next_app"  # the flagship: the CLI's and the server's defaul
 log = logging.getLogger(__name__)
 
 
+def default_home(project_root: Path = PROJECT_ROOT) -> Path:
+    """Where state goes when FEASTFLOW_HOME is unset: a checkout's var/, else the user's data folder.
+
+    An installed package's project root is site-packages, no place for state; a checkout is
+    recognised by its pyproject.toml (an editable install runs from the checkout too).
+    """
+    if (project_root / "pyproject.toml").is_file():
+        return project_root / "var"
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "feastflow"
+
+
 class Settings(BaseSettings):
     """Where data lives, which online store to use, and the secrets; defaults work on a laptop."""
 
     model_config = SettingsConfigDict(env_prefix="FEASTFLOW_", extra="ignore")
 
     env: Literal["development", "production"] = "development"
-    home: Path = Field(default=PROJECT_ROOT / "var", description="Root of all generated state.")
+    home: Path = Field(default_factory=default_home, description="Root of all generated state.")
     profile: Literal["embedded", "redis"] = "embedded"
     redis_url: str = Field(default="redis://localhost:6379/0", validation_alias="REDIS_URL")
     user_hash_secret: str = DEV_HASH_SECRET

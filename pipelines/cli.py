@@ -9,7 +9,7 @@ import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Final
 
 import typer
 import yaml
@@ -34,13 +34,83 @@ UseCase = Annotated[str | None, typer.Option(
     "--use-case", "-u", help="folder under feature_repo/ (default: FEASTFLOW_USE_CASE)")]
 
 
-def _quiet_third_party_warnings() -> None:
-    # Deprecation notices from ibis/SQLAlchemy/MLflow internals and Feast's "experimental" note
-    # on on-demand views say nothing a user of this CLI can act on.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message="On demand feature view is an experimental")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+# Libraries whose own deprecation notices say nothing a user of this CLI can act on.
+QUIET_DEPRECATIONS: Final = frozenset({"mlflow", "sqlalchemy", "alembic", "ibis"})
+# Feast's note on every on-demand view: the use cases declare them on purpose.
+QUIET_MESSAGES: Final = ("On demand feature view is an experimental",)
+LOG_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"  # serving/logs.py's text
+
+
+def _is_quiet_deprecation(category: type[Warning], filename: str) -> bool:
+    """A deprecation notice of a library in QUIET_DEPRECATIONS: its class or the file raising it."""
+    if not issubclass(category, DeprecationWarning | PendingDeprecationWarning | FutureWarning):
+        return False
+    if category.__module__.partition(".")[0] in QUIET_DEPRECATIONS:  # SADeprecationWarning
+        return True
+    parts = Path(filename).parts
+    return "site-packages" in parts[:-1] and parts[parts.index("site-packages") + 1] in QUIET_DEPRECATIONS
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """warnings.showwarning for the CLI: drop the quiet deprecations, log the rest (timestamped)."""
+    if _is_quiet_deprecation(category, filename) or str(message).startswith(QUIET_MESSAGES):
+        return
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    logging.getLogger("py.warnings").warning("%s", text)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes (a test runner swaps and closes it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        """The current sys.stderr."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler.__init__ and setStream assign it: always follow sys.stderr instead
+
+
+def configure_cli_logging(level: str = "WARNING") -> None:
+    """One timestamped text handler on the root logger, MLflow's logs and Python's warnings into it.
+
+    Called once per CLI process. Warnings are filtered where they are shown, not with
+    warnings.filterwarnings: Feast's modules call `warnings.simplefilter("once",
+    DeprecationWarning)` on import, which goes in front of any filter installed before.
+    """
+    # MLflow installs its own handler and format on import unless told not to.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if getattr(h, "_feastflow", False)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # Tagged as serving/logs.py tags its handler: `serve` replaces this one with the server's.
+    handler._feastflow = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    for name in ("feastflow", "pipelines", "registry"):  # our own INFO lines are worth seeing
+        logging.getLogger(name).setLevel(logging.INFO)
+    warnings.showwarning = _show_warning
+
+
+def _version() -> str:
+    """The installed feastflow's version (its package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("feastflow")
+    except PackageNotFoundError:  # a checkout on sys.path without `pip install -e .`
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"feastflow {_version()}")
+        raise typer.Exit()
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -53,9 +123,12 @@ def main(
     home: Annotated[Path | None, typer.Option(help="state folder (FEASTFLOW_HOME)")] = None,
     profile: Annotated[str | None, typer.Option(help="embedded or redis (FEASTFLOW_PROFILE)")]
     = None,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="print the version and exit")]
+    = False,
 ) -> None:
     """Global options override the environment for this command and the processes it starts."""
-    _quiet_third_party_warnings()
+    configure_cli_logging()
     if home is not None:
         os.environ["FEASTFLOW_HOME"] = str(home.resolve())
     if profile is not None:

@@ -485,8 +485,11 @@ def feature_freshness(settings: Settings, spec: ModelSpec, window: Window
         path = getattr(source, "path", None)
         if not path or not Path(path).exists():
             continue
+        # The newest row a request at the window's end could see: rows stamped later (the
+        # nightly snapshot written after the window) are not yet there, and read as a negative age.
         newest = con.execute(f"SELECT max({source.timestamp_field}) FROM read_parquet("
-                             f"{sql_string(path)})").fetchone()[0]
+                             f"{sql_string(path)}) WHERE {source.timestamp_field}::TIMESTAMPTZ < ?",
+                             [window.end.to_pydatetime()]).fetchone()[0]
         intervals = view.materialization_intervals
         online_until = intervals[-1][1] if intervals else None
         newest_ts = pd.Timestamp(newest).tz_convert("UTC") if newest is not None else None
@@ -727,10 +730,10 @@ def prometheus_text(summary: dict[str, Any], spec: ModelSpec) -> bytes:
         **labels).set(quality["volume_ratio"])
     gauge("new_categories", "values never seen before the window").labels(**labels).set(
         sum(len(v) for v in quality["new_categories"].values()))
-    age = gauge("feature_age_hours", "age of the newest offline row at the window's end",
+    age = gauge("feature_age_seconds", "age of the newest offline row at the window's end",
                 ["view"])
     for view, entry in summary["feature_freshness"].items():
-        age.labels(**labels, view=view).set(entry["age_hours"])
+        age.labels(**labels, view=view).set(entry["age_hours"] * 3600)
     gauge("alerts", "thresholds crossed in the last run").labels(**labels).set(
         len(summary["alerts"]))
     return generate_latest(registry)

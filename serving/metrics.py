@@ -6,11 +6,13 @@ label children in plain dicts because prometheus_client's `labels()` costs sever
 (argument validation, a lock, a dict keyed by a tuple of strings) on every call.
 
 Exposed series (all prefixed `feastflow_`), every one with a `use_case` label first (one server
-serves every use case; `for_use_case` binds a view of the same families to another use case):
+serves every use case; `for_use_case` binds a view of the same families to another use case).
+Names follow Prometheus' conventions: base units (seconds), `_total` counters, the HTTP status
+in a label named `code`:
 
-    requests_total{endpoint,status}        counter
-    request_latency_seconds{endpoint}      histogram
-    stage_latency_seconds{stage}           histogram, stage: feature_fetch | inference | total
+    requests_total{endpoint,code}          counter
+    request_duration_seconds{endpoint}     histogram
+    stage_duration_seconds{stage}          histogram, stage: feature_fetch | inference | total
     cache_requests_total{level,result}     counter, level: l1 | l2, result: hit | miss
     fallbacks_total{level}                 counter
     variant_requests_total{variant}        counter
@@ -21,6 +23,9 @@ serves every use case; `for_use_case` binds a view of the same families to anoth
     circuit_state{name}                    gauge, 0 closed, 1 open, 2 half-open
     events_total{outcome}                  counter, POST /v1/events: accepted | duplicate | rejected
     stream_dead_letters                    gauge, entries in the event stream's dead-letter stream
+
+Besides, the registry holds prometheus_client's process_* (CPU, memory, open files), python_gc_*
+and python_info collectors, as the default registry would.
 
 Label values must come from code, never from the request (each new value is a new time series).
 """
@@ -35,7 +40,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -65,6 +73,7 @@ class ServingMetrics:
         else:
             self.registry = registry if registry is not None else CollectorRegistry()
             self._create_families()
+            _add_runtime_collectors(self.registry)
         self._create_children()
 
     def for_use_case(self, use_case: str) -> ServingMetrics:
@@ -74,11 +83,11 @@ class ServingMetrics:
     def _create_families(self) -> None:
         r = self.registry
         u = "use_case"
-        self.requests = Counter("feastflow_requests", "HTTP requests answered, by endpoint and status",
-                                [u, "endpoint", "status"], registry=r)
-        self.request_latency = Histogram("feastflow_request_latency_seconds", "time to answer a request",
+        self.requests = Counter("feastflow_requests", "HTTP requests answered, by endpoint and status code",
+                                [u, "endpoint", "code"], registry=r)
+        self.request_latency = Histogram("feastflow_request_duration_seconds", "time to answer a request",
                                          [u, "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stage_latency = Histogram("feastflow_stage_latency_seconds", "time spent in a stage of predict",
+        self.stage_latency = Histogram("feastflow_stage_duration_seconds", "time spent in a stage of predict",
                                        [u, "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.cache_requests = Counter("feastflow_cache_requests", "cache look-ups by level and result",
                                       [u, "level", "result"], registry=r)
@@ -132,9 +141,9 @@ class ServingMetrics:
 
     # -- hot path ---------------------------------------------------------------------------------
 
-    def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
-        """Count a request by endpoint and status and observe its latency."""
-        _child(self._requests, self.requests, self.use_case, endpoint, str(status)).inc()
+    def observe_request(self, endpoint: str, code: int | str, seconds: float) -> None:
+        """Count a request by endpoint and HTTP status code and observe its duration."""
+        _child(self._requests, self.requests, self.use_case, endpoint, str(code)).inc()
         _child(self._request_latency, self.request_latency, self.use_case, endpoint).observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
@@ -221,6 +230,15 @@ _FAMILIES: Final = ("requests", "request_latency", "stage_latency", "cache_reque
                      "variant_requests", "errors", "model_version_info", "shadow", "batch_size",
                      "request_log_dropped_total", "circuit_state", "events",
                      "stream_dead_letters")
+
+
+def _add_runtime_collectors(registry: CollectorRegistry) -> None:
+    """Register the process, GC and platform collectors the default registry carries."""
+    # The server's own registry starts empty (see the module docstring); without these the
+    # dashboards lack the process' CPU, memory and file descriptors and the GC's pauses.
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
 
 
 def _child(children: dict[tuple[str, ...], Any], metric: Any, *labels: str) -> Any:

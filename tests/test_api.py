@@ -221,7 +221,7 @@ def test_metrics_are_prometheus_text_and_count_requests(client: TestClient) -> N
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     # every series carries the use case (Prometheus sorts the labels by name)
-    assert re.search(r'^feastflow_requests_total\{endpoint="predict",status="200",use_case="next_app"\} '
+    assert re.search(r'^feastflow_requests_total\{code="200",endpoint="predict",use_case="next_app"\} '
                      r'[1-9]', text, re.M)
     assert re.search(r'^feastflow_fallbacks_total\{level="static_default",use_case="next_app"\} [1-9]',
                      text, re.M)
@@ -594,5 +594,5 @@ def test_a_classifier_is_served_beside_the_ranking(client: TestClient) -> None:
     assert (high["score"], high["decision"], high["cached"]) == (0.7, "deny", False)
     assert ranked["fallback"] == "static_default" and "apps" in ranked
     metrics = client.get("/metrics").text
-    assert re.search(r'^feastflow_requests_total\{endpoint="predict",status="200",use_case="credit_score"\} '
+    assert re.search(r'^feastflow_requests_total\{code="200",endpoint="predict",use_case="credit_score"\} '
                      r'[1-9]', metrics, re.M)

@@ -53,8 +53,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run([*feastflow, "ingest", "-u", "next_app", str(raw)], env)
     run([*feastflow, "features", "-u", "next_app"], env)
     # Feast's own CLI, run in the use case's folder (its own Feast project) with no feastflow
-    # variables, finds the same state.
+    # variable but the home (feature_store.yaml reads ${FEASTFLOW_HOME}), finds the same state.
     plain_env = {k: v for k, v in env.items() if not k.startswith("FEASTFLOW_")}
+    plain_env["FEASTFLOW_HOME"] = str(home)
     run([str(BIN / "feast"), "apply"], plain_env, cwd=repo / "next_app")
     trained = json.loads(run([*feastflow, "train"], env).strip().splitlines()[-1])
     challenger = json.loads(run([*feastflow, "evaluate", "--alias", "challenger", "--json"], env))

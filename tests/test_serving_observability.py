@@ -68,16 +68,16 @@ def test_metrics_count_what_the_hot_path_reports() -> None:
     m.request_log_dropped(3)
     m.set_circuit_state("online_store", "half_open")
 
-    assert value(m, "feastflow_requests_total", endpoint="predict", status="200") == 2
-    assert value(m, "feastflow_requests_total", endpoint="predict", status="503") == 1
-    assert value(m, "feastflow_request_latency_seconds_count", endpoint="predict") == 3
-    assert value(m, "feastflow_request_latency_seconds_sum", endpoint="predict") == pytest.approx(0.0143)
+    assert value(m, "feastflow_requests_total", endpoint="predict", code="200") == 2
+    assert value(m, "feastflow_requests_total", endpoint="predict", code="503") == 1
+    assert value(m, "feastflow_request_duration_seconds_count", endpoint="predict") == 3
+    assert value(m, "feastflow_request_duration_seconds_sum", endpoint="predict") == pytest.approx(0.0143)
     # the sub-millisecond buckets exist and split fast from slow
-    assert value(m, "feastflow_request_latency_seconds_bucket", endpoint="predict", le="0.0005") == 1
-    assert value(m, "feastflow_stage_latency_seconds_bucket", stage="feature_fetch", le="0.0002") == 1
-    assert value(m, "feastflow_stage_latency_seconds_bucket", stage="inference", le="0.001") == 0
-    assert value(m, "feastflow_stage_latency_seconds_bucket", stage="inference", le="0.002") == 1
-    assert value(m, "feastflow_stage_latency_seconds_count", stage="total") == 0  # pre-created
+    assert value(m, "feastflow_request_duration_seconds_bucket", endpoint="predict", le="0.0005") == 1
+    assert value(m, "feastflow_stage_duration_seconds_bucket", stage="feature_fetch", le="0.0002") == 1
+    assert value(m, "feastflow_stage_duration_seconds_bucket", stage="inference", le="0.001") == 0
+    assert value(m, "feastflow_stage_duration_seconds_bucket", stage="inference", le="0.002") == 1
+    assert value(m, "feastflow_stage_duration_seconds_count", stage="total") == 0  # pre-created
     assert value(m, "feastflow_cache_requests_total", level="l1", result="hit") == 7
     assert value(m, "feastflow_cache_requests_total", level="l1", result="miss") == 1
     assert value(m, "feastflow_cache_requests_total", level="l2", result="miss") == 5
@@ -97,8 +97,8 @@ def test_metrics_render_prometheus_text() -> None:
     m.observe_request("predict", 200, 0.001)
     body, content_type = m.render()
     assert content_type.startswith("text/plain")
-    assert b'feastflow_requests_total{endpoint="predict",status="200",use_case="next_app"} 1.0' in body
-    assert b"# TYPE feastflow_stage_latency_seconds histogram" in body
+    assert b'feastflow_requests_total{code="200",endpoint="predict",use_case="next_app"} 1.0' in body
+    assert b"# TYPE feastflow_stage_duration_seconds histogram" in body
 
 
 def test_model_version_info_switches_labels() -> None:
@@ -133,16 +133,33 @@ def test_metrics_of_each_use_case_share_the_registry_under_their_own_label() -> 
     m.set_model_version("champion", 9)
     credit.request_log_dropped(2)
     credit.observe_batch(3)
-    assert value(m, "feastflow_requests_total", endpoint="predict", status="200") == 1
-    assert value(credit, "feastflow_requests_total", endpoint="predict", status="200") == 2
+    assert value(m, "feastflow_requests_total", endpoint="predict", code="200") == 1
+    assert value(credit, "feastflow_requests_total", endpoint="predict", code="200") == 2
     assert value(credit, "feastflow_fallbacks_total", level="static_default") == 1
     assert value(m, "feastflow_fallbacks_total", level="static_default") is None
     assert value(credit, "feastflow_model_version_info", variant="champion", version="2") == 1
     assert value(m, "feastflow_model_version_info", variant="champion", version="9") == 1
     assert value(credit, "feastflow_request_log_dropped_total") == 2
     assert value(credit, "feastflow_batch_size_count") == 1
-    # every series of the rendered text carries a use case
-    assert all("use_case" in dict(labels) for (_, labels) in samples(m))
+    # every feastflow series of the rendered text carries a use case
+    assert all("use_case" in dict(labels) for (name, labels) in samples(m) if name.startswith("feastflow_"))
+
+
+def test_metrics_follow_prometheus_naming_and_carry_the_runtime_collectors() -> None:
+    m = ServingMetrics()
+    m.observe_request("predict", 200, 0.001)
+    names = {name for name, _ in samples(m)}
+    # durations in seconds named `_duration_seconds`, the HTTP status as `code`
+    assert "feastflow_request_duration_seconds_count" in names
+    assert "feastflow_stage_duration_seconds_count" in names
+    assert not any("latency" in name or name.endswith("_hours") for name in names)
+    assert value(m, "feastflow_requests_total", endpoint="predict", code="200") == 1
+    assert all("status" not in dict(labels) for _, labels in samples(m))
+    # the process and GC collectors the default registry would have, in the server's own registry
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes",
+            "process_open_fds", "python_gc_collections_total", "python_info"} <= names
+    # their families belong to each server's registry: a second server has its own
+    assert "process_cpu_seconds_total" in {name for name, _ in samples(ServingMetrics())}
 
 
 def test_circuit_state_rejects_unknown_states() -> None:
