@@ -111,6 +111,7 @@ async def _retry(settings: ServingSettings, app: ServerState, old: UseCaseState)
     if fresh.service is not None:
         await fresh.service.refresh_popular()
         fresh.service.load_precomputed(settings.precomputed_dir_of(old.name))
+        await fresh.service.warm_up()
     log.info("use case %s is set up now", old.name)
     return fresh
 
@@ -159,6 +160,7 @@ def build_use_case(settings: ServingSettings, name: str, metrics: ServingMetrics
         if plan is None:
             return {"swapped": [], "models": {}, "error": startup_error}
         changed = await asyncio.to_thread(holder.check_registry)
+        await service.warm_up(changed)  # before they answer anyone
         holder.install(changed)
         service.load_precomputed(precomputed)
         return {"swapped": [f"{m.variant}:v{m.version}" for m in changed],
@@ -284,6 +286,8 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
             if uc.service is not None:
                 await uc.service.refresh_popular()
                 uc.service.load_precomputed(resolved.precomputed_dir_of(name))
+                # Before uvicorn listens: the first request must not pay for a cold model.
+                await uc.service.warm_up()
 
         async def refresh_popular() -> None:
             for uc in list(core.use_cases.values()):

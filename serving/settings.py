@@ -43,6 +43,8 @@ class ServingSettings(Settings):
 
     # fallbacks
     latency_budget_ms: float = Field(default=50.0, gt=0.0)
+    warmup_timeout_seconds: float = Field(default=30.0, gt=0.0,
+                                          description="each model's first prediction at start")
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
     breaker_reset_seconds: float = Field(default=2.0, gt=0.0, description="open for this long")
     popular_refresh_seconds: float = Field(default=300.0, gt=0.0)
@@ -53,6 +55,8 @@ class ServingSettings(Settings):
     max_events_per_request: int = Field(default=500, ge=1)
 
     # observability
+    readiness_budget_seconds: float = Field(default=1.0, gt=0.0,
+                                            description="/readyz answers within about this")
     log_json: bool = True
     request_log_sample: float = Field(default=0.01, ge=0.0, le=1.0,
                                       description="share of predictions logged to Parquet")

@@ -175,10 +175,11 @@ class FastPath:
 
 async def bundle(request: Request) -> Response:
     """The user's top items for each of the next 24 hours (from `?start=`, default now), for a
-    device that goes offline."""
+    device that goes offline. API key required, like every other route that reads a user's
+    history: anyone could otherwise read a user's apps hour by hour by guessing ids."""
     started = time.perf_counter()
     app = state(request)
-    if app.settings.predict_requires_key and (denied := require_key(request)) is not None:
+    if (denied := require_key(request)) is not None:
         return denied
     uc, refused = use_case_of(request)
     if refused is not None:
