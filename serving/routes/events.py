@@ -46,8 +46,11 @@ async def post_events(request: Request) -> Response:
         result = await asyncio.to_thread(uc.intake.submit, events)
     except StreamUnavailable:
         uc.metrics.error("event_stream")
+        # Nothing was appended: the stream's append carries a deadline Redis enforces (see
+        # RedisEventStream); a retry is safe either way, event ids are deduplicated.
         response = json_response(
-            {"detail": "the event stream is unavailable; nothing was accepted: retry later"}, 503)
+            {"detail": "the event stream is unavailable; nothing was accepted: retry the whole "
+                       "batch later (events already seen are reported as duplicates)"}, 503)
         response.headers["retry-after"] = "1"
         return response
     uc.metrics.count_events(result.accepted, result.duplicates, len(result.rejected))
