@@ -53,6 +53,14 @@ class ServingSettings(Settings):
     predict_requires_key: bool = False
     max_body_bytes: int = Field(default=65_536, ge=1024)
     max_events_per_request: int = Field(default=500, ge=1)
+    head_timeout_seconds: float = Field(default=10.0, gt=0.0, description="a request's line and "
+                                        "headers must arrive within this (idle connections too)")
+    body_timeout_seconds: float = Field(default=10.0, gt=0.0,
+                                        description="a request's body must arrive within this")
+    max_head_bytes: int = Field(default=16_384, ge=1024, description="request line and headers")
+    max_connections: int = Field(default=1000, ge=1, description="connections and requests in "
+                                 "flight; over it, a fast 503")
+    keep_alive_seconds: float = Field(default=5.0, gt=0.0, description="idle keep-alive")
 
     # observability
     readiness_budget_seconds: float = Field(default=1.0, gt=0.0,

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from serving.settings import ServingSettings
 
 API_KEY_HEADER = "x-api-key"
+# nginx's "client closed request": the client left before its body was read; counted under
+# this status in the metrics, never answered (and never a 422: the request was not invalid).
+CLIENT_CLOSED = 499
 
 
 @dataclass
