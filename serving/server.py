@@ -130,5 +130,4 @@ def uvicorn_options(settings: ServingSettings) -> dict[str, Any]:
                                   max_head_bytes=settings.max_head_bytes),
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": settings.keep_alive_seconds,
-        "backlog": settings.max_connections,
     }

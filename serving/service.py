@@ -244,7 +244,8 @@ class PredictionService:
         """
         todo = list(self.holder.models.values()) if models is None else list(models)
         log_spec = self.spec.event_log
-        entity = {"int": 0, "float": 0.0}.get(log_spec.columns[log_spec.entity].type, "warm-up")
+        entity: Any = {"int": 0, "float": 0.0}.get(log_spec.columns[log_spec.entity].type,
+                                                   "warm-up")
         request = ScoreRequest(entity, int(time.time() * 1e6), log_spec.example_context)
         ok = True
         for model in todo:
