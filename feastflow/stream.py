@@ -35,6 +35,8 @@ from typing import Any, Protocol, cast
 
 import orjson
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from feastflow.settings import Settings
 
@@ -42,11 +44,17 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_MAX = 100_000  # entries kept in a dead-letter stream (approximate trim)
 
-# KEYS[1]: the stream; ARGV[1]: id TTL (s), ARGV[2]: id key prefix, then (event id, payload) pairs.
-# Atomic in Redis: an event id is appended once, whatever the client retries.
+# KEYS[1]: the stream; ARGV[1]: id TTL (s), ARGV[2]: id key prefix, ARGV[3]: the caller's
+# deadline (Unix ms on Redis's clock), then (event id, payload) pairs. Atomic in Redis: an event
+# id is appended once, whatever the client retries; a call that runs after its deadline (Redis
+# was hung, the caller gave up and answered 503) appends nothing.
 _APPEND_ONCE = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+  return redis.error_reply('DEADLINE the append arrived after its deadline: nothing appended')
+end
 local out = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('SET', ARGV[2] .. ARGV[i], '1', 'NX', 'EX', ARGV[1]) then
     redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
     out[#out + 1] = 1
@@ -138,30 +146,49 @@ def _seq(entry_id: str) -> int:
     return int(ms) * 1_000_000 + int(n)
 
 
+_REPLY_MARGIN_S = 1.0  # the writer waits this long past the deadline for a reply
+_CLOCK_CHECK_S = 60.0  # how often the writer re-measures Redis's clock against its own
+
+
 class RedisEventStream:
-    """A Redis Stream with one consumer group; this instance reads as `consumer`."""
+    """A Redis Stream with one consumer group; this instance reads as `consumer`.
+
+    `append` either appends within `append_timeout_s` or raises StreamUnavailable with nothing
+    appended: the script carries a deadline on Redis's clock and refuses to run after it, and
+    the writer's connection (no retries) waits past that deadline for the reply. The one gap
+    left, Redis stopping between running the script and sending its reply, is covered by the
+    event ids: the retried batch reports those events as duplicates.
+    """
 
     def __init__(self, redis_url: str, stream: str, group: str = "feastflow-stream",
                  consumer: str = "processor-1", dedupe_ttl_seconds: int = 3600,
-                 claim_idle_ms: int = 60_000) -> None:
+                 claim_idle_ms: int = 60_000, append_timeout_s: float = 2.0) -> None:
         self.client = redis.Redis.from_url(redis_url, socket_timeout=10,
                                            socket_connect_timeout=5)
+        # redis-py retries a timed-out command 3 times by default: a hung Redis then held an
+        # append for 4 x the timeout, and each retry sent the batch again.
+        self.writer = redis.Redis.from_url(
+            redis_url, socket_timeout=append_timeout_s + _REPLY_MARGIN_S,
+            socket_connect_timeout=append_timeout_s, retry=Retry(NoBackoff(), 0))
         self.stream, self.group, self.consumer = stream, group, consumer
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
         self.claim_idle_ms = claim_idle_ms
+        self.append_timeout_s = append_timeout_s
         self._id_prefix = f"{stream}:seen:"
         self.dead_key = f"{stream}:dead"
         self._dedupe_since_key = f"{stream}:dedupe_since"
-        self._append_once = self.client.register_script(_APPEND_ONCE)
+        self._append_once = self.writer.register_script(_APPEND_ONCE)
         self._group_ready = False
         self._acks = 0
         self.group_resets = 0  # times the group was found missing and recreated
+        self._clock_offset_ms: float | None = None  # Redis's clock minus ours
+        self._clock_checked = 0.0
 
-    def _ensure_group(self) -> None:
+    def _ensure_group(self, client: redis.Redis | None = None) -> None:
         if self._group_ready:
             return
         try:  # from 0: events appended before the first processor started are not skipped
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            (client or self.client).xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
@@ -184,18 +211,33 @@ class RedisEventStream:
         return command()
 
     def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
-        """Append new event ids, atomically skip seen ones."""
+        """Append new event ids, atomically skip seen ones; within `append_timeout_s` or
+        StreamUnavailable with nothing appended."""
         if not events:
             return []
-        args: list[str | bytes | int] = [self.dedupe_ttl_seconds, self._id_prefix]
-        for event_id, payload in events:
-            args += [event_id, payload]
         try:
-            self._ensure_group()
+            self._ensure_group(self.writer)
+            deadline_ms = int(self._redis_now_ms() + self.append_timeout_s * 1000)
+            args: list[str | bytes | int] = [self.dedupe_ttl_seconds, self._id_prefix,
+                                             deadline_ms]
+            for event_id, payload in events:
+                args += [event_id, payload]
             flags = self._append_once(keys=[self.stream], args=args)
         except redis.RedisError as e:
+            self._clock_offset_ms = None  # a fresh connection measures again
             raise StreamUnavailable(f"event stream {self.stream} unavailable: {e}") from e
         return [bool(f) for f in flags]
+
+    def _redis_now_ms(self) -> float:
+        # Redis's clock, estimated from ours: the script compares its deadline with TIME.
+        now = time.monotonic()
+        if self._clock_offset_ms is None or now - self._clock_checked > _CLOCK_CHECK_S:
+            before = time.time()
+            seconds, micros = self.writer.time()
+            after = time.time()
+            self._clock_offset_ms = (seconds + micros / 1e6 - (before + after) / 2) * 1000
+            self._clock_checked = now
+        return time.time() * 1000 + self._clock_offset_ms
 
     def read(self, count: int, block_ms: int) -> list[StreamEntry]:
         """New entries for this consumer."""
@@ -279,14 +321,15 @@ class RedisEventStream:
 
     def ping(self) -> bool:
         """The broker answers."""
-        try:
-            return bool(self.client.ping())
+        try:  # the writer's connection: no retries, a short timeout
+            return bool(self.writer.ping())
         except redis.RedisError:
             return False
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         self.client.close()
+        self.writer.close()
 
     @staticmethod
     def _entries(reply: list) -> list[StreamEntry]:

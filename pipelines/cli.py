@@ -437,12 +437,16 @@ def serve(
     """
     import uvicorn
 
+    from serving.server import uvicorn_options
+    from serving.settings import ServingSettings
+
     os.environ.update({"FEASTFLOW_USE_CASE": use_case or _settings(ctx).use_case,
                        "FEASTFLOW_HOST": host,
                        "FEASTFLOW_PORT": str(port)})
+    # httptools with head/body deadlines and a connection limit (serving/server.py)
     uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers,
-                loop="uvloop", http="httptools", log_level="warning", access_log=False,
-                log_config=None, proxy_headers=False, server_header=False)
+                loop="uvloop", log_level="warning", access_log=False, log_config=None,
+                proxy_headers=False, server_header=False, **uvicorn_options(ServingSettings()))
 
 
 @app.command()

@@ -44,6 +44,7 @@ from serving.routes import admin, docs, events, health, predict
 from serving.routes.common import ServerState, UseCaseState, json_response, too_large
 from serving.routes.docs import render_docs
 from serving.schemas import request_type
+from serving.server import BodyTimeout
 from serving.service import build_service
 from serving.settings import ServingSettings, get_serving_settings
 
@@ -111,6 +112,7 @@ async def _retry(settings: ServingSettings, app: ServerState, old: UseCaseState)
     if fresh.service is not None:
         await fresh.service.refresh_popular()
         fresh.service.load_precomputed(settings.precomputed_dir_of(old.name))
+        await fresh.service.warm_up()
     log.info("use case %s is set up now", old.name)
     return fresh
 
@@ -159,6 +161,7 @@ def build_use_case(settings: ServingSettings, name: str, metrics: ServingMetrics
         if plan is None:
             return {"swapped": [], "models": {}, "error": startup_error}
         changed = await asyncio.to_thread(holder.check_registry)
+        await service.warm_up(changed)  # before they answer anyone
         holder.install(changed)
         service.load_precomputed(precomputed)
         return {"swapped": [f"{m.variant}:v{m.version}" for m in changed],
@@ -284,6 +287,8 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
             if uc.service is not None:
                 await uc.service.refresh_popular()
                 uc.service.load_precomputed(resolved.precomputed_dir_of(name))
+                # Before uvicorn listens: the first request must not pay for a cold model.
+                await uc.service.warm_up()
 
         async def refresh_popular() -> None:
             for uc in list(core.use_cases.values()):
@@ -305,7 +310,8 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
                 await _close_use_case(uc)
 
     disable_created_metrics()  # halves /metrics: no *_created series
-    resolved_limit = (settings or get_serving_settings()).max_body_bytes
+    limits = settings or get_serving_settings()
+    resolved_limit = limits.max_body_bytes
     predict_endpoint = predict.PredictEndpoint(None)
     app = Starlette(
         routes=[
@@ -323,14 +329,16 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
             Route("/admin/cache/flush", admin.flush_caches, methods=["POST"]),
         ],
         middleware=[Middleware(BodySizeLimit, max_bytes=resolved_limit)],
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={HTTPException: _http_error, BodyTimeout: _body_timeout,
+                            Exception: _unexpected},
         lifespan=lifespan,
     )
     predict_endpoint.starlette_app = app
     # Outermost, so that even the catch-all 500 carries the request id (header and log line);
     # POST /v1/predict and /v1/{use_case}/predict bypass the framework entirely (they tag their
     # own request id).
-    return predict.FastPath(app, predict_endpoint, RequestIdMiddleware(app))
+    return predict.FastPath(app, predict_endpoint, RequestIdMiddleware(app),
+                            limits.body_timeout_seconds)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -338,6 +346,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     response = json_response({"detail": exc.detail}, exc.status_code)
     response.headers.update(exc.headers or {})  # e.g. `allow` on a 405
+    return response
+
+
+async def _body_timeout(request: Request, exc: Exception) -> Response:
+    # A client too slow to send its body: told so, and its connection closed.
+    response = json_response({"detail": str(exc)}, 408)
+    response.headers["connection"] = "close"
     return response
 
 

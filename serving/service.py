@@ -63,7 +63,7 @@ class Answer:
     scores: list[float]
     variant: str
     model_version: str | None
-    known_user: bool
+    known_user: bool | None  # None: a fallback answered that cannot tell
     fallback: str | None = None
     cached: bool = False
     scored: Scored | None = field(default=None, repr=False)
@@ -229,8 +229,36 @@ class PredictionService:
         self.static_default = list(spec.candidates.static_default) if spec.candidates else []
         self.context_bucket = [n for n in ("location",) if n in spec.event_log.context]
         holder.on_swap.append(self._on_swap)
+        self.warmed: set[str] = set()  # model versions that have scored once (see warm_up)
         self._background: set[asyncio.Task[Any]] = set()
         self._static_warned_at = float("-inf")
+
+    # --- warm-up ----------------------------------------------------------------------------
+    async def warm_up(self, models: Sequence[ServedModel] | None = None) -> bool:
+        """Score one made-up request with each model (default: those loaded) before it takes
+        traffic; True if every one scored.
+
+        A cold first call (the store's connection, the model's first predict) fell past the
+        latency budget under CPU load and was answered by a fallback. Not counted in the
+        metrics; it reads the store directly, so a failure does not count against the breaker.
+        """
+        todo = list(self.holder.models.values()) if models is None else list(models)
+        log_spec = self.spec.event_log
+        entity: Any = {"int": 0, "float": 0.0}.get(log_spec.columns[log_spec.entity].type,
+                                                   "warm-up")
+        request = ScoreRequest(entity, int(time.time() * 1e6), log_spec.example_context)
+        ok = True
+        for model in todo:
+            try:
+                await asyncio.wait_for(model.scorer.score([request], self.features.reader, 1),
+                                       self.settings.warmup_timeout_seconds)
+            except Exception as e:  # the server starts all the same; /readyz says not_warm
+                log.warning("warm-up of %s v%s failed: %s", model.variant, model.version,
+                            describe(e))
+                ok = False
+                continue
+            self.warmed.add(model.version)
+        return ok
 
     # --- the request path ---------------------------------------------------------------
     async def predict(self, user_hash: str, unix_us: int, context: Mapping[str, Any], k: int,
@@ -279,9 +307,10 @@ class PredictionService:
             self.metrics.error(type(e).__name__)
             return self._fallback(model, model.variant, user_hash, hour, cache_key, describe(e))
         self.model_breaker.success()
+        self.warmed.add(model.version)  # a warm-up that failed at start is done now
         if not scored.items:  # an unknown user and no popular list online (e.g. a stale day)
             return self._fallback(model, model.variant, user_hash, hour, cache_key,
-                                  "no candidates online")
+                                  "no candidates online", known=scored.known)
         answer = Answer(scored.items, [round(float(s), 6) for s in scored.scores], model.variant,
                         model.version, scored.known, None if scored.known else "popular_at_hour",
                         scored=scored)
@@ -290,10 +319,11 @@ class PredictionService:
         return answer
 
     def _fallback(self, model: ServedModel | None, variant: str, user_hash: str, hour: int,
-                  cache_key: tuple[Any, ...], reason: str) -> Answer:
+                  cache_key: tuple[Any, ...], reason: str, known: bool | None = None) -> Answer:
+        # `known` is None unless the model itself said: a timeout must not call a user new.
         version = model.version if model else None
         stale = self.l1.get_stale(cache_key)
-        if stale is not None:
+        if stale is not None:  # only known users' answers are cached
             return Answer(stale.items, stale.scores, variant, version, True, "cache")
         bundle = self.bundles.get(user_hash)
         if bundle is not None:
@@ -303,9 +333,9 @@ class PredictionService:
                 return _ranked(hours[index], variant, version, True, "user_hour")
         popular = self.popular.get(hour)
         if popular:
-            return _ranked(popular, variant, version, False, "popular_at_hour")
+            return _ranked(popular, variant, version, known, "popular_at_hour")
         self._warn_static_default(reason)
-        return _ranked(self.static_default, variant, version, False, "static_default")
+        return _ranked(self.static_default, variant, version, known, "static_default")
 
     def _warn_static_default(self, reason: str) -> None:
         now = time.monotonic()
@@ -381,7 +411,7 @@ class PredictionService:
             hours = [precomputed[1][(first_hour + h - precomputed[0]) % 24][:k] for h in range(24)]
             return Answer([], [], "champion", version, True, None, cached=True), hours
         ranked: list[list[str]] = [[] for _ in range(24)]
-        known = False
+        known: bool | None = None  # unless the model answers, nobody can tell
         if model is not None:
             context = self.spec.event_log.example_context
             requests = hourly_requests(user_hash, start_us, context)
@@ -457,7 +487,7 @@ def _top(answer: Answer, k: int, cached: bool = False) -> Answer:
                   answer.known_user, answer.fallback, cached, answer.scored)
 
 
-def _ranked(items: Sequence[str], variant: str, version: str | None, known: bool,
+def _ranked(items: Sequence[str], variant: str, version: str | None, known: bool | None,
             fallback: str) -> Answer:
     items = list(items)
     return Answer(items, [round(1.0 / (r + 1), 6) for r in range(len(items))], variant, version,
@@ -547,6 +577,7 @@ class EventService(PredictionService):
             self.metrics.error(type(e).__name__)
             return self._default(model, model.variant, cache_key, describe(e))
         self.model_breaker.success()
+        self.warmed.add(model.version)  # a warm-up that failed at start is done now
         value = round(float(scored.scores[0]), 6)
         answer = Answer([], [value], model.variant, model.version, scored.known, None,
                         scored=scored, decision=self.decide(value) if self.classifier else None)
@@ -564,7 +595,7 @@ class EventService(PredictionService):
                               decision=stale.decision)
         self._warn_static_default(reason)
         scores, decision = self.default
-        return Answer([], list(scores), variant, version, False, "static_default",
+        return Answer([], list(scores), variant, version, None, "static_default",
                       decision=decision)
 
     def _shadow_answer(self, challenger: ServedModel, scored: Scored) -> Answer:

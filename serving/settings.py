@@ -43,6 +43,8 @@ class ServingSettings(Settings):
 
     # fallbacks
     latency_budget_ms: float = Field(default=50.0, gt=0.0)
+    warmup_timeout_seconds: float = Field(default=30.0, gt=0.0,
+                                          description="each model's first prediction at start")
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
     breaker_reset_seconds: float = Field(default=2.0, gt=0.0, description="open for this long")
     popular_refresh_seconds: float = Field(default=300.0, gt=0.0)
@@ -51,8 +53,18 @@ class ServingSettings(Settings):
     predict_requires_key: bool = False
     max_body_bytes: int = Field(default=65_536, ge=1024)
     max_events_per_request: int = Field(default=500, ge=1)
+    head_timeout_seconds: float = Field(default=10.0, gt=0.0, description="a request's line and "
+                                        "headers must arrive within this (idle connections too)")
+    body_timeout_seconds: float = Field(default=10.0, gt=0.0,
+                                        description="a request's body must arrive within this")
+    max_head_bytes: int = Field(default=16_384, ge=1024, description="request line and headers")
+    max_connections: int = Field(default=1000, ge=1, description="connections and requests in "
+                                 "flight; over it, a fast 503")
+    keep_alive_seconds: float = Field(default=5.0, gt=0.0, description="idle keep-alive")
 
     # observability
+    readiness_budget_seconds: float = Field(default=1.0, gt=0.0,
+                                            description="/readyz answers within about this")
     log_json: bool = True
     request_log_sample: float = Field(default=0.01, ge=0.0, le=1.0,
                                       description="share of predictions logged to Parquet")

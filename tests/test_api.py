@@ -25,6 +25,7 @@ GOOD: dict[str, Any] = {
     "context": {"location": "home", "battery": 80, "charging": False, "network": "wifi",
                 "secs_since_prev_unlock": 30}}
 KEY = "k"
+AUTH = {"x-api-key": KEY}
 ADMIN = ["/admin/reload", "/admin/cache/flush"]
 
 
@@ -65,7 +66,7 @@ def test_a_valid_request_gets_the_static_default_without_a_model(client: TestCli
     assert scores == sorted(scores, reverse=True)
     assert body["fallback"] == "static_default"
     assert body["model_version"] is None
-    assert body["known_user"] is False and body["cached"] is False
+    assert body["known_user"] is None and body["cached"] is False  # no model: cannot tell
     assert body["variant"] == "champion"
     assert body["latency_ms"] >= 0
 
@@ -210,8 +211,10 @@ def test_readyz_is_503_and_says_why(client: TestClient) -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "not_ready" and body["models"] == {}
-    assert body["reasons"]
-    assert re.search(r"feature store|model", " ".join(body["reasons"]))
+    assert body["reasons"][0] == "feature_store_unusable"
+    # codes only, never an exception's text (paths, hosts, ports); the text is in the log
+    for readiness in [body, *body["use_cases"].values()]:
+        assert all(re.fullmatch(r"([a-z_]+:)?[a-z_]+", r) for r in readiness["reasons"]), readiness
 
 
 def test_metrics_are_prometheus_text_and_count_requests(client: TestClient) -> None:
@@ -351,9 +354,24 @@ def test_an_unsafe_client_request_id_is_replaced(client: TestClient, sent: str, 
 # --- bundle -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong"}])
+def test_bundle_needs_the_api_key(client: TestClient, headers: dict[str, str]) -> None:
+    # A user's apps hour by hour are history: no reading them by guessing ids.
+    response = client.get("/v1/users/alice/bundle", headers=headers)
+    assert response.status_code == 401
+    assert "x-api-key" in response.json()["detail"] and "hours" not in response.json()
+
+
+def test_bundle_is_403_when_the_server_has_no_key(keyless_client: TestClient) -> None:
+    response = keyless_client.get("/v1/users/alice/bundle", headers=AUTH)
+    assert response.status_code == 403
+    assert "FEASTFLOW_API_KEY" in response.json()["detail"]
+
+
 def test_bundle_gives_24_hours_of_the_static_default(client: TestClient,
                                                      static_default: list[str]) -> None:
-    response = client.get("/v1/users/alice/bundle", params={"start": "2026-03-02T08:05:00Z", "k": 3})
+    response = client.get("/v1/users/alice/bundle", params={"start": "2026-03-02T08:05:00Z", "k": 3},
+                          headers=AUTH)
     assert response.status_code == 200
     body = response.json()
     hours = body["hours"]
@@ -363,13 +381,13 @@ def test_bundle_gives_24_hours_of_the_static_default(client: TestClient,
     assert [datetime.fromisoformat(h["starts_at"]) for h in hours] == [
         first + timedelta(hours=i) for i in range(24)]
     assert body["fallback"] == "static_default"
-    assert body["model_version"] is None and body["known_user"] is False
+    assert body["model_version"] is None and body["known_user"] is None  # no model: cannot tell
     assert body["precomputed"] is False
 
 
 def test_bundle_defaults_to_now_and_k_4(client: TestClient, static_default: list[str]) -> None:
     before = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    response = client.get("/v1/users/alice/bundle")
+    response = client.get("/v1/users/alice/bundle", headers=AUTH)
     after = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     assert response.status_code == 200
     hours = response.json()["hours"]
@@ -378,7 +396,8 @@ def test_bundle_defaults_to_now_and_k_4(client: TestClient, static_default: list
 
 
 def test_bundle_start_with_an_offset_is_converted_to_utc(client: TestClient) -> None:
-    response = client.get("/v1/users/alice/bundle", params={"start": "2026-03-02T10:30:00+02:00"})
+    response = client.get("/v1/users/alice/bundle", params={"start": "2026-03-02T10:30:00+02:00"},
+                          headers=AUTH)
     assert response.status_code == 200
     assert response.json()["hours"][0]["starts_at"] == "2026-03-02T08:00:00+00:00"
 
@@ -397,13 +416,13 @@ def test_bundle_start_with_an_offset_is_converted_to_utc(client: TestClient) -> 
 )
 def test_bundle_bad_query_parameters_get_422_naming_them(client: TestClient, params: dict[str, str],
                                                          loc: list[str]) -> None:
-    response = client.get("/v1/users/alice/bundle", params=params)
+    response = client.get("/v1/users/alice/bundle", params=params, headers=AUTH)
     assert response.status_code == 422
     assert [err["loc"] for err in response.json()["detail"]] == [loc]
 
 
 def test_bundle_user_id_over_128_characters_is_a_422(client: TestClient) -> None:
-    response = client.get(f"/v1/users/{'u' * 129}/bundle")
+    response = client.get(f"/v1/users/{'u' * 129}/bundle", headers=AUTH)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["path", "user_id"]
 
@@ -412,7 +431,7 @@ def test_bundle_user_id_over_128_characters_is_a_422(client: TestClient) -> None
 def test_bundle_start_at_the_edge_of_time_is_not_a_500(client: TestClient, start: str) -> None:
     # Regression: the route accepted any ISO time, then datetime arithmetic past year 9999 (or
     # before year 1) raised ValueError/OverflowError and the server answered 500.
-    response = client.get("/v1/users/alice/bundle", params={"start": start})
+    response = client.get("/v1/users/alice/bundle", params={"start": start}, headers=AUTH)
     assert response.status_code in (200, 422), response.text
     if response.status_code == 422:
         assert response.json()["detail"][0]["loc"] == ["query", "start"]
@@ -492,7 +511,7 @@ def test_a_use_case_without_a_feature_store_is_503_and_readyz_says_why(client: T
     ready = client.get("/readyz").json()
     assert set(ready["use_cases"]) >= {"next_app", "credit_score", "taxi_eta"}
     assert ready["use_cases"]["credit_score"]["status"] == "not_ready"
-    assert any("feature store" in r for r in ready["use_cases"]["credit_score"]["reasons"])
+    assert ready["use_cases"]["credit_score"]["reasons"][0] == "feature_store_unusable"
 
 
 def test_openapi_describes_every_use_case_and_docs_render_it(client: TestClient) -> None:
@@ -534,12 +553,13 @@ def test_a_classifier_answers_score_and_decision(credit_client: TestClient) -> N
         body = response.json()
         assert {k: body[k] for k in ("score", "decision", "known", "fallback", "cached",
                                      "model_version", "variant")} == {
-            "score": 0.22, "decision": "review", "known": False, "fallback": "static_default",
+            "score": 0.22, "decision": "review", "known": None, "fallback": "static_default",
             "cached": False, "model_version": None, "variant": "champion"}
         assert "apps" not in body and body["latency_ms"] >= 0
     # FEASTFLOW_USE_CASES restricts the use cases served
     assert credit_client.post("/v1/taxi_eta/predict", json=LOAN).status_code == 404
-    assert credit_client.get("/v1/users/alice/bundle").status_code == 404  # no ranking: no bundle
+    no_bundle = credit_client.get("/v1/users/alice/bundle", headers=AUTH)
+    assert no_bundle.status_code == 404  # no ranking: no bundle
 
 
 @pytest.mark.parametrize(

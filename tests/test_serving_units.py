@@ -399,9 +399,9 @@ class FakeRanker:
 
 
 def make_service(home: Path, reader: StubReader, **overrides: Any) -> PredictionService:
+    values = {"latency_budget_ms": 5000.0, **overrides}  # no timeouts on a busy CI box
     settings = ServingSettings(home=home, user_hash_secret="unit-secret", log_json=False,
-                               registry_poll_seconds=0, request_log_sample=0.0,
-                               latency_budget_ms=5000.0, **overrides)  # no timeouts on a busy CI box
+                               registry_poll_seconds=0, request_log_sample=0.0, **values)
     spec = load_spec(settings.use_case, settings.feature_repo)
     holder = ModelHolder(spec, None, {"champion": "champion", "challenger": "challenger"},  # type: ignore[arg-type]
                          settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
@@ -471,7 +471,7 @@ def test_fallback_chain_goes_cache_then_user_hour_then_popular_then_static(
     service.bundles[USER][1][12] = []  # no list precomputed for this hour: next level
     answer = service._fallback(None, "champion", USER, HOUR, key, "store down")
     assert (answer.fallback, answer.items) == ("popular_at_hour", ["pop-8a", "pop-8b"])
-    assert answer.known_user is False
+    assert answer.known_user is None  # the store failed: nobody knows whether the user is new
 
     del service.bundles[USER]
     assert service._fallback(None, "champion", USER, HOUR + 1, key, "").items == ["pop-9"]
@@ -480,6 +480,54 @@ def test_fallback_chain_goes_cache_then_user_hour_then_popular_then_static(
     assert answer.fallback == "static_default"
     assert answer.items == list(service.spec.candidates.static_default)
     assert answer.model_version is None and answer.variant == "champion"
+
+
+class SlowRanker(FakeRanker):
+    """Ranks a known user, but only after the latency budget has passed (a busy machine)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def score(self, requests: Sequence[ScoreRequest], reader: Any, k: int,
+                    timings: dict[str, float] | None = None) -> list[Scored]:
+        await self.release.wait()
+        return await super().score(requests, reader, k, timings)
+
+
+def test_a_fallback_never_calls_a_known_user_unknown(tmp_path: Path) -> None:
+    # Under CPU load the first answers fell to the latency budget's popular list and said
+    # known_user: false for users the model knows; only the model can say a user is new.
+    service = make_service(tmp_path, StubReader(down=False), latency_budget_ms=1.0)
+    ranker = SlowRanker()
+    service.holder.install([ServedModel("champion", "7", "run-1", ranker, "registry", 0.0)])  # type: ignore[arg-type]
+    service.popular[HOUR] = ["pop-1", "pop-2"]
+
+    async def run() -> tuple[Answer, Answer]:
+        late = await service.predict(USER, AT_0805_UTC, CONTEXT, 2, "r1")  # budget passes
+        ranker.release.set()
+        unknown = service._fallback(None, "champion", USER, HOUR, (USER,), "no candidates",
+                                    known=False)  # the model said so: it may be told
+        return late, unknown
+
+    late, told = asyncio.run(run())
+    assert (late.fallback, late.items, late.known_user) == ("popular_at_hour", ["pop-1", "pop-2"],
+                                                            None)
+    assert told.known_user is False
+    service.prediction_log.close()
+
+
+def test_warm_up_scores_each_model_once_off_the_books(service: PredictionService) -> None:
+    reader = StubReader(down=False)
+    service.features.reader = reader  # type: ignore[assignment]
+    install_fake_model(service, "7")
+    assert service.warmed == set()
+    assert asyncio.run(service.warm_up()) is True
+    assert service.warmed == {"7"} and reader.calls == 1
+    assert fallback_counts(service.metrics) == {}  # not a request: nothing counted
+    assert service.features.breaker.state == CircuitState.CLOSED
+    reader.down = True  # a store that fails at start: logged, the breaker untouched
+    assert asyncio.run(service.warm_up([install_fake_model(service, "8")])) is False
+    assert service.warmed == {"7"} and service.features.breaker.consecutive == 0
 
 
 def test_predict_without_a_model_answers_from_the_fallbacks_and_counts_them(
@@ -749,7 +797,7 @@ def test_a_per_event_service_answers_its_default_when_the_store_is_down(tmp_path
     answers = asyncio.run(run())
     for answer in answers:  # the spec's serving.default: score 0.22, decision review
         assert (answer.scores, answer.decision, answer.fallback) == ([0.22], "review", "static_default")
-        assert answer.model_version == "3" and answer.known_user is False
+        assert answer.model_version == "3" and answer.known_user is None  # cannot tell
     assert reader.calls == 2  # the breaker opened after two failures
     assert fallback_counts(service.metrics) == {"static_default": 4}
     service.prediction_log.close()

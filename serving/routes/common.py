@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from serving.settings import ServingSettings
 
 API_KEY_HEADER = "x-api-key"
+# nginx's "client closed request": the client left before its body was read; counted under
+# this status in the metrics, never answered (and never a 422: the request was not invalid).
+CLIENT_CLOSED = 499
 
 
 @dataclass
@@ -42,6 +45,8 @@ class UseCaseState:
     unavailable: str | None = None
     request_type: Any = None  # the msgspec Struct generated from the contract
     retry: bool = False  # its feature store was not usable: a reload tries to set it up again
+    probes: dict[str, Any] = field(default_factory=dict)  # /readyz checks still in flight
+    logged_reasons: set[str] = field(default_factory=set)  # /readyz logs only changes
     # derived from the spec (the hot path reads plain attributes)
     task: str = field(default="", init=False)
     entity: str = field(default="", init=False)

@@ -109,10 +109,13 @@ def _response_schema(uc: UseCaseState) -> dict[str, Any]:
         item = {"type": "object", "properties": {uc.item_key: {"type": "string"},
                                                  "score": {"type": "number"}}}
         own = {uc.items_key: {"type": "array", "items": item, "description": "best first"},
-               "known_user": {"type": "boolean", "description": "the entity has own candidates"}}
+               "known_user": {"type": ["boolean", "null"], "description":
+                              "the entity has own candidates; null when a fallback answered "
+                              "that cannot tell"}}
     else:
-        known = {"known": {"type": "boolean",
-                           "description": "stored features of the entity were found"}}
+        known = {"known": {"type": ["boolean", "null"],
+                           "description": "stored features of the entity were found; null "
+                           "when a fallback answered that cannot tell"}}
         if uc.task == "binary_classification":
             own = {"score": {"type": ["number", "null"],
                              "description": "probability of the positive class"},
@@ -139,13 +142,16 @@ def _events(name: str) -> dict[str, Any]:
 
 def _bundle(uc: UseCaseState) -> dict[str, Any]:
     return {
-        "operationId": "bundle", "summary": f"{uc.name}: 24 hours of top items for a user",
+        "operationId": "bundle",
+        "summary": f"{uc.name}: 24 hours of top items for a user (API key)",
         "tags": [uc.name],
         "parameters": [
             {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}},
             {"name": "k", "in": "query", "schema": {"type": "integer", "default": 4}},
             {"name": "start", "in": "query", "schema": {"type": "string", "format": "date-time"}}],
         "responses": {"200": {"description": "one list per hour"},
+                      "401": {"description": "missing or wrong x-api-key"},
+                      "403": {"description": "the server has no API key set"},
                       "422": {"description": "bad parameter", "content": {
                           "application/json": {"schema": _ERROR}}}},
     }

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from feastflow.stream import StreamUnavailable
-from serving.routes.common import error_response, json_response, require_key, state, use_case_of
+from serving.routes.common import (
+    CLIENT_CLOSED,
+    error_response,
+    json_response,
+    require_key,
+    state,
+    use_case_of,
+)
 
 
 async def post_events(request: Request) -> Response:
@@ -18,6 +26,20 @@ async def post_events(request: Request) -> Response:
     Valid events are accepted even when others in the batch are not; 422 when none is valid;
     503 when the stream cannot take them (nothing was accepted: retry the whole batch).
     """
+    started = time.perf_counter()
+    try:
+        response = await _post_events(request)
+    except ClientDisconnect:  # gone mid-body: counted apart, nobody to answer
+        response = Response(status_code=CLIENT_CLOSED)
+    app = state(request)
+    uc = app.get(request.path_params.get("use_case"))
+    metrics = uc.metrics if uc is not None else app.unknown_metrics
+    if metrics is not None:
+        metrics.observe_request("events", response.status_code, time.perf_counter() - started)
+    return response
+
+
+async def _post_events(request: Request) -> Response:
     if (denied := require_key(request)) is not None:
         return denied
     app = state(request)
@@ -46,8 +68,11 @@ async def post_events(request: Request) -> Response:
         result = await asyncio.to_thread(uc.intake.submit, events)
     except StreamUnavailable:
         uc.metrics.error("event_stream")
+        # Nothing was appended: the stream's append carries a deadline Redis enforces (see
+        # RedisEventStream); a retry is safe either way, event ids are deduplicated.
         response = json_response(
-            {"detail": "the event stream is unavailable; nothing was accepted: retry later"}, 503)
+            {"detail": "the event stream is unavailable; nothing was accepted: retry the whole "
+                       "batch later (events already seen are reported as duplicates)"}, 503)
         response.headers["retry-after"] = "1"
         return response
     uc.metrics.count_events(result.accepted, result.duplicates, len(result.rejected))

@@ -1,9 +1,24 @@
-"""GET /healthz (alive), /readyz (ready or degraded, with reasons, per use case), /metrics."""
+"""GET /healthz (alive), /readyz (ready or degraded, with reasons, per use case), /metrics.
+
+/readyz stays unauthenticated: orchestrators and load balancers probe it without a key, and it
+gives away nothing but short reason codes (the text behind each goes to the log) and the loaded
+model versions (which /healthz and every prediction name anyway). It answers within
+FEASTFLOW_READINESS_BUDGET_SECONDS even with Redis hung: each probe has that budget, and a
+probe still running from an earlier call is awaited rather than started again, so polling a
+hung Redis does not pile up threads or connections.
+
+Reason codes (per use case; another use case's are prefixed `<use case>:` at the top level):
+`model_spec_invalid`, `feature_store_unusable`, `no_champion`, `model_from_disk`,
+`registry_unreachable`, `model_not_warm`, `online_store_unreachable`,
+`online_store_circuit_open`, `online_store_circuit_half_open`, `event_intake_unavailable`,
+`event_stream_unreachable`; top level only: `default_use_case_not_served`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -23,38 +38,92 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok", "model_version": champion.version if champion else None})
 
 
-async def use_case_readiness(uc: UseCaseState) -> dict[str, Any]:
-    """One use case's `status` (ready, degraded, not_ready), `reasons` and loaded `models`."""
+async def probe(uc: UseCaseState, name: str, check: Callable[[], Awaitable[bool]],
+                budget_s: float) -> bool:
+    """Whether `check` answers True within `budget_s`. A check still running from an earlier
+    call (a hung Redis) is awaited again, never started twice."""
+    task = uc.probes.get(name)
+    if task is None or task.done():
+        task = uc.probes[name] = asyncio.ensure_future(_quiet(check))
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), budget_s)
+    except TimeoutError:
+        return False
+
+
+async def _quiet(check: Callable[[], Awaitable[bool]]) -> bool:
+    try:
+        return bool(await check())
+    except Exception:  # a probe that fails is a dependency that is not there
+        log.debug("readiness probe failed", exc_info=True)
+        return False
+
+
+async def readiness_details(uc: UseCaseState, budget_s: float
+                            ) -> tuple[str, dict[str, str], dict[str, str]]:
+    """One use case's status (ready, degraded, not_ready), its reasons as {code: text for the
+    log}, and its loaded models."""
     if uc.holder is None or uc.service is None:
-        return {"status": "not_ready", "reasons": [uc.unavailable or "not set up"], "models": {}}
-    reasons = []
+        return "not_ready", {"model_spec_invalid": uc.unavailable or "not set up"}, {}
+    reasons: dict[str, str] = {}
+    service = uc.service
+    intake = uc.intake
+    checks: dict[str, Awaitable[bool]] = {
+        "online_store": probe(uc, "online_store", service.features.ping, budget_s)}
+    if intake is not None:
+        checks["event_stream"] = probe(
+            uc, "event_stream", lambda: asyncio.to_thread(intake.stream.ping), budget_s)
+    answered = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
     champion = uc.holder.get("champion")
     if uc.unavailable is not None:
-        reasons.append(f"not served (503): {uc.unavailable}")
+        reasons["feature_store_unusable"] = f"not served (503): {uc.unavailable}"
     elif champion is None:
-        reasons.append(uc.startup_error or "no champion model loaded: train and promote first")
-    elif champion.source == "disk":
-        reasons.append(f"registry unreachable at start: serving v{champion.version} from disk")
+        code = "feature_store_unusable" if uc.startup_error else "no_champion"
+        reasons[code] = uc.startup_error or "no champion model loaded: train and promote first"
+    else:
+        if champion.source == "disk":
+            reasons["model_from_disk"] = (f"registry unreachable at start: serving "
+                                          f"v{champion.version} from disk")
+        if champion.version not in service.warmed:
+            reasons["model_not_warm"] = f"v{champion.version} has not scored yet (see the log)"
     if uc.holder.registry_error:
-        reasons.append(f"registry: {uc.holder.registry_error}")
-    if not await uc.service.features.ping():
-        reasons.append("online store unreachable: answering from fallbacks")
+        reasons["registry_unreachable"] = f"registry: {uc.holder.registry_error}"
+    if not answered["online_store"]:
+        reasons["online_store_unreachable"] = (f"online store did not answer a ping within "
+                                               f"{budget_s} s: answering from fallbacks")
     events = f"POST /v1/{uc.name}/events"
-    if uc.intake is None and uc.spec is not None and uc.spec.realtime is not None:
-        reasons.append(f"event intake unavailable: {events} answers 503")
-    elif uc.intake is not None and not await asyncio.to_thread(uc.intake.stream.ping):
-        reasons.append(f"event stream unreachable: {events} answers 503")
-    elif uc.intake is not None:
-        reasons += await _stream_reasons(uc, uc.intake)
-    breaker = uc.service.features.breaker
+    if intake is None and uc.spec is not None and uc.spec.realtime is not None:
+        reasons["event_intake_unavailable"] = f"event intake unavailable: {events} answers 503"
+    elif intake is not None and not answered["event_stream"]:
+        reasons["event_stream_unreachable"] = (f"event stream did not answer a ping within "
+                                               f"{budget_s} s: {events} answers 503")
+    elif intake is not None:
+        reasons.update((code, "see the event stream's log line") for code in
+                       await _stream_reasons(uc, intake))
+    breaker = service.features.breaker
     if breaker.state:
-        reasons.append(f"online store circuit {breaker.state.name.lower()}: {breaker.last_error}")
+        reasons[f"online_store_circuit_{breaker.state.name.lower()}"] = (
+            f"online store circuit {breaker.state.name.lower()}: {breaker.last_error}")
     models = {v: m.version for v, m in uc.holder.models.items()}
     if champion is None or uc.unavailable is not None:
         status = "not_ready"
     else:
         status = "degraded" if reasons else "ready"
-    return {"status": status, "reasons": reasons, "models": models}
+    return status, reasons, models
+
+
+async def use_case_readiness(uc: UseCaseState, budget_s: float = 1.0) -> dict[str, Any]:
+    """One use case's `status`, `reasons` (codes) and loaded `models`; the text behind each
+    code is logged when the set of reasons changes."""
+    status, reasons, models = await readiness_details(uc, budget_s)
+    if set(reasons) != uc.logged_reasons:
+        uc.logged_reasons = set(reasons)
+        if reasons:
+            log.warning("use case %s is %s: %s", uc.name, status,
+                        "; ".join(f"{code}: {text}" for code, text in reasons.items()))
+        else:
+            log.info("use case %s is %s", uc.name, status)
+    return {"status": status, "reasons": list(reasons), "models": models}
 
 
 async def _stream_reasons(uc: UseCaseState, intake: EventIntake) -> list[str]:
@@ -71,8 +140,8 @@ async def _stream_reasons(uc: UseCaseState, intake: EventIntake) -> list[str]:
 
 
 async def readyz(request: Request) -> Response:
-    """200 `ready`, 200 `degraded` (answering from fallbacks, reasons listed) or 503 `not_ready`,
-    with each use case's own status under `use_cases`.
+    """200 `ready`, 200 `degraded` (answering from fallbacks, reason codes listed) or 503
+    `not_ready`, with each use case's own status under `use_cases`.
 
     The top level is the default use case's readiness (its `reasons` and `models`), degraded
     when another use case with a champion is degraded (its reasons prefixed by its name). A use
@@ -81,16 +150,19 @@ async def readyz(request: Request) -> Response:
     every use case) has no champion.
     """
     app: ServerState = state(request)
-    per_case = {name: await use_case_readiness(uc) for name, uc in app.use_cases.items()}
+    budget_s = app.settings.readiness_budget_seconds
+    names = list(app.use_cases)
+    found = await asyncio.gather(*(use_case_readiness(app.use_cases[n], budget_s) for n in names))
+    per_case = dict(zip(names, found, strict=True))
     default = per_case.get(app.default)
     if default is not None:
         status, reasons, models = default["status"], list(default["reasons"]), default["models"]
     else:
-        status, reasons, models = "not_ready", [f"default use case {app.default!r} not served"], {}
+        status, reasons, models = "not_ready", ["default_use_case_not_served"], {}
     others = [(n, r) for n, r in per_case.items() if n != app.default]
     for name, readiness in others:
         if readiness["status"] == "degraded":
-            reasons += [f"{name}: {reason}" for reason in readiness["reasons"]]
+            reasons += [f"{name}:{reason}" for reason in readiness["reasons"]]
     others_serve = any(r["status"] != "not_ready" for _, r in others)
     others_degraded = any(r["status"] == "degraded" for _, r in others)
     if (default is None and others_serve) or (status == "ready" and others_degraded):

@@ -21,6 +21,7 @@ from feastflow.privacy import hash_user_id
 from serving.logs import new_request_id, request_id
 from serving.routes.common import (
     API_KEY_HEADER,
+    CLIENT_CLOSED,
     ServerState,
     UseCaseState,
     error_response,
@@ -32,6 +33,7 @@ from serving.routes.common import (
     use_case_of,
 )
 from serving.schemas import RequestError, decode, to_unix_us
+from serving.server import BodyTimeout, read_body_within
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class PredictEndpoint:
                 key = value.decode("latin-1")
         rid = new_request_id(sent_id)
         token = request_id.set(rid)
+        close = False
         try:
             if uc is None:
                 status, payload = 404, orjson.dumps(app.unknown(name or app.default))
@@ -71,15 +74,20 @@ class PredictEndpoint:
                     {"detail": f"use case {uc.name!r} is not available: {uc.unavailable}"})
             else:
                 status, payload = await self._answer(app, uc, scope, receive, key, rid)
+        except BodyTimeout as e:  # a slow client: answered, and its connection closed
+            status, payload, close = 408, orjson.dumps({"detail": str(e)}), True
         except Exception:  # never echo an unexpected error; it is logged with the request id
             log.exception("unhandled error on %s", scope["path"])
             status, payload = 500, b'{"detail":"internal error"}'
         finally:
             request_id.reset(token)
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload)),
-            (b"x-request-id", rid.encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        if status != CLIENT_CLOSED:  # nobody to answer
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", b"%d" % len(payload)), (b"x-request-id", rid.encode())]
+            if close:
+                headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
         metrics = uc.metrics if uc is not None else app.unknown_metrics
         if metrics is not None:
             metrics.observe_request("predict", status, time.perf_counter() - started_at(scope))
@@ -92,6 +100,8 @@ class PredictEndpoint:
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
+            if message["type"] == "http.disconnect":  # gone mid-body: not an invalid request
+                return CLIENT_CLOSED, b""
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > settings.max_body_bytes:
@@ -144,13 +154,17 @@ class FastPath:
     """The outermost ASGI app: POST /v1/predict and /v1/{use_case}/predict straight to their
     endpoint, the rest to Starlette."""
 
-    def __init__(self, starlette_app: Any, predict: PredictEndpoint, rest: ASGIApp) -> None:
+    def __init__(self, starlette_app: Any, predict: PredictEndpoint, rest: ASGIApp,
+                 body_timeout_s: float = 10.0) -> None:
         self.starlette_app = starlette_app  # tests and tools reach `.state` through it
         self.predict = predict
         self.rest = rest
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Dispatch one connection event."""
+        """Dispatch one connection event (an HTTP body gets its read deadline here)."""
+        if scope["type"] == "http":
+            receive = read_body_within(receive, self.body_timeout_s)
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             if path == "/v1/predict":
@@ -175,10 +189,11 @@ class FastPath:
 
 async def bundle(request: Request) -> Response:
     """The user's top items for each of the next 24 hours (from `?start=`, default now), for a
-    device that goes offline."""
+    device that goes offline. API key required, like every other route that reads a user's
+    history: anyone could otherwise read a user's apps hour by hour by guessing ids."""
     started = time.perf_counter()
     app = state(request)
-    if app.settings.predict_requires_key and (denied := require_key(request)) is not None:
+    if (denied := require_key(request)) is not None:
         return denied
     uc, refused = use_case_of(request)
     if refused is not None:
