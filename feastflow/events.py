@@ -351,6 +351,27 @@ def validate_events(raw: pd.DataFrame, contract: EventLogSpec, now: pd.Timestamp
     return clean.reset_index(drop=True), errors
 
 
+# the longest JSON of a value of each type: -9223372036854775808, -1.7976931348623157e+308,
+# false, "2026-01-05T08:00:00.123456789+00:00" (the longest zoned ISO 8601 the rules admit)
+_LARGEST_JSON = {"int": 20, "float": 24, "bool": 5, "timestamp": 37}
+UTF8_MAX_BYTES = 4  # bytes of the widest character in UTF-8
+
+
+def largest_event_bytes(contract: EventLogSpec) -> int:
+    """The most bytes one valid event of the contract takes as compact UTF-8 JSON (every field
+    present, each string at its length limit in 4-byte characters; JSON escapes aside)."""
+    total = 2  # {}
+    for name, column in contract.columns.items():
+        total += len(orjson.dumps(name)) + 2  # "name": and a comma
+        if column.type != "string":
+            total += _LARGEST_JSON[column.type]
+        elif column.allowed is not None:
+            total += max(len(orjson.dumps(str(v))) for v in column.allowed)
+        else:
+            total += 2 + UTF8_MAX_BYTES * column.length_limit
+    return total
+
+
 def encode_events(clean: pd.DataFrame, contract: EventLogSpec) -> list[tuple[str, bytes]]:
     """Validated events as (event id, JSON bytes) for the event stream; times as Unix microseconds."""
     names = event_columns(contract)

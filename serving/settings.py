@@ -49,8 +49,15 @@ class ServingSettings(Settings):
 
     # safety
     predict_requires_key: bool = False
-    max_body_bytes: int = Field(default=65_536, ge=1024)
+    max_body_bytes: int = Field(default=65_536, ge=1024, description="every body but events'")
     max_events_per_request: int = Field(default=500, ge=1)
+    max_event_bytes: int = Field(default=2048, ge=256, description="one event as compact JSON, "
+                                 "at most (each contract's largest valid event fits)")
+
+    @property
+    def max_events_body_bytes(self) -> int:
+        """POST /v1/events' body limit: a full batch of the largest events, commas, envelope."""
+        return self.max_events_per_request * (self.max_event_bytes + 1) + 64
 
     # observability
     log_json: bool = True

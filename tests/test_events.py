@@ -122,7 +122,7 @@ ISO = "ISO 8601 with a time zone required, got "
         ("event_id", ["e9"], "must be a string, got an array"),
         ("event_id", 9, "must be a string, got a number"),
         ("user_id", True, "must be a string, got a boolean"),
-        ("os_version", "x" * 30_000, "longer than 128 characters"),
+        ("os_version", "x" * 30_000, "longer than 32 characters"),
         ("user_id", "u" * 129, "longer than 128 characters"),
         ("battery", True, "must be a number, got a boolean"),
         ("battery", "80", "must be a number, got a string"),
