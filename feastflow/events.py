@@ -236,13 +236,12 @@ class _Checker:
             stamps[typed] = self._typed_stamps(name, raw[typed])
         strings = kinds == STRING
         if strings.any():
-            stamps[strings] = self._text_stamps(name, raw[strings])
+            stamps[strings] = self._text_stamps(name, raw[strings], bounds)
         if bounds is not None:
             early = np.asarray((stamps < bounds.earliest).fillna(False), dtype=bool)
-            self.reject(early, name, f"before {_iso(bounds.earliest)}, the earliest time this "
-                                     "use case accepts")
+            self.reject(early, name, bounds.early())
             late = np.asarray((stamps > bounds.latest).fillna(False), dtype=bool)
-            self.reject(late, name, f"more than {_describe(bounds.max_future)} in the future")
+            self.reject(late, name, bounds.late())
         self.frame[name] = stamps.astype(TIMESTAMP_DTYPE)
 
     def _typed_stamps(self, name: str, values: pd.Series) -> pd.Series:
@@ -260,7 +259,8 @@ class _Checker:
         return pd.Series(pd.to_datetime(aware.tolist(), utc=True), index=aware.index) \
             .reindex(values.index)
 
-    def _text_stamps(self, name: str, values: pd.Series) -> pd.Series:
+    def _text_stamps(self, name: str, values: pd.Series, bounds: _TimeBounds | None
+                     ) -> pd.Series:
         """ISO 8601 strings with a zone; anything else is named with its value."""
         text = values.str.strip()
         ok = text.str.fullmatch(_ISO_WITH_ZONE).fillna(False).to_numpy(dtype=bool)
@@ -269,8 +269,9 @@ class _Checker:
         reasons = [""] * len(self.frame)
         for i in np.flatnonzero(~ok | invalid):  # only the bad ones: a file may have millions
             value = _quoted(values.iloc[i])
-            reasons[values.index[i]] = (f"not a valid date and time, got {value}" if ok[i] else
-                                        f"ISO 8601 with a time zone required, got {value}")
+            reasons[values.index[i]] = (
+                _out_of_range(values.iloc[i], bounds) or f"not a valid date and time, got {value}"
+                if ok[i] else f"ISO 8601 with a time zone required, got {value}")
         mask = np.zeros(len(self.frame), dtype=bool)
         mask[values.index.to_numpy()] = ~ok | invalid
         self.reject(mask, name, reasons)
@@ -282,6 +283,25 @@ class _TimeBounds:
     earliest: pd.Timestamp
     latest: pd.Timestamp
     max_future: pd.Timedelta
+
+    def early(self) -> str:
+        """The reason for a time before `earliest`."""
+        return f"before {_iso(self.earliest)}, the earliest time this use case accepts"
+
+    def late(self) -> str:
+        """The reason for a time after now + `max_future`."""
+        return f"more than {_describe(self.max_future)} in the future"
+
+
+def _out_of_range(text: str, bounds: _TimeBounds | None) -> str | None:
+    """Why a real time outside pandas' years (1677-2262) is refused; None if it is no time."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if bounds is None:
+        return f"outside the years {pd.Timestamp.min.year + 1}-{pd.Timestamp.max.year - 1}"
+    return bounds.early() if moment.year < pd.Timestamp.min.year + 1 else bounds.late()
 
 
 def _iso(stamp: pd.Timestamp) -> str:

@@ -190,3 +190,35 @@ def test_other_routes_keep_their_own_smaller_limit(client: httpx.Client,
 def test_the_limits_are_derived_from_one_another(tmp_path: Path) -> None:
     s = ServingSettings(home=tmp_path, max_events_per_request=10, max_event_bytes=300)
     assert s.max_events_body_bytes == 10 * 301 + 64
+
+
+@pytest.mark.redis
+def test_the_bad_values_of_the_issue_are_refused_each_naming_field_and_problem(
+        client: httpx.Client, settings: ServingSettings) -> None:
+    """Item 8 over the socket: each was accepted (and some logged at 1970 or 1900) before."""
+    good = realistic(1, "strict-")[0]
+    bad: list[tuple[str, Any, str]] = [
+        ("timestamp", 1_772_352_000_000_000_000,
+         "must be an ISO 8601 string with a time zone, got a number"),
+        ("timestamp", "now", 'ISO 8601 with a time zone required, got "now"'),
+        ("timestamp", "today", 'ISO 8601 with a time zone required, got "today"'),
+        ("timestamp", "02/03/2026", 'ISO 8601 with a time zone required, got "02/03/2026"'),
+        ("timestamp", "1900-01-01T00:00:00Z",
+         "before 2020-01-01T00:00:00Z, the earliest time this use case accepts"),
+        ("timestamp", "2999-01-01T00:00:00Z", "more than 5 minutes in the future"),
+        ("event_id", {"id": 1}, "must be a string, got an object"),
+        ("secs_since_prev_unlock", "inf", "must be a number, got a string"),
+        ("user_id", "u" * 30_000, "longer than 128 characters"),
+        ("battery", True, "must be a number, got a boolean"),
+        ("charging", "yes", "must be true or false, got a string"),
+    ]
+    events = [good] + [{**good, "event_id": f"strict-bad-{i}", field: value}
+                       for i, (field, value, _) in enumerate(bad)]
+    before = backlog(settings)
+    response = client.post("/v1/events", content=body_of(events))
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["accepted"] == 1
+    assert [(e["loc"], e["msg"]) for e in answer["rejected"]] == [
+        (["body", "events", i + 1, field], msg) for i, (field, _, msg) in enumerate(bad)]
+    assert backlog(settings) == before + 1

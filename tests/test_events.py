@@ -117,6 +117,9 @@ ISO = "ISO 8601 with a time zone required, got "
         ("timestamp", "1970-01-01T00:00:00Z", "before 2020-01-01T00:00:00Z, the earliest time "
                                               "this use case accepts"),
         ("timestamp", "2026-03-01T12:05:01Z", "more than 5 minutes in the future"),
+        ("timestamp", "2999-01-01T00:00:00Z", "more than 5 minutes in the future"),  # > 2262
+        ("timestamp", "1000-01-01T00:00:00Z", "before 2020-01-01T00:00:00Z, the earliest time "
+                                              "this use case accepts"),  # < 1677
         ("timestamp", "x" * 30_000, ISO + '"' + "x" * 40 + '..."'),
         ("event_id", {"id": 7}, "must be a string, got an object"),
         ("event_id", ["e9"], "must be a string, got an array"),
