@@ -62,14 +62,16 @@ _FALSE_TEXT = frozenset({"false", "0"})
 # ISO 8601 date and time with a zone (Z or an offset): a time without one is ambiguous
 _ISO_WITH_ZONE = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)"
 _INT64_LIMIT = 2**63
-EMPTY, STRING, NUMBER, BOOLEAN, DATETIME = "empty", "string", "number", "boolean", "datetime"
+# what a value is, as a small code (a file may have millions of values)
+EMPTY, STRING, NUMBER, BOOLEAN, DATETIME, OBJECT, ARRAY, OTHER = range(8)
 _INFERRED_KINDS = {"string": STRING, "integer": NUMBER, "floating": NUMBER,
                    "mixed-integer-float": NUMBER, "boolean": BOOLEAN, "empty": EMPTY}
 _KIND_NAMES = {STRING: "a string", NUMBER: "a number", BOOLEAN: "a boolean",
-               DATETIME: "a datetime", "object": "an object", "array": "an array"}
+               DATETIME: "a datetime", OBJECT: "an object", ARRAY: "an array",
+               OTHER: "a value of another type"}
 
 
-def _kind(value: Any) -> str:
+def _kind(value: Any) -> int:
     """What a single value is, as JSON would name it (bool before int: a bool is an int)."""
     if value is None or value is pd.NA or value is pd.NaT:
         return EMPTY
@@ -84,10 +86,10 @@ def _kind(value: Any) -> str:
     if isinstance(value, datetime):
         return DATETIME
     if isinstance(value, dict):
-        return "object"
+        return OBJECT
     if isinstance(value, list | tuple | np.ndarray):
-        return "array"
-    return type(value).__name__
+        return ARRAY
+    return OTHER
 
 
 def _kinds(series: pd.Series) -> np.ndarray:
@@ -98,12 +100,12 @@ def _kinds(series: pd.Series) -> np.ndarray:
                        (pd.api.types.is_datetime64_any_dtype, DATETIME),
                        (pd.api.types.is_string_dtype, STRING)):
         if test(dtype) and (kind != STRING or not pd.api.types.is_object_dtype(dtype)):
-            return np.where(series.isna().to_numpy(), EMPTY, kind)
+            return np.where(series.isna().to_numpy(), EMPTY, kind).astype(np.int8)
     # an object column of one kind is told in C (a loaded file: millions of ids)
-    kind = _INFERRED_KINDS.get(pd.api.types.infer_dtype(series, skipna=True))
-    if kind is not None:
-        return np.where(series.isna().to_numpy(), EMPTY, kind)
-    return np.array([_kind(v) for v in series.tolist()], dtype=object)
+    inferred = _INFERRED_KINDS.get(pd.api.types.infer_dtype(series, skipna=True))
+    if inferred is not None:
+        return np.where(series.isna().to_numpy(), EMPTY, inferred).astype(np.int8)
+    return np.fromiter((_kind(v) for v in series.tolist()), dtype=np.int8, count=len(series))
 
 
 def _quoted(value: Any, limit: int = 40) -> str:
@@ -143,25 +145,29 @@ class _Checker:
                                for i in np.flatnonzero(mask))
         self.bad |= mask
 
-    def kinds(self, name: str, column: ColumnSpec, accepted: set[str], what: str) -> np.ndarray:
+    def kinds(self, name: str, column: ColumnSpec, accepted: set[int], what: str) -> np.ndarray:
         """Each value's kind, after rejecting those of another type and the required empties."""
         kinds = _kinds(self.frame[name])
         if self.text and STRING in accepted:  # a blank cell of a CSV file is an empty value
             blank = np.zeros(len(kinds), dtype=bool)
             strings = kinds == STRING
             blank[strings] = self.frame[name][strings].str.strip().eq("").to_numpy()
-            kinds = np.where(blank, EMPTY, kinds)
+            kinds = np.where(blank, EMPTY, kinds).astype(np.int8)
         wrong = ~np.isin(kinds, [*accepted, EMPTY])
         if wrong.any():
-            self.reject(wrong, name, [f"must be {what}, got {_KIND_NAMES.get(k, k)}"
-                                      for k in kinds])
+            reasons = [""] * len(kinds)
+            for i in np.flatnonzero(wrong):
+                reasons[i] = f"must be {what}, got {_KIND_NAMES[int(kinds[i])]}"
+            self.reject(wrong, name, reasons)
         if not column.nullable:
             self.reject(kinds == EMPTY, name, "required value is empty")
-        return np.where(wrong, EMPTY, kinds)
+        return np.where(wrong, EMPTY, kinds).astype(np.int8)
 
     def string(self, name: str, column: ColumnSpec) -> None:
         kinds = self.kinds(name, column, {STRING}, "a string")
-        raw = self.frame[name].astype(object).where(kinds == STRING, None)
+        raw = self.frame[name]
+        if not np.isin(kinds, [STRING, EMPTY]).all():  # values of another kind were rejected
+            raw = raw.astype(object).where(kinds == STRING, None)
         text = raw.astype("string").str.strip()
         empty = _is_blank(text)
         if not column.nullable:
@@ -214,7 +220,7 @@ class _Checker:
         kinds = self.kinds(name, column, accepted, "true or false")
         raw = self.frame[name].astype(object)
 
-        def parse(value: Any, kind: str) -> Any:
+        def parse(value: Any, kind: int) -> Any:
             if kind == BOOLEAN:
                 return bool(value)
             if kind == STRING:
