@@ -6,7 +6,7 @@ Pipelines read the spec and never name a use case; adding one means adding a fol
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,6 +45,27 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+DEFAULT_MAX_LENGTH = 128  # characters of a string column that declares no max_length
+
+
+def parse_instant(value: Any) -> datetime:
+    """An aware datetime, or a date read as its midnight UTC; a naive datetime is refused."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value) if "T" in value or " " in value.strip() \
+                else date.fromisoformat(value)
+        except ValueError as e:
+            raise ValueError(f"{value!r} is not an ISO 8601 date or time") from e
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{value.isoformat()} has no time zone: add one (e.g. Z)")
+        return value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time(), tzinfo=UTC)
+    raise ValueError(f"{value!r} is not a date or time")
+
+
+Instant = Annotated[datetime, BeforeValidator(parse_instant)]
 
 
 class ColumnSpec(_Strict):
@@ -57,7 +78,15 @@ class ColumnSpec(_Strict):
     allowed: list[Any] | None = Field(default=None, description="the only values accepted")
     pattern: str | None = Field(default=None, description="a regular expression strings match")
     pattern_hint: str | None = Field(default=None, description="what the pattern means, in words")
+    max_length: int | None = Field(
+        default=None, ge=1, description=f"string columns: the most characters (default "
+        f"{DEFAULT_MAX_LENGTH})")
     description: str = ""
+
+    @property
+    def length_limit(self) -> int:
+        """The most characters a value of this string column may have."""
+        return self.max_length or DEFAULT_MAX_LENGTH
 
     @model_validator(mode="after")
     def _consistent(self) -> ColumnSpec:
@@ -67,6 +96,8 @@ class ColumnSpec(_Strict):
             if self.type != "string":
                 raise ValueError("pattern applies to string columns")
             re.compile(self.pattern)
+        if self.max_length is not None and self.type != "string":
+            raise ValueError("max_length applies to string columns")
         return self
 
 
@@ -90,8 +121,12 @@ class EventLogSpec(_Strict):
     example_context: dict[str, Any] = Field(
         default_factory=dict, description="a typical request context (server warm-up, docs)")
     columns: dict[str, ColumnSpec] = Field(description="every raw column of an event")
-    max_future: Duration = Field(default=timedelta(days=1),
-                                 description="events further in the future are refused")
+    earliest: Instant = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="events before this time are refused (a date is its midnight UTC)")
+    max_future: Duration = Field(
+        default=timedelta(minutes=5),
+        description="events further ahead of the receiver's clock are refused (clock skew)")
 
     @property
     def hashed_columns(self) -> list[str]:

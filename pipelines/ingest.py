@@ -30,22 +30,30 @@ class IngestReport:
         return len({e.row for e in self.errors})
 
 
+def is_text(path: Path) -> bool:
+    """Whether the file is text (CSV), whose numbers and flags arrive as strings."""
+    return "".join(path.suffixes).lower().endswith((".csv", ".csv.gz"))
+
+
 def read_raw(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet file of raw events, every value as it is in the file."""
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
-    suffixes = "".join(path.suffixes).lower()
-    if suffixes.endswith(".parquet"):
+    if "".join(path.suffixes).lower().endswith(".parquet"):
         return pq.read_table(path).to_pandas()
-    if suffixes.endswith((".csv", ".csv.gz")):
+    if is_text(path):
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     raise ValueError(f"{path}: unsupported format; give a .csv, .csv.gz or .parquet file")
 
 
 def ingest_frame(raw: pd.DataFrame, contract: EventLogSpec, events_dir: Path, secret: str,
-                 strict: bool = False, now: pd.Timestamp | None = None) -> IngestReport:
-    """Validate, hash and append; with `strict`, any bad row rejects the whole call."""
-    clean, errors = validate_events(raw, contract, now=now)
+                 strict: bool = False, now: pd.Timestamp | None = None, text: bool = False
+                 ) -> IngestReport:
+    """Validate, hash and append; with `strict`, any bad row rejects the whole call.
+
+    `text`: the frame was read from text (CSV), so numbers and flags are parsed from strings;
+    a typed frame must carry each value in its type (see `validate_events`)."""
+    clean, errors = validate_events(raw, contract, now=now, text=text)
     report = IngestReport(rows_read=len(raw), rows_written=0, duplicates_skipped=0, errors=errors)
     if clean.empty or (strict and errors):
         return report
@@ -65,4 +73,5 @@ def ingest_frame(raw: pd.DataFrame, contract: EventLogSpec, events_dir: Path, se
 def ingest_file(path: Path, contract: EventLogSpec, events_dir: Path, secret: str,
                 strict: bool = False) -> IngestReport:
     """Ingest one CSV or Parquet file of raw events into the use case's event log."""
-    return ingest_frame(read_raw(path), contract, events_dir, secret, strict=strict)
+    return ingest_frame(read_raw(path), contract, events_dir, secret, strict=strict,
+                        text=is_text(path))

@@ -41,7 +41,13 @@ from serving.models import ModelHolder
 from serving.request_log import PredictionLog
 from serving.resilience import describe
 from serving.routes import admin, docs, events, health, predict
-from serving.routes.common import ServerState, UseCaseState, json_response, too_large
+from serving.routes.common import (
+    ServerState,
+    UseCaseState,
+    events_limit_hint,
+    json_response,
+    too_large,
+)
 from serving.routes.docs import render_docs
 from serving.schemas import request_type
 from serving.server import BodyTimeout
@@ -214,19 +220,25 @@ class _NoStore:
 
 
 class BodySizeLimit:
-    """413 for bodies over `max_bytes`, announced (content-length) or streamed."""
+    """413 for bodies over `max_bytes` (`events_max_bytes` on the events routes, whose batches
+    are larger), announced (content-length) or streamed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, events_max_bytes: int | None = None,
+                 events_hint: str = "") -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.events_max_bytes = events_max_bytes or max_bytes
+        self.events_hint = events_hint  # why the events limit is what it is
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        events = scope["path"].endswith("/events")
+        limit = self.events_max_bytes if events else self.max_bytes
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._too_large(scope, receive, send, events)
                 return
         seen = 0
 
@@ -234,17 +246,19 @@ class BodySizeLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise _TooLarge
             return message
 
         try:
             await self.app(scope, counting_receive, send)
         except _TooLarge:
-            await self._too_large(scope, receive, send)
+            await self._too_large(scope, receive, send, events)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = json_response({"detail": too_large(self.max_bytes)}, 413)
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, events: bool) -> None:
+        detail = (too_large(self.events_max_bytes) + self.events_hint if events
+                  else too_large(self.max_bytes))
+        response = json_response({"detail": detail}, 413)
         await response(scope, receive, send)
 
 
@@ -311,7 +325,6 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
 
     disable_created_metrics()  # halves /metrics: no *_created series
     limits = settings or get_serving_settings()
-    resolved_limit = limits.max_body_bytes
     predict_endpoint = predict.PredictEndpoint(None)
     app = Starlette(
         routes=[
@@ -328,7 +341,9 @@ def create_app(settings: ServingSettings | None = None, reader: OnlineReader | N
             Route("/admin/reload", admin.reload, methods=["POST"]),
             Route("/admin/cache/flush", admin.flush_caches, methods=["POST"]),
         ],
-        middleware=[Middleware(BodySizeLimit, max_bytes=resolved_limit)],
+        middleware=[Middleware(BodySizeLimit, max_bytes=limits.max_body_bytes,
+                               events_max_bytes=limits.max_events_body_bytes,
+                               events_hint=events_limit_hint(limits))],
         exception_handlers={HTTPException: _http_error, BodyTimeout: _body_timeout,
                             Exception: _unexpected},
         lifespan=lifespan,

@@ -1,6 +1,11 @@
 """The prediction API contract, generated from each use case's data contract and validated with
 msgspec (about 10x cheaper than pydantic here).
 
+The rules are the event contract's (see `feastflow.events`): strict types (msgspec never turns a
+string or a bool into a number), a time zone on the timestamp, the contract's `earliest` as its
+lower bound, each string column's `max_length`. A prediction may be asked for a future moment
+(the bundle's next hours), so `max_future` does not apply; years past 9998 are refused.
+
 Invalid input becomes a 422 whose `detail` names the field (`loc`) and the reason (`msg`), in
 FastAPI's shape, so clients see one error format on every endpoint.
 """
@@ -17,17 +22,18 @@ from msgspec import Meta, Struct
 
 from feastflow.spec import ColumnSpec, ModelSpec
 
-ENTITY_MAX_LENGTH: Final = 128
 _BASE_TYPES: Final[dict[str, type]] = {"string": str, "int": int, "float": float, "bool": bool,
                                        "timestamp": datetime}
 _REQUESTS: dict[tuple[str, int, str], type[Struct]] = {}
+_EARLIEST: dict[type, datetime] = {}  # request type -> the earliest timestamp it accepts
 
 
 def request_type(spec: ModelSpec, max_k: int = 20) -> type[Struct]:
     """The predict request of a use case, generated from its data contract (cached per use case).
 
-    `{<entity>: ..., "timestamp": ISO 8601, "context": {<each context column, typed from the
-    contract>}, "k": 1..max_k (ranking only)}`; unknown fields are refused at every level.
+    `{<entity>: ..., "timestamp": ISO 8601 with a zone, "context": {<each context column, typed
+    from the contract>}, "k": 1..max_k (ranking only)}`; unknown fields are refused at every
+    level.
     """
     log = spec.event_log
     key = (spec.name, max_k, log.model_dump_json())
@@ -42,7 +48,9 @@ def request_type(spec: ModelSpec, max_k: int = 20) -> type[Struct]:
     context.__doc__ = f"What is known at the request ({spec.name})."
     fields: list[Any] = [
         (log.entity, _column_type(log.columns[log.entity], entity=True)),
-        ("timestamp", Annotated[datetime, Meta(description="ISO 8601; naive means UTC")]),
+        ("timestamp", Annotated[datetime, Meta(
+            tz=True, description=f"ISO 8601 with a time zone, from {log.earliest:%Y-%m-%d} "
+                                 "(the contract's earliest)")]),
         ("context", context) if log.context else ("context", context, msgspec.field(default_factory=context)),
     ]
     if not spec.per_event:
@@ -51,6 +59,7 @@ def request_type(spec: ModelSpec, max_k: int = 20) -> type[Struct]:
                              forbid_unknown_fields=True, module=__name__)
     kind.__doc__ = spec.description or f"A {spec.name} prediction request."
     _REQUESTS[key] = kind
+    _EARLIEST[kind] = log.earliest
     return kind
 
 
@@ -61,7 +70,7 @@ def _field(name: str, column: ColumnSpec) -> tuple[Any, ...]:
 
 def _column_type(column: ColumnSpec, entity: bool = False) -> Any:
     """A contract column as a msgspec type: allowed -> Literal, min/max -> ge/le, nullable ->
-    optional, pattern -> pattern; an entity string has 1 to 128 characters."""
+    optional, pattern -> pattern, max_length -> max_length; an entity string is never empty."""
     meta: dict[str, Any] = {}
     if column.description:
         meta["description"] = column.description
@@ -78,8 +87,9 @@ def _column_type(column: ColumnSpec, entity: bool = False) -> Any:
         if column.type == "string":
             if column.pattern is not None:
                 meta["pattern"] = column.pattern
+            meta["max_length"] = column.length_limit
             if entity:
-                meta.update(min_length=1, max_length=ENTITY_MAX_LENGTH)
+                meta["min_length"] = 1
     if meta:
         kind = Annotated[kind, Meta(**meta)]
     if column.nullable and not entity:
@@ -88,7 +98,8 @@ def _column_type(column: ColumnSpec, entity: bool = False) -> Any:
 
 
 def to_unix_us(timestamp: datetime) -> int:
-    """The timestamp in Unix microseconds (naive means UTC); RequestError outside 1970-9998."""
+    """The timestamp in Unix microseconds (naive, from a caller other than `decode`, means UTC);
+    RequestError outside 1970-9998."""
     ts = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
     seconds = int(ts.timestamp())
     if not 0 <= seconds < _YEAR_9999:  # derived times (the next hours) must stay representable
@@ -116,12 +127,18 @@ def decode(body: bytes, kind: type[Struct]) -> Any:
     if decoder is None:
         decoder = _DECODERS[kind] = msgspec.json.Decoder(kind)
     try:
-        return decoder.decode(body)
+        request = decoder.decode(body)
     except msgspec.ValidationError as e:
         raise RequestError([_error(str(e))]) from e
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as e:
         raise RequestError([{"loc": ["body"], "msg": f"not valid JSON: {e}",
                              "type": "json_invalid"}]) from e
+    earliest = _EARLIEST.get(kind)
+    if earliest is not None and request.timestamp < earliest:
+        raise RequestError([{"loc": ["body", "timestamp"], "type": "value_error",
+                             "msg": f"before {earliest:%Y-%m-%dT%H:%M:%SZ}, the earliest time "
+                                    "this use case accepts"}])
+    return request
 
 
 def _error(text: str) -> dict[str, Any]:

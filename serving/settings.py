@@ -51,7 +51,7 @@ class ServingSettings(Settings):
 
     # safety
     predict_requires_key: bool = False
-    max_body_bytes: int = Field(default=65_536, ge=1024)
+    max_body_bytes: int = Field(default=65_536, ge=1024, description="every body but events'")
     max_events_per_request: int = Field(default=500, ge=1)
     head_timeout_seconds: float = Field(default=10.0, gt=0.0, description="a request's line and "
                                         "headers must arrive within this (idle connections too)")
@@ -61,6 +61,13 @@ class ServingSettings(Settings):
     max_connections: int = Field(default=1000, ge=1, description="connections and requests in "
                                  "flight; over it, a fast 503")
     keep_alive_seconds: float = Field(default=5.0, gt=0.0, description="idle keep-alive")
+    max_event_bytes: int = Field(default=2048, ge=256, description="one event as compact JSON, "
+                                 "at most (each contract's largest valid event fits)")
+
+    @property
+    def max_events_body_bytes(self) -> int:
+        """POST /v1/events' body limit: a full batch of the largest events, commas, envelope."""
+        return self.max_events_per_request * (self.max_event_bytes + 1) + 64
 
     # observability
     readiness_budget_seconds: float = Field(default=1.0, gt=0.0,

@@ -113,3 +113,74 @@ def test_cli_ingest_names_bad_rows_and_exits_nonzero(
     missing = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "ingest",
                                        str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2 and "no such input file" in missing.output
+
+
+# --- strict types and time bounds in ingest (issue 14, item 8) ---------------------------------
+
+
+def test_a_csv_file_of_bad_values_writes_no_partition_of_1970_or_1900(
+    small_events: pd.DataFrame, tmp_path: Path
+) -> None:
+    raw = small_events.head(8).astype(object)  # written as text: times as "... +00:00"
+    bad = {1: ("timestamp", "1772352000000000000"), 2: ("timestamp", "1900-01-01T00:00:00Z"),
+           3: ("timestamp", "now"), 4: ("timestamp", "2026-02-01 08:00:00"),
+           5: ("battery", "inf"), 6: ("charging", "yes"), 7: ("os_version", "x" * 30_000)}
+    for row, (column, value) in bad.items():
+        raw.loc[row, column] = value
+    path = tmp_path / "bad.csv"
+    raw.to_csv(path, index=False)
+    report = ingest_file(path, CONTRACT, tmp_path / "events", SECRET)
+    assert [(e.row, e.field) for e in report.errors] == [(r + 1, c) for r, (c, _) in bad.items()]
+    assert [e.reason for e in report.errors] == [
+        'ISO 8601 with a time zone required, got "1772352000000000000"',
+        "before 2020-01-01T00:00:00Z, the earliest time this use case accepts",
+        'ISO 8601 with a time zone required, got "now"',
+        'ISO 8601 with a time zone required, got "2026-02-01 08:00:00"',
+        "must be a finite number", "must be true or false", "longer than 32 characters"]
+    assert report.rows_written == 1
+    dates = {p.name for p in (tmp_path / "events").glob("date=*")}
+    assert dates == {f"date={small_events['timestamp'].iloc[0]:%Y-%m-%d}"}
+
+
+def test_a_parquet_file_must_carry_each_value_in_its_type(
+    small_events: pd.DataFrame, tmp_path: Path
+) -> None:
+    typed = small_events.head(3).copy()
+    path = tmp_path / "typed.parquet"
+    typed.to_parquet(path, index=False)
+    assert ingest_file(path, CONTRACT, tmp_path / "ok", SECRET).rows_written == 3
+    naive = typed.assign(timestamp=typed["timestamp"].dt.tz_localize(None))
+    naive.to_parquet(path, index=False)
+    report = ingest_file(path, CONTRACT, tmp_path / "naive", SECRET)
+    assert report.rows_written == 0
+    assert {e.reason for e in report.errors} == {
+        "a time zone is required, got a datetime without one"}
+    as_text = typed.astype({"battery": str, "charging": str})
+    as_text.to_parquet(path, index=False)
+    report = ingest_file(path, CONTRACT, tmp_path / "text", SECRET)
+    assert {(e.field, e.reason) for e in report.errors} == {
+        ("battery", "must be a number, got a string")}
+    flags = typed.assign(battery=typed["charging"])  # a flag where a number belongs
+    report = ingest_frame(flags, CONTRACT, tmp_path / "flags", SECRET)
+    assert {(e.field, e.reason) for e in report.errors} == {
+        ("battery", "must be a number, got a boolean")}
+
+
+@pytest.mark.parametrize("use_case", ["fraud", "credit_score", "taxi_eta"])
+def test_each_shared_data_set_fits_its_contract(use_case: str) -> None:
+    """The declared bounds (`earliest`, lengths) admit every event of the real data sets: fraud's
+    2018 payments, the 2020-2021 loans, the 2013-2016 trips (taxi's 3 meters left running are the
+    contract's own max, as before)."""
+    from feastflow.events import validate_events
+    from feastflow.plugins import use_case_function
+    from feastflow.settings import Settings
+
+    spec = load_spec(use_case, FEATURE_REPO)
+    data_dir = Settings().data_dir
+    if not data_dir.is_dir():
+        pytest.skip(f"no shared data at {data_dir}")
+    raw = use_case_function(spec, spec.loader.module, spec.loader.function)(data_dir)
+    _, errors = validate_events(raw, spec.event_log)
+    expected = {"taxi_eta": {("trip_seconds", "out of range [1, 14400]")}}.get(use_case, set())
+    assert {(e.field, e.reason) for e in errors} == expected
+    assert raw["timestamp"].min() >= spec.event_log.earliest

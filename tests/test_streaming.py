@@ -313,12 +313,12 @@ def test_valid_events_are_accepted_with_202_and_reach_the_stream(
 
 @pytest.mark.parametrize(("event", "field", "reason"), [
     (good_event("b1", battery=150), "battery", "out of range [0, 100]"),
-    (good_event("b2", timestamp="yesterday-ish"), "timestamp", "not a valid ISO 8601 timestamp"),
-    (good_event("b3", timestamp="2031-01-01T00:00:00Z"), "timestamp", "more than one day in the future"),
+    (good_event("b2", timestamp="yesterday-ish"), "timestamp", "ISO 8601 with a time zone required"),
+    (good_event("b3", timestamp="2031-01-01T00:00:00Z"), "timestamp", "more than 5 minutes in the future"),
     (good_event("b4", location="moon"), "location", "must be one of home, work, commute, other"),
     (good_event("b5", app="Not An App!"), "app", "must be 1-64 lowercase letters"),
     (good_event("b6", charging="maybe"), "charging", "must be true or false"),
-    (good_event("b7", session_seconds="long"), "session_seconds", "not a number"),
+    (good_event("b7", session_seconds="long"), "session_seconds", "must be a number, got a string"),
     ({k: v for k, v in good_event("b8").items() if k != "network"}, "network", "required value is empty"),
     (good_event("b9", colour="red"), "colour", "unknown field; expected one of event_id"),
 ])
@@ -375,8 +375,8 @@ def test_events_need_the_api_key_and_respect_the_limits(events_client: TestClien
     response = events_client.post("/v1/events", content=b'{"events": [' + b",".join(
         [b"{}"] * 501) + b"]}", headers={"x-api-key": KEY})
     assert response.status_code == 422
-    assert response.json()["detail"][0]["msg"] == "at most 500 events per request"
-    assert post(events_client, too_many).status_code == 413  # 501 full events: over 64 KB
+    assert response.json()["detail"][0]["msg"].startswith("at most 500 events per request")
+    assert post(events_client, too_many).status_code == 422  # 501 full events: too many
 
 
 def test_the_stream_down_is_a_503_and_nothing_is_accepted(skew_world: StreamWorld) -> None:

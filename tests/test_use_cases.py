@@ -193,8 +193,8 @@ def test_a_label_is_never_used_before_it_is_known(tmp_path: Path) -> None:
     from pipelines.features import compute_feature_tables, use_case_connection
     from pipelines.ingest import ingest_frame
 
-    rows = [("d1", "2026-03-02 10:00", 1), ("d2", "2026-03-02 12:00", 1),
-            ("d3", "2026-03-03 08:00", 0), ("d4", "2026-03-04 09:00", 0)]
+    rows = [("d1", "2026-03-02 10:00Z", 1), ("d2", "2026-03-02 12:00Z", 1),
+            ("d3", "2026-03-03 08:00Z", 0), ("d4", "2026-03-04 09:00Z", 0)]
     raw = pd.DataFrame([{"delivery_id": d, "courier_id": "c1", "timestamp": t, "distance_km": 4.0,
                          "priority": "standard", "late": late} for d, t, late in rows])
     answers = {}

@@ -165,6 +165,12 @@ def too_large(max_bytes: int) -> str:
     return f"request body larger than {max_bytes} bytes"
 
 
+def events_limit_hint(settings: ServingSettings) -> str:
+    """What the events body limit is made of (appended to its 413 reason)."""
+    return (f" (at most {settings.max_events_per_request} events of at most "
+            f"{settings.max_event_bytes} bytes each as compact JSON: send smaller batches)")
+
+
 def require_key(request: Request) -> Response | None:
     """None when the request carries the API key; else the 401/403 to answer."""
     denied = key_denied(state(request).settings.api_key, request.headers.get(API_KEY_HEADER))

@@ -23,7 +23,9 @@ from serving.routes.common import (
 async def post_events(request: Request) -> Response:
     """202 with the counts accepted and already known, plus each rejected event's field and reason.
 
-    Valid events are accepted even when others in the batch are not; 422 when none is valid;
+    Valid events are accepted even when others in the batch are not; 422 when none is valid or
+    the batch holds more than `max_events_per_request`; 413 (from the body-size middleware) over
+    `max_events_body_bytes`, which a full batch of each contract's largest valid events fits;
     503 when the stream cannot take them (nothing was accepted: retry the whole batch).
     """
     started = time.perf_counter()
@@ -61,7 +63,8 @@ async def _post_events(request: Request) -> Response:
         return error_response(["body", "events"], "required: a non-empty list of event objects")
     limit = app.settings.max_events_per_request
     if len(events) > limit:
-        return error_response(["body", "events"], f"at most {limit} events per request")
+        return error_response(["body", "events"], f"at most {limit} events per request, got "
+                                                  f"{len(events)}: send smaller batches")
     if uc.stream_processor is not None:
         uc.stream_processor.ensure_started()
     try:
