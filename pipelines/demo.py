@@ -29,7 +29,7 @@ from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from pipelines.monitor import MonitorResult
+    from pipelines.monitoring import MonitorResult
     from pipelines.replay import ReplayStats
     from pipelines.training import RetrainResult
 
@@ -257,7 +257,7 @@ def run_world_demo(settings: Settings, spec: ModelSpec, users: int, days: int, s
     """
     from feastflow.plugins import use_case_function
     from pipelines.ingest import ingest_frame
-    from pipelines.monitor import run_monitor
+    from pipelines.monitoring import run_monitor
     from pipelines.replay import daily_job, replay_events
     from pipelines.training import retrain_use_case
 

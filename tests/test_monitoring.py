@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, load_spec
 from pipelines.demo import REPLAY_SERVER_ENV, running_processor, running_server
-from pipelines.monitor import MonitorResult, run_monitor
+from pipelines.monitoring import MonitorResult, run_monitor
 from pipelines.replay import ReplayStats, daily_job, replay_events
 from pipelines.training import RetrainResult
 
