@@ -20,7 +20,7 @@ alone for readings to compare from one run to the next; and the skew and accurac
 our own log and Feast's joins anyway (see docs/design.md, "Monitoring and retraining").
 
 Layout: `window` (the served requests and the champion's reference), one module per check
-(`drift`, `accuracy`, `skew`, `quality`), `report` (JSON, gauges, HTML) and `run`
+(`drift`, `accuracy`, `skew`, `quality`), `report` (JSON, gauges, HTML, MLflow) and `run`
 (`run_monitor`: the list of checks).
 """
 
@@ -34,7 +34,7 @@ from pipelines.monitoring.accuracy import (
 )
 from pipelines.monitoring.drift import Drift, calendar_weights, feature_drift, noise_floor, psi
 from pipelines.monitoring.quality import data_quality, feature_freshness
-from pipelines.monitoring.report import prometheus_text, render_html
+from pipelines.monitoring.report import log_to_mlflow, prometheus_text, render_html
 from pipelines.monitoring.run import CHECKS, MonitorResult, run_monitor
 from pipelines.monitoring.skew import Skew, offline_replay, training_serving_skew
 from pipelines.monitoring.window import (
@@ -69,6 +69,7 @@ __all__ = [
     "labelled_answers",
     "load_reference",
     "load_served",
+    "log_to_mlflow",
     "model_answers",
     "noise_floor",
     "offline_replay",

@@ -1,4 +1,4 @@
-"""The outputs: summary.json, Prometheus gauges, the HTML report with its plots."""
+"""The outputs: summary.json, Prometheus gauges, the HTML report with its plots, and MLflow."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -202,3 +203,63 @@ def write_outputs(summary: dict[str, Any], spec: ModelSpec, out_dir: Path,
     report = _write_atomic(out_dir / "report.html", html.encode())
     return report, summary_file, metrics_file
 
+
+MONITORING_RUN_TAG = "feastflow.monitoring"  # "true" on every run the monitor logs
+MONITORED_VERSION_TAG = "feastflow.monitored_version"  # the model version the run judged
+LAST_MONITORING_RUN_TAG = "monitoring.last_run"  # on the model version: its newest report's run
+
+def log_to_mlflow(tracking_uri: str, spec: ModelSpec, champion_version: str, champion_run_id: str,
+                  summary: dict[str, Any], files: Sequence[Path]) -> str:
+    """Log the report's files as artifacts of a new run in the experiment of the champion's
+    training run, tagged with the version it judged; return the run's id.
+
+    The model version gets a tag pointing at the run, so that the MLflow UI leads from a model
+    to its newest report and back.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment_id = client.get_run(champion_run_id).info.experiment_id
+    window_end = summary["window"]["end"]
+    run = client.create_run(experiment_id, run_name=f"monitor-v{champion_version}-{window_end[:16]}",
+                            tags={MONITORING_RUN_TAG: "true",
+                                  "feastflow.use_case": spec.name,
+                                  "feastflow.registered_model": spec.registered_model_name,
+                                  MONITORED_VERSION_TAG: champion_version,
+                                  "feastflow.monitored_run_id": champion_run_id,
+                                  "feastflow.window_start": summary["window"]["start"],
+                                  "feastflow.window_end": window_end,
+                                  "feastflow.alerts": str(len(summary["alerts"]))})
+    run_id = run.info.run_id
+    try:
+        for name, value in _headline_metrics(summary).items():
+            client.log_metric(run_id, name, value)
+        for path in files:
+            client.log_artifact(run_id, str(path))
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    client.set_model_version_tag(spec.registered_model_name, champion_version,
+                                 LAST_MONITORING_RUN_TAG, run_id)
+    return run_id
+
+
+def _headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers worth comparing across monitoring runs in the MLflow UI (finite ones)."""
+    skew, quality = summary["skew"], summary["data_quality"]
+    metrics: dict[str, Any] = {
+        "alerts": len(summary["alerts"]),
+        "drifted_features": len(summary["drifted_features"]),
+        "prediction_psi": summary["prediction_drift"],
+        "skew_rate": skew["mismatch_rate"] if skew["requests"] else None,
+        "event_volume_ratio": quality["volume_ratio"],
+        "served_requests": summary["served_requests"],
+    }
+    for variant, entry in summary["online_accuracy"].items():
+        name = re.sub(r"[^\w]+", "_", variant).strip("_")  # "champion (shadow)": champion_shadow
+        for metric, reading in entry.items():
+            if metric.startswith("top"):
+                metrics[f"online_{metric}.{name}"] = reading["rate"]
+    return {k: float(v) for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))}

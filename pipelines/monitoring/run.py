@@ -1,4 +1,4 @@
-"""`run_monitor`: observe the window and the champion, run each check, write the report."""
+"""`run_monitor`: observe the window and the champion, run each check, write and log the report."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from feastflow.spec import ModelSpec
 from pipelines.monitoring.accuracy import check_accuracy
 from pipelines.monitoring.drift import check_drift
 from pipelines.monitoring.quality import check_quality
-from pipelines.monitoring.report import write_outputs
+from pipelines.monitoring.report import log_to_mlflow, write_outputs
 from pipelines.monitoring.skew import check_skew
 from pipelines.monitoring.window import (
     MonitorError,
@@ -49,12 +49,14 @@ class MonitorResult:
     report: Path
     summary_file: Path
     metrics_file: Path
+    mlflow_run_id: str | None = None  # the MLflow run holding the report (None: not logged)
 
 
 def run_monitor(settings: Settings, spec: ModelSpec, out_dir: Path | None = None,
                 since: datetime | None = None, until: datetime | None = None,
                 progress: Progress = print) -> MonitorResult:
-    """Compute every check over the window, write report.html, summary.json and metrics.prom."""
+    """Compute every check over the window, write report.html, summary.json and metrics.prom,
+    and log them to MLflow in the champion's experiment."""
     observed = observe(settings, spec, since, until, progress)
     sections: list[Section] = []
     for title, check in CHECKS:
@@ -64,7 +66,9 @@ def run_monitor(settings: Settings, spec: ModelSpec, out_dir: Path | None = None
     plot_data = {k: v for section in sections for k, v in section.plot_data.items()}
     report, summary_file, metrics_file = write_outputs(
         summary, spec, out_dir or settings.monitoring_dir(spec.name), plot_data)
-    return MonitorResult(summary, summary["alerts"], report, summary_file, metrics_file)
+    result = MonitorResult(summary, summary["alerts"], report, summary_file, metrics_file)
+    result.mlflow_run_id = _log_to_mlflow(observed, result, progress)
+    return result
 
 
 def observe(settings: Settings, spec: ModelSpec, since: datetime | None = None,
@@ -111,3 +115,17 @@ def summarize(observed: Observed, sections: list[Section]) -> dict[str, Any]:
     summary["generated_at"] = datetime.now(UTC).isoformat()
     return summary
 
+
+def _log_to_mlflow(observed: Observed, result: MonitorResult, progress: Progress) -> str | None:
+    """Log the report to MLflow; a tracking store that refuses it is said, not fatal: the files
+    are written and the checks' verdict stands."""
+    settings, spec, champion = observed.settings, observed.spec, observed.champion
+    try:
+        run_id = log_to_mlflow(settings.tracking_uri, spec, champion.version, champion.run_id,
+                               result.summary,
+                               [result.report, result.summary_file, result.metrics_file])
+    except Exception as e:  # MLflow's store raises its own errors, per backend
+        progress(f"the report was not logged to MLflow: {e}")
+        return None
+    progress(f"report logged to MLflow: run {run_id} in experiment {spec.name}")
+    return run_id
