@@ -582,7 +582,7 @@ def monitor(
 
     Run `feastflow features` first so that the skew check sees the newest events offline.
     """
-    from pipelines.monitor import MonitorError, run_monitor
+    from pipelines.monitoring import MonitorError, run_monitor
     from registry.lifecycle import RegistryError
 
     settings = _settings(ctx)

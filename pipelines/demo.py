@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -29,7 +30,8 @@ from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from pipelines.monitor import MonitorResult
+    from pipelines.ingest import IngestReport
+    from pipelines.monitoring import MonitorResult
     from pipelines.replay import ReplayStats
     from pipelines.training import RetrainResult
 
@@ -210,40 +212,77 @@ def run_demo(settings: Settings, spec: ModelSpec, console: Console, users: int =
 def run_loader_demo(settings: Settings, spec: ModelSpec, console: Console) -> bool:
     """Load the use case's data set, then ingest ... serve its champion and ask it over HTTP."""
     from feastflow.plugins import use_case_function
-    from pipelines.ingest import ingest_frame
 
-    assert spec.loader is not None
+    if spec.loader is None:
+        raise ValueError(f"{spec.name} declares no `loader`: no data set to load")
     step = _Steps(console)
     console.print(f"use case [bold]{spec.name}[/bold] ({spec.task}), profile "
                   f"[bold]{settings.profile}[/bold], home {settings.home}")
     load = use_case_function(spec, spec.loader.module, spec.loader.function)
     raw = step("load", lambda: load(settings.data_dir),
                lambda r: f"{len(r):,} raw events from {settings.data_dir}")
-    report = step("ingest", lambda: ingest_frame(raw, spec.event_log,
-                                                 settings.events_dir(spec.name),
-                                                 settings.user_hash_secret),
-                  lambda r: f"{r.rows_written:,} written, {r.duplicates_skipped:,} already there, "
-                            f"{r.rows_rejected} rejected by the contract")
+    report = _ingest(step, settings, spec, raw, "rejected by the contract")
     for error in report.errors[:5]:
         console.print(f"[yellow]rejected[/yellow] {error}")
     first = _first_champion(step, settings, spec, console)
     if first is None:
         return False
     trained, evaluation, decision = first
-    log = spec.event_log
-    # after the last label is known: online rows are the latest, stamped up to then
-    at = (pd.Timestamp(raw[log.timestamp].max()).tz_convert("UTC")
-          + pd.Timedelta(log.label_delay) + pd.Timedelta(minutes=1))
-    requests = demo_requests(spec, raw, at)
+    requests = demo_requests(spec, raw, _after_last_label(spec, raw))
     with running_server(settings, spec.name) as url:
-        answers, latencies = step(
-            "serve, predict", lambda: _predict_over_http(url, spec, requests),
-            lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP")
+        answers, latencies = _serve_and_predict(step, url, spec, requests)
     console.rule("[bold]summary")
     console.print(_steps_table(step.durations))
     _served_summary(console, spec, evaluation, trained.version, decision.passed, answers,
                     latencies)
     return True
+
+
+def _ingest(step: _Steps, settings: Settings, spec: ModelSpec, raw: pd.DataFrame,
+            rejected: str) -> IngestReport:
+    """The `ingest` step: raw events into the event log, under the data contract."""
+    from pipelines.ingest import ingest_frame
+
+    return step("ingest", lambda: ingest_frame(raw, spec.event_log,
+                                               settings.events_dir(spec.name),
+                                               settings.user_hash_secret),
+                lambda r: f"{r.rows_written:,} written, {r.duplicates_skipped:,} already there, "
+                          f"{r.rows_rejected} {rejected}")
+
+
+def _after_last_label(spec: ModelSpec, raw: pd.DataFrame) -> pd.Timestamp:
+    """A minute after the last label is known: online rows are the latest, stamped up to then."""
+    log = spec.event_log
+    return (pd.Timestamp(raw[log.timestamp].max()).tz_convert("UTC")
+            + pd.Timedelta(log.label_delay) + pd.Timedelta(minutes=1))
+
+
+def _serve_and_predict(step: _Steps, url: str, spec: ModelSpec, requests: list[dict[str, Any]]
+                       ) -> tuple[list[dict[str, Any]], list[float]]:
+    """The `serve, predict` step: the demo's requests to the running server, then 100 timed."""
+    return step("serve, predict", lambda: _predict_over_http(url, spec, requests),
+                lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP")
+
+
+@dataclass(frozen=True)
+class _World:
+    """A generated world cut at `live_start`: the history, then live days in which it drifts,
+    the last of them (from `replay_start`) to be replayed through the server."""
+
+    history: pd.DataFrame
+    live: pd.DataFrame
+    live_start: pd.Timestamp
+    replay_start: pd.Timestamp
+
+    @property
+    def batch(self) -> pd.DataFrame:
+        """The live days that arrive in batch."""
+        return self.live[self.live["timestamp"] < self.replay_start]
+
+    @property
+    def replayed(self) -> pd.DataFrame:
+        """The live days replayed through the server and the stream."""
+        return self.live[self.live["timestamp"] >= self.replay_start]
 
 
 def run_world_demo(settings: Settings, spec: ModelSpec, users: int, days: int, seed: int,
@@ -256,80 +295,92 @@ def run_world_demo(settings: Settings, spec: ModelSpec, users: int, days: int, s
     `monitor` reads what was served and `retrain` decides whether a new model takes over.
     """
     from feastflow.plugins import use_case_function
-    from pipelines.ingest import ingest_frame
-    from pipelines.monitor import run_monitor
-    from pipelines.replay import daily_job, replay_events
+    from pipelines.monitoring import run_monitor
+    from pipelines.replay import daily_job
     from pipelines.training import retrain_use_case
 
     if not 1 <= replay_days <= live_days:
         raise ValueError(f"replay_days must be between 1 and live_days ({live_days}), "
                          f"got {replay_days}")
-    step = _Steps(console)
-    durations = step.durations
     if spec.generator is None:
         raise ValueError(f"{spec.name} declares no `generator`: nothing to simulate")
     generate_world = use_case_function(spec, spec.generator.module, spec.generator.function)
+    step = _Steps(console)
     console.print(f"profile [bold]{settings.profile}[/bold], home {settings.home}")
-    world = step("generate", lambda: generate_world(users=users, days=days + live_days, seed=seed,
-                                                    drift_day=days),
-                 lambda r: f"{len(r):,} events of {users} over {days} + {live_days} days "
-                           f"(drift from day {days})")
-    live_start = pd.Timestamp(world["timestamp"].min()).floor("D") + pd.Timedelta(days=days)
-    raw = world[world["timestamp"] < live_start]
-    live = world[world["timestamp"] >= live_start]
-    replay_start = live_start + pd.Timedelta(days=live_days - replay_days)
-    events_dir = settings.events_dir(spec.name)
-    report = step("ingest", lambda: ingest_frame(raw, spec.event_log, events_dir,
-                                                 settings.user_hash_secret),
-                  lambda r: f"{r.rows_written:,} written, {r.duplicates_skipped:,} already there, "
-                            f"{r.rows_rejected} rejected")
-    if report.errors:
+    world = _generate(step, generate_world, users, days, seed, live_days, replay_days)
+    if _ingest(step, settings, spec, world.history, "rejected").errors:
         return False
     first = _first_champion(step, settings, spec, console)
     if first is None:
         return False
     trained, evaluation, decision = first
-    at = pd.Timestamp(evaluation["holdout_end"]) + pd.Timedelta(hours=8, minutes=5)
-    requests = demo_requests(spec, raw, at)
-    api_key = settings.api_key or secrets.token_hex(16)  # POST /v1/events needs one
-    with contextlib.ExitStack() as running:
-        url = running.enter_context(running_server(
-            settings, spec.name, extra_env={"FEASTFLOW_API_KEY": api_key, **REPLAY_SERVER_ENV}))
-        running.enter_context(running_processor(settings, spec.name))
-        answers, latencies = step(
-            "serve, predict", lambda: _predict_over_http(url, spec, requests),
-            lambda r: f"{len(r[0])} answers, p50 {statistics.median(r[1]):.1f} ms over HTTP")
-
-        def live_days_arrive() -> str:
-            batch = live[live["timestamp"] < replay_start]
-            ingest_frame(batch, spec.event_log, events_dir, settings.user_hash_secret)
-            daily_job(settings, spec, live_start)
-            return f"{len(batch):,} events of {live_start:%Y-%m-%d} .. {replay_start:%Y-%m-%d}"
-
-        step(f"live days: {live_days - replay_days} days arrive in batch", live_days_arrive)
-
-        replayed = step(
-            f"live days: replay the last {replay_days} through the server",
-            lambda: replay_events(url, api_key, settings, spec, live[live["timestamp"] >=
-                                  replay_start], predict_share=0.5, seed=seed,
-                                  on_day=lambda day: daily_job(settings, spec,
-                                                               day - pd.Timedelta(days=1))),
-            lambda r: f"{r.events:,} events, {r.predictions:,} predictions "
-                      f"({dict(r.fallbacks)}); events online in p50 "
-                      f"{statistics.median(r.visible_ms):.0f} ms")
+    answers, latencies, replayed = _live_days(step, settings, spec, world, evaluation, seed,
+                                              replay_days)
     # The night after the replayed day: its snapshot goes online, as the scheduler would do,
     # so whatever serves next (the retrained champion, bench/serving.py) reads fresh features.
-    step("nightly job: features, materialize", lambda: daily_job(settings, spec, replay_start),
-         lambda _: f"tables from the log, online from {replay_start:%Y-%m-%d}")
-    monitored = step("monitor", lambda: run_monitor(settings, spec, since=replay_start,
+    step("nightly job: features, materialize",
+         lambda: daily_job(settings, spec, world.replay_start),
+         lambda _: f"tables from the log, online from {world.replay_start:%Y-%m-%d}")
+    monitored = step("monitor", lambda: run_monitor(settings, spec, since=world.replay_start,
                                                     progress=console.print),
                      lambda r: f"{len(r.alerts)} alerts -> {r.report}")
     retrained = step("retrain", lambda: retrain_use_case(settings, spec, progress=console.print),
                      lambda r: f"challenger v{r.trained.version} "
                                f"{'promoted' if r.decision.passed else 'rejected'}")
-    _summary(console, spec, durations, evaluation, trained.version, decision.passed, answers,
-             latencies, replayed, monitored, retrained)
+    _summary(console, spec, step.durations, evaluation, trained.version, decision.passed,
+             answers, latencies, replayed, monitored, retrained)
     return True
+
+
+def _generate(step: _Steps, generate_world: Callable[..., pd.DataFrame], users: int, days: int,
+              seed: int, live_days: int, replay_days: int) -> _World:
+    """The `generate` step: `days` of history and `live_days` with drift, cut in three."""
+    world = step("generate", lambda: generate_world(users=users, days=days + live_days, seed=seed,
+                                                    drift_day=days),
+                 lambda r: f"{len(r):,} events of {users} over {days} + {live_days} days "
+                           f"(drift from day {days})")
+    live_start = pd.Timestamp(world["timestamp"].min()).floor("D") + pd.Timedelta(days=days)
+    return _World(world[world["timestamp"] < live_start], world[world["timestamp"] >= live_start],
+                  live_start, live_start + pd.Timedelta(days=live_days - replay_days))
+
+
+def _live_days(step: _Steps, settings: Settings, spec: ModelSpec, world: _World,
+               evaluation: dict[str, Any], seed: int, replay_days: int
+               ) -> tuple[list[dict[str, Any]], list[float], ReplayStats]:
+    """With the server and the stream processor running: the demo's predictions, the live days
+    in batch, then the last ones replayed through the server (events and predictions)."""
+    from pipelines.ingest import ingest_frame
+    from pipelines.replay import daily_job, replay_events
+
+    at = pd.Timestamp(evaluation["holdout_end"]) + pd.Timedelta(hours=8, minutes=5)
+    requests = demo_requests(spec, world.history, at)
+    api_key = settings.api_key or secrets.token_hex(16)  # POST /v1/events needs one
+    live_start, replay_start = world.live_start, world.replay_start
+
+    def live_days_arrive() -> str:
+        batch = world.batch
+        ingest_frame(batch, spec.event_log, settings.events_dir(spec.name),
+                     settings.user_hash_secret)
+        daily_job(settings, spec, live_start)
+        return f"{len(batch):,} events of {live_start:%Y-%m-%d} .. {replay_start:%Y-%m-%d}"
+
+    with contextlib.ExitStack() as running:
+        url = running.enter_context(running_server(
+            settings, spec.name, extra_env={"FEASTFLOW_API_KEY": api_key, **REPLAY_SERVER_ENV}))
+        running.enter_context(running_processor(settings, spec.name))
+        answers, latencies = _serve_and_predict(step, url, spec, requests)
+        step(f"live days: {(replay_start - live_start).days} days arrive in batch",
+             live_days_arrive)
+        replayed = step(
+            f"live days: replay the last {replay_days} through the server",
+            lambda: replay_events(url, api_key, settings, spec, world.replayed,
+                                  predict_share=0.5, seed=seed,
+                                  on_day=lambda day: daily_job(settings, spec,
+                                                               day - pd.Timedelta(days=1))),
+            lambda r: f"{r.events:,} events, {r.predictions:,} predictions "
+                      f"({dict(r.fallbacks)}); events online in p50 "
+                      f"{statistics.median(r.visible_ms):.0f} ms")
+    return answers, latencies, replayed
 
 
 def _predict_over_http(url: str, spec: ModelSpec, requests: list[dict[str, Any]],

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from feastflow.settings import Settings
 from feastflow.spec import load_spec
 from feastflow.store import open_store
-from pipelines.monitor import Window, feature_freshness, prometheus_text
+from pipelines.monitoring import Window, feature_freshness, prometheus_text
 
 
 def test_freshness_counts_only_rows_a_request_at_the_window_end_could_see(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, load_spec
 from pipelines.demo import REPLAY_SERVER_ENV, running_processor, running_server
-from pipelines.monitor import MonitorResult, run_monitor
+from pipelines.monitoring import MonitorResult, run_monitor
 from pipelines.replay import ReplayStats, daily_job, replay_events
 from pipelines.training import RetrainResult
 
@@ -218,3 +218,32 @@ def test_skew_is_caught_when_a_feature_is_computed_differently_online(stable: Lo
     assert wrong <= {"unlocks_1h", "distinct_apps_1h"}, per_feature
     assert any(a.startswith("training/serving skew") and "unlocks_1h" in a
                for a in result.alerts)
+
+
+def test_the_report_is_logged_to_mlflow_beside_the_champions_runs(drifted: LoopWorld,
+                                                                  tmp_path: Path) -> None:
+    """A user of the MLflow UI finds the report in the model's experiment, on a run tagged with
+    the version it judged, and the model version points back at that run."""
+    from mlflow.artifacts import download_artifacts
+
+    from pipelines.monitoring.report import LAST_MONITORING_RUN_TAG, MONITORED_VERSION_TAG
+
+    result = drifted.monitored
+    name = _registry(drifted)
+    assert result.mlflow_run_id is not None
+    client = MlflowClient(tracking_uri=drifted.settings.tracking_uri)
+    run = client.get_run(result.mlflow_run_id)
+    version = result.summary["champion_version"]
+    champion_run = client.get_run(client.get_model_version(name, version).run_id)
+    assert run.info.experiment_id == champion_run.info.experiment_id
+    assert client.get_experiment(run.info.experiment_id).name == drifted.spec.name
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[MONITORED_VERSION_TAG] == version
+    assert run.data.metrics["alerts"] == len(result.alerts)
+    logged = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
+    assert {"report.html", "summary.json", "metrics.prom"} <= logged
+    folder = Path(download_artifacts(run_id=result.mlflow_run_id, dst_path=str(tmp_path)))
+    assert (folder / "report.html").read_bytes() == result.report.read_bytes()
+    assert (folder / "summary.json").read_bytes() == result.summary_file.read_bytes()
+    tags = client.get_model_version(name, version).tags
+    assert tags[LAST_MONITORING_RUN_TAG] == result.mlflow_run_id

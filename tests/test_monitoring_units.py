@@ -11,7 +11,7 @@ import pytest
 
 from feastflow.settings import FEATURE_REPO
 from feastflow.spec import load_spec
-from pipelines.monitor import (
+from pipelines.monitoring import (
     MonitorError,
     accuracy_by_variant,
     calendar_weights,
