@@ -46,8 +46,9 @@ test: setup ## run the whole test suite (needs Redis at REDIS_URL, default local
 test-fast: setup ## the tests without the end-to-end ones
 	$(BIN)/pytest -m "not e2e"
 
-lint: setup ## ruff
+lint: setup ## ruff and mypy (feastflow/ and serving/, configured in pyproject.toml)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 format: setup ## ruff format and import sorting
 	$(BIN)/ruff check --fix .

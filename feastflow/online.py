@@ -36,6 +36,7 @@ from feast.type_map import feast_value_type_to_python_type
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from feastflow.errors import OnlineStoreError
 from feastflow.settings import Settings
 
 # One entity key's row: (event time in Unix seconds, values in the view's feature order), or
@@ -43,10 +44,6 @@ from feastflow.settings import Settings
 Row = tuple[float | None, tuple[Any, ...] | None]
 MISSING: Row = (None, None)
 _DECODE_CACHE_LIMIT = 200_000
-
-
-class OnlineStoreError(Exception):
-    """The online store did not answer (connection refused, reset, or a Redis error reply)."""
 
 
 @dataclass(frozen=True)
@@ -382,7 +379,7 @@ class FeastReader:
     def read_sync(self, reads: Sequence[tuple[ViewLayout, Sequence[Sequence[Any]]]]
                   ) -> list[list[Row]]:
         """The blocking read behind `read`."""
-        out = []
+        out: list[list[Row]] = []
         for layout, keys in reads:
             if not keys:
                 out.append([])

@@ -121,8 +121,9 @@ def candidate_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
     `requests` carries the request columns and the stage-1 list features.
     """
-    list_names = list(spec.candidates.lists)
-    limits = list(spec.candidates.lists.values())
+    candidates = spec.ranking_candidates
+    list_names = list(candidates.lists)
+    limits = list(candidates.lists.values())
     missing = [n for n in list_names if n not in requests]
     if missing:
         raise KeyError(f"stage-1 features missing for candidate generation: {missing}")
@@ -130,12 +131,12 @@ def candidate_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     columns = [requests[n].to_numpy() for n in list_names]
     for i in range(len(requests)):
         lists = [_as_list(col[i]) for col in columns]
-        found, ranks = generate_candidates(lists, limits, spec.candidates.max_candidates)
+        found, ranks = generate_candidates(lists, limits, candidates.max_candidates)
         request_index += [i] * len(found)
         items += found
         rank_blocks.append(ranks)
     expanded = requests.iloc[request_index].reset_index(drop=True)
-    expanded[spec.event_log.item] = pd.Series(items, dtype="string")
+    expanded[spec.item_column] = pd.Series(items, dtype="string")
     ranks = np.vstack(rank_blocks) if rank_blocks else np.empty((0, len(list_names)))
     for j, name in enumerate(list_names):
         expanded[f"rank_in_{name}"] = ranks[:, j]
@@ -171,10 +172,10 @@ def event_rows(requests: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     return frame
 
 
-def _as_list(value: object) -> list[str] | None:
+def _as_list(value: Any) -> list[str] | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
-    return list(value)  # type: ignore[arg-type]
+    return list(value)
 
 
 def model_matrix(frame: pd.DataFrame, feature_names: Sequence[str],
@@ -206,7 +207,7 @@ def model_array(columns: Mapping[str, Any], rows: int, feature_names: Sequence[s
             data.append(missing)
         elif known is not None:
             codes = {category: float(i) for i, category in enumerate(known)}
-            data.append([codes.get(None if v is None else str(v), np.nan) for v in values])
+            data.append([np.nan if v is None else codes.get(str(v), np.nan) for v in values])
         else:
             data.append(values)
     try:  # one conversion for the whole matrix (None -> NaN, bool -> 0/1)

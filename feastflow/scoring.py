@@ -83,9 +83,7 @@ class FeaturePlan:
         layouts = view_layouts(store)
         names: list[str] = []
         odfvs: list[OnDemandFeatureView] = []
-        services = ([spec.features.service] if spec.per_event else
-                    [spec.features.entity_service, spec.features.ranking_service])
-        for service_name in services:
+        for service_name in spec.feature_services:
             service = store.get_feature_service(service_name)
             for projection in service.feature_view_projections:
                 if projection.name in layouts:
@@ -200,9 +198,9 @@ class Ranker(_Scorer):
         super().__init__(spec, plan, booster)
         if spec.candidates is None:
             raise ValueError(f"use case {spec.name!r} declares no candidates: it does not rank")
-        lists = spec.candidates.lists
+        lists = spec.ranking_candidates.lists
         self.list_names, self.list_limits = list(lists), list(lists.values())
-        self.own_lists = [n for n in lists if n != spec.candidates.fallback_list]
+        self.own_lists = [n for n in lists if n != spec.ranking_candidates.fallback_list]
 
     async def stage1(self, requests: Sequence[ScoreRequest], reader: OnlineReader,
                      enforce_ttl: bool = True) -> list[dict[str, Any]]:
@@ -239,12 +237,12 @@ class Ranker(_Scorer):
         spans: list[tuple[int, int, list[str]]] = []
         for i, (request, features) in enumerate(zip(requests, stage1, strict=True)):
             if not any(features.get(name) for name in self.own_lists):
-                popular = list(features.get(self.spec.candidates.fallback_list) or [])[:k]
+                popular = list(features.get(self.spec.ranking_candidates.fallback_list) or [])[:k]
                 results[i] = Scored(popular, [1.0 / (r + 1) for r in range(len(popular))], False)
                 continue
             items, ranks = generate_candidates([features.get(n) for n in self.list_names],
-                                               self.list_limits, self.spec.candidates.max_candidates)
-            start = len(expanded.get(self.spec.event_log.item, []))
+                                               self.list_limits, self.spec.ranking_candidates.max_candidates)
+            start = len(expanded.get(self.spec.item_column, []))
             self._expand(expanded, request, features, items, ranks)
             spans.append((start, start + len(items), items))
             ranked.append(i)
@@ -271,7 +269,7 @@ class Ranker(_Scorer):
         n = len(items)
         log = self.spec.event_log
         add = expanded.setdefault
-        add(log.item, []).extend(items)
+        add(self.spec.item_column, []).extend(items)
         add(log.entity, []).extend([request.entity] * n)
         add(log.timestamp, []).extend([request.unix_us] * n)
         add("__now", []).extend([request.unix_us / 1e6] * n)
@@ -312,6 +310,9 @@ def _objects(values: Sequence[Any]) -> np.ndarray:
 
 
 def _run_odfv(odfv: OnDemandFeatureView, columns: Mapping[str, Any]) -> dict[str, list[Any]]:
+    transformation = odfv.feature_transformation
+    if transformation is None:
+        raise ValueError(f"on-demand view {odfv.name!r} has no transformation")
     inputs: dict[str, list[Any]] = {}
     for projection in odfv.source_feature_view_projections.values():
         for feature in projection.features:
@@ -320,10 +321,10 @@ def _run_odfv(odfv: OnDemandFeatureView, columns: Mapping[str, Any]) -> dict[str
         for request_field in source.schema:
             inputs[request_field.name] = [_native(v) for v in columns[request_field.name]]
     if odfv.mode == "python":
-        return odfv.feature_transformation.udf(inputs)
+        return transformation.udf(inputs)
     import pandas as pd  # pandas-mode views: correct but slower; prefer mode="python"
 
-    output = odfv.feature_transformation.udf(pd.DataFrame(inputs))
+    output = transformation.udf(pd.DataFrame(inputs))
     return {name: output[name].tolist() for name in output.columns}
 
 

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from feastflow.errors import SpecError
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -534,6 +536,28 @@ class ModelSpec(_Strict):
         return self.task != "ranking"
 
     @property
+    def ranking_candidates(self) -> CandidateSpec:
+        """A ranking use case's candidate lists (the validator requires them for that task)."""
+        if self.candidates is None:
+            raise SpecError(f"{self.name}: task {self.task} declares no `candidates`")
+        return self.candidates
+
+    @property
+    def item_column(self) -> str:
+        """A ranking use case's item column (the validator requires it for that task)."""
+        if self.event_log.item is None:
+            raise SpecError(f"{self.name}: task {self.task} declares no `event_log.item`")
+        return self.event_log.item
+
+    @property
+    def feature_services(self) -> list[str]:
+        """The Feast feature services the model reads: one per event, two stages for ranking."""
+        features = self.features
+        names = ([features.service] if self.per_event else
+                 [features.entity_service, features.ranking_service])
+        return [n for n in names if n is not None]
+
+    @property
     def registered_model_name(self) -> str:
         """Name of the model in the MLflow registry."""
         return self.name
@@ -555,10 +579,6 @@ class ModelSpec(_Strict):
 def lower_is_better(metric: str) -> bool:
     """Whether a smaller value of this metric is better (errors and losses)."""
     return metric in LOWER_IS_BETTER
-
-
-class SpecError(ValueError):
-    """The model spec is missing or invalid; the message names the file and the field."""
 
 
 def use_cases(feature_repo: Path) -> list[str]:

@@ -38,6 +38,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from feastflow.errors import StreamUnavailable
 from feastflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,6 @@ class EventStream(Protocol):
         ...
 
 
-class StreamUnavailable(RuntimeError):
-    """The broker cannot take or give events right now; nothing was appended."""
-
-
 def _seq(entry_id: str) -> int:
     ms, _, n = entry_id.partition("-")
     return int(ms) * 1_000_000 + int(n)
@@ -233,7 +230,7 @@ class RedisEventStream:
         now = time.monotonic()
         if self._clock_offset_ms is None or now - self._clock_checked > _CLOCK_CHECK_S:
             before = time.time()
-            seconds, micros = self.writer.time()
+            seconds, micros = cast(tuple[int, int], self.writer.time())
             after = time.time()
             self._clock_offset_ms = (seconds + micros / 1e6 - (before + after) / 2) * 1000
             self._clock_checked = now
@@ -274,11 +271,12 @@ class RedisEventStream:
 
     def _trim(self) -> None:
         # Keep everything from the oldest unacknowledged entry on (one group reads this stream).
-        summary = self.client.xpending(self.stream, self.group)
+        summary = cast(dict[str, Any], self.client.xpending(self.stream, self.group))
         if summary["pending"]:
             floor = summary["min"]
         else:
-            groups = {g["name"]: g for g in self.client.xinfo_groups(self.stream)}
+            groups = {g["name"]: g for g in
+                      cast(list[dict[str, Any]], self.client.xinfo_groups(self.stream))}
             floor = groups[self.group.encode()]["last-delivered-id"]
         self.client.xtrim(self.stream, minid=floor, approximate=True)
 

@@ -62,6 +62,8 @@ LATENCY_BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.
 class ServingMetrics:
     """The server's metrics with their own CollectorRegistry and cached label children."""
 
+    registry: CollectorRegistry
+
     def __init__(self, registry: CollectorRegistry | None = None,
                  use_case: str = DEFAULT_USE_CASE,
                  *, _families: ServingMetrics | None = None) -> None:

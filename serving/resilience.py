@@ -102,10 +102,6 @@ class CircuitState(IntEnum):
     HALF_OPEN = 2
 
 
-class CircuitOpen(Exception):
-    """The breaker refused the call without trying it."""
-
-
 class CircuitBreaker:
     """Opens after `failures` consecutive failures, refuses calls for `reset_seconds`, then lets
     one trial through (half-open): success closes it, failure opens it again."""

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final, Literal, Optional
 import msgspec
 from msgspec import Meta, Struct
 
+from feastflow.errors import RequestError
 from feastflow.spec import ColumnSpec, ModelSpec
 
 _BASE_TYPES: Final[dict[str, type]] = {"string": str, "int": int, "float": float, "bool": bool,
@@ -76,7 +77,7 @@ def _column_type(column: ColumnSpec, entity: bool = False) -> Any:
         meta["description"] = column.description
     kind: Any = _BASE_TYPES[column.type]
     if column.allowed is not None and column.type in ("string", "int"):
-        kind = Literal[tuple(column.allowed)]  # type: ignore[valid-type]
+        kind = Literal[tuple(column.allowed)]
     else:
         if column.type in ("int", "float"):
             integral = column.type == "int"
@@ -106,14 +107,6 @@ def to_unix_us(timestamp: datetime) -> int:
         raise RequestError([{"loc": ["body", "timestamp"], "type": "value_error",
                              "msg": "timestamp must be between 1970 and 9998 (UTC)"}])
     return seconds * 1_000_000 + ts.microsecond
-
-
-class RequestError(ValueError):
-    """A request that cannot be served as sent; `detail` is the 422 body's list."""
-
-    def __init__(self, detail: list[dict[str, Any]]) -> None:
-        super().__init__(detail[0]["msg"] if detail else "invalid request")
-        self.detail = detail
 
 
 _YEAR_9999 = 253370764800  # 9999-01-01T00:00:00Z

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from feastflow.errors import CircuitOpen
 from feastflow.online import OnlineReader, OnlineStoreError, Row, ViewLayout
 from feastflow.scoring import (
     EventScorer,
@@ -43,7 +44,6 @@ from serving.models import ModelHolder, ServedModel
 from serving.request_log import PredictionLog
 from serving.resilience import (
     CircuitBreaker,
-    CircuitOpen,
     CircuitState,
     TTLCache,
     describe,
@@ -112,9 +112,9 @@ class CachedReader:
             self.metrics.cache_many("l2", hits, misses)
         if missing:
             fetched = await self._fetch(missing)
-            for (view, keys), (index, positions), rows in zip(missing, slots, fetched, strict=True):
+            for (view, keys), (index, positions), found in zip(missing, slots, fetched, strict=True):
                 cacheable = cache.enabled and not view.realtime
-                for key, position, row in zip(keys, positions, rows, strict=True):
+                for key, position, row in zip(keys, positions, found, strict=True):
                     out[index][position] = row
                     if cacheable:
                         cache.put((view.name, key), row)
@@ -444,7 +444,7 @@ class PredictionService:
         except Exception as e:  # keep the lists we have
             log.warning("could not refresh popular items: %s", describe(e))
             return
-        name = self.spec.candidates.fallback_list
+        name = self.spec.ranking_candidates.fallback_list
         found = {h: list(s.get(name) or []) for h, s in enumerate(stage1) if s.get(name)}
         if found:
             self.popular = found

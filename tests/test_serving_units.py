@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from feastflow.errors import CircuitOpen
 from feastflow.online import OnlineStoreError, Row, ViewLayout
 from feastflow.scoring import Scored, ScoreRequest
 from feastflow.spec import DecisionSpec, load_spec
@@ -24,7 +25,6 @@ from serving.models import ModelHolder, ServedModel
 from serving.request_log import PredictionLog
 from serving.resilience import (
     CircuitBreaker,
-    CircuitOpen,
     CircuitState,
     TTLCache,
     bucket,

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from feastflow.errors import MonitorError
 from feastflow.event_log import sql_string
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, MonitorSpec
@@ -24,10 +25,6 @@ if TYPE_CHECKING:
     from registry.lifecycle import LoadedModel
 
 Progress = Callable[[str], None]
-
-
-class MonitorError(RuntimeError):
-    """Monitoring cannot run on what is there; the message says what to run first."""
 
 
 @dataclass(frozen=True)
