@@ -23,6 +23,13 @@ class FeastflowError(Exception):
             self.hint = hint
 
 
+class InputError(FeastflowError, ValueError):
+    """What the user gave cannot be used (an option, a setting, a value); the message says why."""
+
+    exit_code = 2
+    http_status = 422
+
+
 class SpecError(FeastflowError, ValueError):
     """The model spec is missing or invalid; the message names the file and the field."""
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
 
+import click
 import typer
 import yaml
 from rich.console import Console
@@ -23,13 +24,37 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
+from feastflow.errors import FeastflowError, InputError
 from feastflow.settings import Settings
-from feastflow.spec import ModelSpec, SpecError, load_spec
+from feastflow.spec import ModelSpec, load_spec
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="feastflow: Feast features -> DuckDB training sets -> MLflow -> serving.")
 console = Console(stderr=True)
+log = logging.getLogger("feastflow.cli")
+# What a user can cause and fix (a missing file, a bad value): reported as one line, exit 2.
+# feastflow's own errors carry their exit code and hint; anything else is a bug: a traceback.
+USER_ERRORS: Final = (FeastflowError, FileNotFoundError, ValueError, KeyError)
+
+
+class ReportedErrorsGroup(TyperGroup):
+    """Every command's expected failures reported in one place: message, hint, exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a user error becomes its message in red, its hint, and its exit code."""
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            log.debug("command failed", exc_info=True)  # the traceback, for FEASTFLOW_LOG_LEVEL=DEBUG
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            console.print(message, style="red", markup=False, highlight=False)
+            if hint := getattr(e, "hint", ""):
+                console.print(f"hint: {hint}", markup=False, highlight=False)
+            raise typer.Exit(getattr(e, "exit_code", 2)) from e
+
+
+app = typer.Typer(cls=ReportedErrorsGroup, add_completion=False, no_args_is_help=True,
+                  help="feastflow: Feast features -> DuckDB training sets -> MLflow -> serving.")
 UseCase = Annotated[str | None, typer.Option(
     "--use-case", "-u", help="folder under feature_repo/ (default: FEASTFLOW_USE_CASE)")]
 
@@ -136,16 +161,11 @@ def main(
     try:
         ctx.obj = Settings()
     except ValueError as e:
-        console.print(f"[red]invalid settings:[/red] {e}")
-        raise typer.Exit(2) from e
+        raise InputError(f"invalid settings: {e}") from e
 
 
 def _spec(settings: Settings, use_case: str | None) -> ModelSpec:
-    try:
-        return load_spec(use_case or settings.use_case, settings.feature_repo)
-    except SpecError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    return load_spec(use_case or settings.use_case, settings.feature_repo)
 
 
 def _bar() -> Progress:
@@ -182,8 +202,7 @@ def generate(
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
     if spec.generator is None:
-        console.print(f"[red]{spec.name} declares no `generator` in its model.yaml[/red]")
-        raise typer.Exit(2)
+        raise InputError(f"{spec.name} declares no `generator` in its model.yaml")
     if drift_day is not None and drift_day >= days:
         raise typer.BadParameter(f"must be < --days ({days}), got {drift_day}",
                                  param_hint="--drift-day")
@@ -199,9 +218,8 @@ def generate(
             events = generate_world(users=users, days=days, seed=seed, start=start,
                                     drift_day=drift_day, on_user=lambda _: bar.advance(task),
                                     **extra)
-        except (TypeError, ValueError) as e:
-            console.print(f"[red]{e}[/red]")
-            raise typer.Exit(2) from e
+        except TypeError as e:  # a --set the generator does not take
+            raise InputError(str(e)) from e
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix == ".csv":
@@ -227,12 +245,8 @@ def ingest(
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    try:
-        report = ingest_file(path, spec.event_log, settings.events_dir(spec.name),
-                             settings.user_hash_secret, strict=strict)
-    except (FileNotFoundError, ValueError) as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    report = ingest_file(path, spec.event_log, settings.events_dir(spec.name),
+                         settings.user_hash_secret, strict=strict)
     for error in report.errors[:max_errors]:
         console.print(f"[yellow]rejected[/yellow] {error}")
     if len(report.errors) > max_errors:
@@ -282,11 +296,7 @@ def materialize(
     from pipelines.feast_ops import materialize as run
 
     settings = _settings(ctx)
-    try:
-        first, last = run(settings, _spec(settings, use_case).name, start, end)
-    except (FileNotFoundError, ValueError) as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    first, last = run(settings, _spec(settings, use_case).name, start, end)
     console.print(f"materialized {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}")
 
 
@@ -339,12 +349,8 @@ def _evaluate_protocol(settings: Settings, spec: ModelSpec, name: str, validatio
                        predictions: Path | None, as_json: bool) -> None:
     from pipelines.protocols import run_protocol, write_predictions
 
-    try:
-        report, scored = run_protocol(settings, spec, name, validation,
-                                      progress=lambda m: console.print(m))
-    except (KeyError, ValueError) as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    report, scored = run_protocol(settings, spec, name, validation,
+                                  progress=lambda m: console.print(m))
     if predictions is not None:
         write_predictions(scored, predictions)
         console.print(f"{len(scored):,} predictions written to {predictions}")
@@ -470,9 +476,8 @@ def stream(
 
     settings = _settings(ctx)
     if settings.profile != "redis":
-        console.print("[red]`feastflow stream` reads a Redis Stream: set FEASTFLOW_PROFILE=redis "
-                      "(the embedded `feastflow serve` processes events in process)[/red]")
-        raise typer.Exit(2)
+        raise InputError("`feastflow stream` reads a Redis Stream: set FEASTFLOW_PROFILE=redis "
+                         "(the embedded `feastflow serve` processes events in process)")
     if consumer:
         settings = settings.model_copy(update={"stream_consumer": consumer})
     processor = build_processor(settings, _spec(settings, use_case))
@@ -547,9 +552,7 @@ def replay(
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
     if not settings.api_key:
-        console.print("[red]set FEASTFLOW_API_KEY to the server's key: POST /v1/events needs it"
-                      "[/red]")
-        raise typer.Exit(2)
+        raise InputError("set FEASTFLOW_API_KEY to the server's key: POST /v1/events needs it")
     events = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
     if since is not None:  # typer gives a naive datetime: UTC, as the help says
@@ -582,16 +585,11 @@ def monitor(
 
     Run `feastflow features` first so that the skew check sees the newest events offline.
     """
-    from pipelines.monitoring import MonitorError, run_monitor
-    from registry.lifecycle import RegistryError
+    from pipelines.monitoring import run_monitor
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    try:
-        result = run_monitor(settings, spec, out, since, until, progress=console.print)
-    except (MonitorError, RegistryError) as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    result = run_monitor(settings, spec, out, since, until, progress=console.print)
     console.print(monitor_table(result.summary, spec.top_k))
     for alert in result.alerts:
         console.print(f"[red]alert[/red] {alert}")
