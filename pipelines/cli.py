@@ -317,16 +317,16 @@ def promote(
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
     try:
-        decision = lifecycle.promote(spec.registered_model_name, spec.gate_rules(),
-                                     lower_is_better, version)
+        decision = registry.promote(spec.registered_model_name, spec.gate_rules(),
+                                    lower_is_better, version)
     except lifecycle.RegistryError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
     for reason in decision.reasons:
         console.print(f"  {reason}")
-    champion = lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
+    champion = registry.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
     console.print(("[green]promoted[/green]" if decision.passed else "[red]rejected[/red]")
                   + f": champion is v{champion}")
     if not decision.passed:
@@ -340,9 +340,8 @@ def rollback(ctx: typer.Context, use_case: UseCase = None) -> None:
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
     try:
-        version = lifecycle.rollback(spec.registered_model_name)
+        version = lifecycle.Registry(settings.tracking_uri).rollback(spec.registered_model_name)
     except lifecycle.RegistryError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
@@ -364,7 +363,16 @@ def serve(
     """
     import uvicorn
 
-    os.environ.update({"FEASTFLOW_USE_CASE": use_case or _settings(ctx).use_case,
+    from registry.lifecycle import Registry, RegistryMissing
+
+    settings = _settings(ctx)
+    if settings.mlflow_tracking_uri is not None:  # the server refuses it too; say it plainly here
+        try:
+            Registry(settings.tracking_uri).require_database()
+        except RegistryMissing as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from e
+    os.environ.update({"FEASTFLOW_USE_CASE": use_case or settings.use_case,
                        "FEASTFLOW_HOST": host,
                        "FEASTFLOW_PORT": str(port)})
     uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers,

@@ -45,6 +45,7 @@ from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, MonitorSpec
 from pipelines.features import event_log_connection
 from pipelines.training import REFERENCE_DAY
+from registry.lifecycle import Registry
 
 Progress = Callable[[str], None]
 EPSILON = 1e-4  # share given to an empty bin, so that PSI stays finite
@@ -529,9 +530,10 @@ def run_monitor(settings: Settings, spec: ModelSpec, out_dir: Path | None = None
                                  until)
     progress(f"{len(served):,} served requests logged between {window.start:%Y-%m-%d %H:%M} and "
              f"{window.end:%Y-%m-%d %H:%M}")
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    champion = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
-    reference, reference_predictions = load_reference(champion.run_id, champion.version)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    champion = registry.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+    reference, reference_predictions = load_reference(registry, champion.run_id,
+                                                      champion.version)
     categories = model_categories(champion.booster, spec.model.categorical)
     answered = model_answers(served)
     alerts: list[str] = []
@@ -656,17 +658,15 @@ def _skew(settings: Settings, spec: ModelSpec, answered: pd.DataFrame, booster: 
     return training_serving_skew(settings, spec, sample.sort_values("request_ts"), booster)
 
 
-def load_reference(run_id: str, version: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_reference(registry: Registry, run_id: str, version: str
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The champion's training inputs sample and holdout top predictions (its MLflow run)."""
-    import mlflow.artifacts
-
     from pipelines.training import REFERENCE_DIR, REFERENCE_FEATURES, REFERENCE_PREDICTIONS
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            folder = Path(mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=REFERENCE_DIR, dst_path=tmp))
+            folder = registry.download_run_artifacts(run_id, REFERENCE_DIR, Path(tmp))
         except Exception as e:
             raise MonitorError(f"the champion v{version} has no monitoring reference in its run "
                                f"({e}); train it again with `feastflow train`") from e

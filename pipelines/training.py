@@ -15,9 +15,11 @@ from typing import Any
 import feast
 import lightgbm as lgb
 import mlflow
+import mlflow.data
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema, TensorSpec
 
 from feastflow.ranking import (
     EVENT_TIMESTAMP,
@@ -359,7 +361,7 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
     booster = fit_model(data.train_rows, features, spec)
     report = holdout_report(booster, data, spec, settings)
     metrics = flat_metrics(report)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri, create=True)
     services = ({"feature_service": spec.features.service} if spec.per_event else
                 {"feature_service.entity": spec.features.entity_service,
                  "feature_service.ranking": spec.features.ranking_service})
@@ -375,8 +377,9 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
         "lib.lightgbm": lgb.__version__,
         "lib.feast": feast.__version__,
     }
-    with mlflow.start_run(run_name=f"{spec.name}-{data.fingerprint}") as run:
+    with registry.run(spec.name, f"{spec.name}-{data.fingerprint}") as run:
         mlflow.set_tags(tags)
+        log_lineage(settings, spec, data)
         mlflow.log_params({
             **{f"lgb.{k}": v for k, v in spec.model.params.items()},
             "num_boost_round": spec.model.num_boost_round,
@@ -399,26 +402,48 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
                                  REFERENCE_DIR)
         mlflow.log_artifact(str(spec.source_dir / "model.yaml"))
         example = model_matrix(data.holdout_rows.head(5), features, spec.model.categorical)
-        signature = infer_signature(example, booster.predict(example, num_threads=1))
-        # Served natively with pandas categoricals, not through pyfunc: skip pyfunc validation.
+        # A serving input example is JSON, where categoricals arrive as strings LightGBM refuses:
+        # the model takes them as pandas categoricals (model_matrix), which the signature allows.
         model_info = mlflow.lightgbm.log_model(
-            booster, name="model", input_example=example, signature=signature,
+            booster, name="model", input_example=example,
+            signature=model_signature(features, spec.model.categorical),
             validate_serving_input=False,
             pip_requirements=[f"lightgbm=={lgb.__version__}", f"pandas=={pd.__version__}"],
         )
         run_id = run.info.run_id
-    registered = lifecycle.register_challenger(
+    registered = registry.register_challenger(
         spec.registered_model_name, model_info.model_uri, run_id, metrics, tags
     )
     return TrainResult(registered.version, run_id, report, data.fingerprint,
                        len(data.train_requests), len(data.train_rows))
 
 
+def model_signature(features: list[str], categorical: list[str]) -> ModelSignature:
+    """The model's MLflow signature: every input optional (a feature may be missing), numbers as
+    doubles, categorical inputs as any type so that pandas categoricals (what LightGBM maps to its
+    trained categories) pass MLflow's schema check; one score per row out."""
+    inputs = [ColSpec(AnyType() if name in categorical else DataType.double, name, required=False)
+              for name in features]
+    return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype("float64"), (-1,))]))
+
+
+def log_lineage(settings: Settings, spec: ModelSpec, data: Datasets) -> None:
+    """Log the training and holdout sets as the active run's inputs: their source (the event log
+    and feature tables) and digest (the data fingerprint the dataset cache is keyed by)."""
+    source = settings.events_dir(spec.name).as_uri()
+    for rows, context in ((data.train_rows, "training"), (data.holdout_rows, "evaluation")):
+        dataset = mlflow.data.from_pandas(rows, source=source, targets=LABEL,
+                                          name=f"{spec.name}-{context}", digest=data.fingerprint)
+        mlflow.log_input(dataset, context=context,
+                         tags={"feature_tables": settings.feature_tables_dir(spec.name).as_uri(),
+                               **data.window.as_dict()})
+
+
 def evaluate_alias(settings: Settings, spec: ModelSpec, alias: str = lifecycle.CHAMPION,
                    progress: Progress = print) -> dict[str, Any]:
     """The holdout report of the aliased model version, with its version number."""
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    loaded = lifecycle.load_by_alias(spec.registered_model_name, alias)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    loaded = registry.load_by_alias(spec.registered_model_name, alias)
     data = build_datasets(settings, spec, progress)
     report = holdout_report(loaded.booster, data, spec, settings)
     return {**report, "model_version": loaded.version}
@@ -441,19 +466,20 @@ def retrain_use_case(settings: Settings, spec: ModelSpec, progress: Progress = p
     promote only if the spec's gate passes, and record why on both model versions."""
     latest = spec.retrain_spec()
     trained = train_use_case(settings, latest, progress)
-    champion = lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    champion = registry.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
     challenger_metrics = flat_metrics(trained.report)
     champion_metrics = None
     if champion is not None:
         progress(f"champion v{champion} on the same holdout")
-        loaded = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+        loaded = registry.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
         data = build_datasets(settings, latest, progress)  # the challenger's, from the cache
         champion_metrics = flat_metrics(holdout_report(loaded.booster, data, latest, settings))
     report = trained.report
     evidence = {"judged_on": f"{report['holdout_start']} .. {report['holdout_end']}",
                 "n_holdout": report["n_holdout"],
                 "train_days": latest.split.train_days, "data_fingerprint": trained.fingerprint}
-    decision = lifecycle.decide(spec.registered_model_name, spec.gate_rules(), trained.version,
+    decision = registry.decide(spec.registered_model_name, spec.gate_rules(), trained.version,
                                 challenger_metrics, champion, champion_metrics, lower_is_better,
                                 evidence)
     return RetrainResult(trained, champion, challenger_metrics, champion_metrics, decision)

@@ -32,6 +32,8 @@ async def use_case_readiness(uc: UseCaseState) -> dict[str, Any]:
         reasons.append(f"registry unreachable at start: serving v{champion.version} from disk")
     if uc.holder.registry_error:
         reasons.append(f"registry: {uc.holder.registry_error}")
+    if uc.holder.model_error:  # a model copy failed its checksum: refused (details in the log)
+        reasons.append(uc.holder.model_error)
     if not await uc.service.features.ping():
         reasons.append("online store unreachable: answering from fallbacks")
     events = f"POST /v1/{uc.name}/events"
