@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ import mlflow
 import mlflow.data
 import numpy as np
 import pandas as pd
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, ColSpec, DataType, Schema, TensorSpec
+from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
 
 from feastflow.ranking import (
     EVENT_TIMESTAMP,
@@ -401,18 +403,15 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
             mlflow.log_artifacts(str(write_reference(booster, data, spec, Path(tmp))),
                                  REFERENCE_DIR)
         mlflow.log_artifact(str(spec.source_dir / "model.yaml"))
-        example = model_matrix(data.holdout_rows.head(5), features, spec.model.categorical)
-        # A serving input example is JSON, where categoricals arrive as strings LightGBM refuses:
-        # the model takes them as pandas categoricals (model_matrix), which the signature allows.
-        model_info = mlflow.lightgbm.log_model(
-            booster, name="model", input_example=example,
-            signature=model_signature(features, spec.model.categorical),
-            validate_serving_input=False,
-            pip_requirements=[f"lightgbm=={lgb.__version__}", f"pandas=={pd.__version__}"],
-        )
         run_id = run.info.run_id
+        example = model_matrix(data.holdout_rows.head(5), features, spec.model.categorical)
+        example = example.astype({name: object for name in spec.model.categorical})  # as JSON
+        model_uri = registry.log_lightgbm(
+            run_id, booster, spec.model.categorical, model_signature(features,
+                                                                     spec.model.categorical),
+            example, [f"lightgbm=={lgb.__version__}", f"pandas=={pd.__version__}"])
     registered = registry.register_challenger(
-        spec.registered_model_name, model_info.model_uri, run_id, metrics, tags
+        spec.registered_model_name, model_uri, run_id, metrics, tags
     )
     return TrainResult(registered.version, run_id, report, data.fingerprint,
                        len(data.train_requests), len(data.train_rows))
@@ -420,23 +419,27 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
 
 def model_signature(features: list[str], categorical: list[str]) -> ModelSignature:
     """The model's MLflow signature: every input optional (a feature may be missing), numbers as
-    doubles, categorical inputs as any type so that pandas categoricals (what LightGBM maps to its
-    trained categories) pass MLflow's schema check; one score per row out."""
-    inputs = [ColSpec(AnyType() if name in categorical else DataType.double, name, required=False)
-              for name in features]
+    doubles, categorical inputs as strings (the model's pyfunc encodes them as training did); one
+    score per row out."""
+    inputs = [ColSpec(DataType.string if name in categorical else DataType.double, name,
+                      required=False) for name in features]
     return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype("float64"), (-1,))]))
 
 
 def log_lineage(settings: Settings, spec: ModelSpec, data: Datasets) -> None:
     """Log the training and holdout sets as the active run's inputs: their source (the event log
     and feature tables) and digest (the data fingerprint the dataset cache is keyed by)."""
-    source = settings.events_dir(spec.name).as_uri()
+    source = LocalArtifactDatasetSource(settings.events_dir(spec.name).as_uri())
     for rows, context in ((data.train_rows, "training"), (data.holdout_rows, "evaluation")):
         dataset = mlflow.data.from_pandas(rows, source=source, targets=LABEL,
                                           name=f"{spec.name}-{context}", digest=data.fingerprint)
-        mlflow.log_input(dataset, context=context,
-                         tags={"feature_tables": settings.feature_tables_dir(spec.name).as_uri(),
-                               **data.window.as_dict()})
+        with warnings.catch_warnings():
+            # MLflow's hint that an integer column cannot hold a missing value is about model
+            # signatures (ours declares doubles); a data set's schema only records its dtypes.
+            warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+            mlflow.log_input(dataset, context=context, tags={
+                "feature_tables": settings.feature_tables_dir(spec.name).as_uri(),
+                **data.window.as_dict()})
 
 
 def evaluate_alias(settings: Settings, spec: ModelSpec, alias: str = lifecycle.CHAMPION,

@@ -324,6 +324,35 @@ class Registry(Lifecycle):
             run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=self.tracking_uri,
             registry_uri=self.tracking_uri))
 
+    def log_lightgbm(self, run_id: str, booster: lgb.Booster, categorical: list[str],
+                     signature: Any, input_example: Any, pip_requirements: list[str]) -> str:
+        """Log the booster as an MLflow model of the run (its native text file, the `lightgbm`
+        flavor the server reads) whose `python_function` flavor is registry/lgb_pyfunc.py, so that
+        MLflow users can score it with categorical inputs as strings; return its `models:/` URI."""
+        import mlflow.lightgbm
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        from registry import lgb_pyfunc
+
+        client = self.client
+        experiment_id = client.get_run(run_id).info.experiment_id
+        logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            mlflow.lightgbm.save_model(
+                booster, str(path), signature=signature, input_example=input_example,
+                pip_requirements=pip_requirements, code_paths=[lgb_pyfunc.__file__],
+                mlflow_model=Model(run_id=run_id, model_id=logged.model_id, artifact_path="model"))
+            mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+            mlmodel["flavors"]["python_function"]["loader_module"] = "lgb_pyfunc"
+            (path / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
+            (path / lgb_pyfunc.CATEGORICAL_FILE).write_text(json.dumps(categorical))
+            client.log_model_artifacts(logged.model_id, str(path))
+        client.finalize_logged_model(logged.model_id, "READY")
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        return f"models:/{logged.model_id}"
+
     def register_challenger(self, model_name: str, model_uri: str, run_id: str,
                             metrics: dict[str, float], tags: dict[str, str]) -> RegisteredVersion:
         """Register the logged model, tag it with its metrics, tags and its model file's sha256,
