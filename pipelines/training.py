@@ -16,10 +16,10 @@ from typing import Any
 import feast
 import lightgbm as lgb
 import mlflow
-import mlflow.data
 import numpy as np
 import pandas as pd
-from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
 
@@ -421,8 +421,9 @@ def model_signature(features: list[str], categorical: list[str]) -> ModelSignatu
     """The model's MLflow signature: every input optional (a feature may be missing), numbers as
     doubles, categorical inputs as strings (the model's pyfunc encodes them as training did); one
     score per row out."""
-    inputs = [ColSpec(DataType.string if name in categorical else DataType.double, name,
-                      required=False) for name in features]
+    inputs: list[ColSpec | TensorSpec] = [
+        ColSpec(DataType.string if name in categorical else DataType.double, name, required=False)
+        for name in features]
     return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype("float64"), (-1,))]))
 
 
@@ -431,7 +432,7 @@ def log_lineage(settings: Settings, spec: ModelSpec, data: Datasets) -> None:
     and feature tables) and digest (the data fingerprint the dataset cache is keyed by)."""
     source = LocalArtifactDatasetSource(settings.events_dir(spec.name).as_uri())
     for rows, context in ((data.train_rows, "training"), (data.holdout_rows, "evaluation")):
-        dataset = mlflow.data.from_pandas(rows, source=source, targets=LABEL,
+        dataset = from_pandas(rows, source=source, targets=LABEL,
                                           name=f"{spec.name}-{context}", digest=data.fingerprint)
         with warnings.catch_warnings():
             # MLflow's hint that an integer column cannot hold a missing value is about model

@@ -35,7 +35,7 @@ class CategoricalBooster:
             values = frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
             columns[name] = (values.astype("string").astype("category") if name in self.categorical
                              else pd.to_numeric(values, errors="coerce").astype("float64"))
-        return self.booster.predict(pd.DataFrame(columns, index=frame.index))
+        return np.asarray(self.booster.predict(pd.DataFrame(columns, index=frame.index)))
 
 
 def _load_pyfunc(path: str) -> CategoricalBooster:

@@ -87,7 +87,7 @@ class ModelHolder:
 
     def check_registry(self) -> list[ServedModel]:
         """Blocking (run it in a thread): load every variant whose alias moved; do not swap yet."""
-        changed = []
+        changed: list[ServedModel] = []
         for variant in self.aliases:
             current = self.models.get(variant)
             try:
