@@ -316,6 +316,11 @@ class Registry(Lifecycle):
             artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=self.tracking_uri,
             registry_uri=self.tracking_uri))
 
+    def download_version(self, model_name: str, version: str, dst: Path) -> Path:
+        """Download a model version's files (MLmodel, the native model file) to `dst`; return the
+        folder. No check: `load_by_alias` verifies the model file before reading it."""
+        return self._download(self.client.get_model_version_download_uri(model_name, version), dst)
+
     def download_run_artifacts(self, run_id: str, path: str, dst: Path) -> Path:
         """Download a run's artifact folder or file to `dst`; return its local path."""
         import mlflow.artifacts
@@ -425,8 +430,7 @@ class Registry(Lifecycle):
             target = local_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
             target.mkdir(parents=True, exist_ok=True)
             try:
-                folder = self._download(
-                    self.client.get_model_version_download_uri(model_name, version), target)
+                folder = self.download_version(model_name, version, target)
             except Exception as e:  # the artifact store is down, or the files are gone
                 raise RegistryUnreachable(f"{model_name} v{version}: its files could not be "
                                           f"downloaded: {e}") from e

@@ -136,8 +136,7 @@ def test_a_hot_reload_refuses_a_truncated_version_and_keeps_serving(
     # A new version registered (checksum recorded) from its own copy of the champion's files,
     # then damaged in the artifact store.
     mv = registry.client.get_model_version(name, champion)
-    source = registry._download(registry.client.get_model_version_download_uri(name, champion),
-                                tmp_path / "stored-model")
+    source = registry.download_version(name, champion, tmp_path / "stored-model")
     bad = registry.register_challenger(name, source.as_uri(), mv.run_id, {}, {})
     assert registry.version_tags(name, bad.version)[SHA256_TAG] == file_sha256(
         source / "model.lgb")
@@ -228,8 +227,7 @@ def test_a_trained_model_has_a_usable_signature_and_its_datasets(
     version = registry.alias_version(name, CHAMPION)
     assert version is not None
     mv = registry.client.get_model_version(name, version)
-    folder = registry._download(registry.client.get_model_version_download_uri(name, version),
-                                tmp_path / "model")
+    folder = registry.download_version(name, version, tmp_path / "model")
     signature = Model.load(folder).signature
     assert signature is not None
     booster = lgb.Booster(model_file=str(folder / "model.lgb"))
