@@ -73,6 +73,16 @@ class RegistryUnreachable(RegistryError):
     """The registry could not be asked (server down, database file missing or locked)."""
 
 
+class RegistryMissing(RegistryError):
+    """The tracking URI names a SQLite file that does not exist: MLflow would create an empty one."""
+
+
+class ModelChecksumMismatch(RegistryError):
+    """A copy of a model file is not the file that was registered (truncated, replaced, empty)."""
+
+    reason = "model_checksum_mismatch"
+
+
 class RequestError(FeastflowError, ValueError):
     """A request that cannot be served as sent; `detail` is the 422 body's list."""
 

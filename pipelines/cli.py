@@ -326,19 +326,14 @@ def evaluate(
 ) -> None:
     """Evaluate the aliased model on the holdout against the baselines, or run a protocol."""
     from pipelines.training import evaluate_alias
-    from registry.lifecycle import RegistryError
 
     settings = _settings(ctx)
     if protocol is not None:
         _evaluate_protocol(settings, _spec(settings, use_case), protocol, validation, predictions,
                            as_json)
         return
-    try:
-        report = evaluate_alias(settings, _spec(settings, use_case), alias,
-                                progress=lambda m: console.print(m))
-    except RegistryError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    report = evaluate_alias(settings, _spec(settings, use_case), alias,
+                            progress=lambda m: console.print(m))
     if as_json:
         typer.echo(json.dumps(report))
     else:
@@ -396,16 +391,12 @@ def promote(
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    try:
-        decision = lifecycle.promote(spec.registered_model_name, spec.gate_rules(),
-                                     lower_is_better, version)
-    except lifecycle.RegistryError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    decision = registry.promote(spec.registered_model_name, spec.gate_rules(), lower_is_better,
+                                version)
     for reason in decision.reasons:
         console.print(f"  {reason}")
-    champion = lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
+    champion = registry.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
     console.print(("[green]promoted[/green]" if decision.passed else "[red]rejected[/red]")
                   + f": champion is v{champion}")
     if not decision.passed:
@@ -419,12 +410,7 @@ def rollback(ctx: typer.Context, use_case: UseCase = None) -> None:
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    try:
-        version = lifecycle.rollback(spec.registered_model_name)
-    except lifecycle.RegistryError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    version = lifecycle.Registry(settings.tracking_uri).rollback(spec.registered_model_name)
     console.print(f"champion is v{version} again")
 
 
@@ -443,10 +429,14 @@ def serve(
     """
     import uvicorn
 
+    from registry.lifecycle import Registry
     from serving.server import uvicorn_options
     from serving.settings import ServingSettings
 
-    os.environ.update({"FEASTFLOW_USE_CASE": use_case or _settings(ctx).use_case,
+    settings = _settings(ctx)
+    if settings.mlflow_tracking_uri is not None:  # the server refuses it too; say it plainly here
+        Registry(settings.tracking_uri).require_database()
+    os.environ.update({"FEASTFLOW_USE_CASE": use_case or settings.use_case,
                        "FEASTFLOW_HOST": host,
                        "FEASTFLOW_PORT": str(port)})
     # httptools with head/body deadlines and a connection limit (serving/server.py)

@@ -186,10 +186,11 @@ def _first_champion(step: _Steps, settings: Settings, spec: ModelSpec, console: 
     evaluation = step("evaluate", lambda: evaluate_alias(settings, spec, lifecycle.CHALLENGER,
                                                          progress=console.print),
                       lambda r: ", ".join(f"{m} {v:.3f}" for m, v in r["model"].items()))
-    decision = step("promote", lambda: lifecycle.promote(spec.registered_model_name,
-                                                         spec.gate_rules(), lower_is_better),
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    decision = step("promote", lambda: registry.promote(spec.registered_model_name,
+                                                        spec.gate_rules(), lower_is_better),
                     lambda d: "passed" if d.passed else "rejected: " + "; ".join(d.reasons))
-    if lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION) is None:
+    if registry.alias_version(spec.registered_model_name, lifecycle.CHAMPION) is None:
         console.print("[red]no champion: the gate rejected the first model[/red]")
         return None
     step("materialize", lambda: materialize(settings, spec.name),

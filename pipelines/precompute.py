@@ -60,8 +60,8 @@ def precompute(settings: Settings, spec: ModelSpec, top: int, start: datetime | 
     start = (start or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0,
                                                                  microsecond=0)
     users = most_active_users(settings, spec, top)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    model = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    model = registry.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
     store = open_store(settings, spec.name)
     ranker = Ranker(spec, FeaturePlan.from_store(store, spec), model.booster)
     reader = open_reader(settings, store)

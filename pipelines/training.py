@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
 
 from feastflow.ranking import (
     EVENT_TIMESTAMP,
@@ -359,7 +363,7 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
     booster = fit_model(data.train_rows, features, spec)
     report = holdout_report(booster, data, spec, settings)
     metrics = flat_metrics(report)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri, create=True)
     services = ({"feature_service": spec.features.service} if spec.per_event else
                 {"feature_service.entity": spec.features.entity_service,
                  "feature_service.ranking": spec.features.ranking_service})
@@ -375,8 +379,9 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
         "lib.lightgbm": lgb.__version__,
         "lib.feast": feast.__version__,
     }
-    with mlflow.start_run(run_name=f"{spec.name}-{data.fingerprint}") as run:
+    with registry.run(spec.name, f"{spec.name}-{data.fingerprint}") as run:
         mlflow.set_tags(tags)
+        log_lineage(settings, spec, data)
         mlflow.log_params({
             **{f"lgb.{k}": v for k, v in spec.model.params.items()},
             "num_boost_round": spec.model.num_boost_round,
@@ -398,27 +403,51 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
             mlflow.log_artifacts(str(write_reference(booster, data, spec, Path(tmp))),
                                  REFERENCE_DIR)
         mlflow.log_artifact(str(spec.source_dir / "model.yaml"))
-        example = model_matrix(data.holdout_rows.head(5), features, spec.model.categorical)
-        signature = infer_signature(example, booster.predict(example, num_threads=1))
-        # Served natively with pandas categoricals, not through pyfunc: skip pyfunc validation.
-        model_info = mlflow.lightgbm.log_model(
-            booster, name="model", input_example=example, signature=signature,
-            validate_serving_input=False,
-            pip_requirements=[f"lightgbm=={lgb.__version__}", f"pandas=={pd.__version__}"],
-        )
         run_id = run.info.run_id
-    registered = lifecycle.register_challenger(
-        spec.registered_model_name, model_info.model_uri, run_id, metrics, tags
+        example = model_matrix(data.holdout_rows.head(5), features, spec.model.categorical)
+        example = example.astype({name: object for name in spec.model.categorical})  # as JSON
+        model_uri = registry.log_lightgbm(
+            run_id, booster, spec.model.categorical, model_signature(features,
+                                                                     spec.model.categorical),
+            example, [f"lightgbm=={lgb.__version__}", f"pandas=={pd.__version__}"])
+    registered = registry.register_challenger(
+        spec.registered_model_name, model_uri, run_id, metrics, tags
     )
     return TrainResult(registered.version, run_id, report, data.fingerprint,
                        len(data.train_requests), len(data.train_rows))
 
 
+def model_signature(features: list[str], categorical: list[str]) -> ModelSignature:
+    """The model's MLflow signature: every input optional (a feature may be missing), numbers as
+    doubles, categorical inputs as strings (the model's pyfunc encodes them as training did); one
+    score per row out."""
+    inputs: list[ColSpec | TensorSpec] = [
+        ColSpec(DataType.string if name in categorical else DataType.double, name, required=False)
+        for name in features]
+    return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype("float64"), (-1,))]))
+
+
+def log_lineage(settings: Settings, spec: ModelSpec, data: Datasets) -> None:
+    """Log the training and holdout sets as the active run's inputs: their source (the event log
+    and feature tables) and digest (the data fingerprint the dataset cache is keyed by)."""
+    source = LocalArtifactDatasetSource(settings.events_dir(spec.name).as_uri())
+    for rows, context in ((data.train_rows, "training"), (data.holdout_rows, "evaluation")):
+        dataset = from_pandas(rows, source=source, targets=LABEL,
+                                          name=f"{spec.name}-{context}", digest=data.fingerprint)
+        with warnings.catch_warnings():
+            # MLflow's hint that an integer column cannot hold a missing value is about model
+            # signatures (ours declares doubles); a data set's schema only records its dtypes.
+            warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+            mlflow.log_input(dataset, context=context, tags={
+                "feature_tables": settings.feature_tables_dir(spec.name).as_uri(),
+                **data.window.as_dict()})
+
+
 def evaluate_alias(settings: Settings, spec: ModelSpec, alias: str = lifecycle.CHAMPION,
                    progress: Progress = print) -> dict[str, Any]:
     """The holdout report of the aliased model version, with its version number."""
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    loaded = lifecycle.load_by_alias(spec.registered_model_name, alias)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    loaded = registry.load_by_alias(spec.registered_model_name, alias)
     data = build_datasets(settings, spec, progress)
     report = holdout_report(loaded.booster, data, spec, settings)
     return {**report, "model_version": loaded.version}
@@ -441,19 +470,20 @@ def retrain_use_case(settings: Settings, spec: ModelSpec, progress: Progress = p
     promote only if the spec's gate passes, and record why on both model versions."""
     latest = spec.retrain_spec()
     trained = train_use_case(settings, latest, progress)
-    champion = lifecycle.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    champion = registry.alias_version(spec.registered_model_name, lifecycle.CHAMPION)
     challenger_metrics = flat_metrics(trained.report)
     champion_metrics = None
     if champion is not None:
         progress(f"champion v{champion} on the same holdout")
-        loaded = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+        loaded = registry.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
         data = build_datasets(settings, latest, progress)  # the challenger's, from the cache
         champion_metrics = flat_metrics(holdout_report(loaded.booster, data, latest, settings))
     report = trained.report
     evidence = {"judged_on": f"{report['holdout_start']} .. {report['holdout_end']}",
                 "n_holdout": report["n_holdout"],
                 "train_days": latest.split.train_days, "data_fingerprint": trained.fingerprint}
-    decision = lifecycle.decide(spec.registered_model_name, spec.gate_rules(), trained.version,
+    decision = registry.decide(spec.registered_model_name, spec.gate_rules(), trained.version,
                                 challenger_metrics, champion, champion_metrics, lower_is_better,
                                 evidence)
     return RetrainResult(trained, champion, challenger_metrics, champion_metrics, decision)

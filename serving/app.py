@@ -37,7 +37,7 @@ from feastflow.stream import open_event_stream
 from serving.events import EventIntake
 from serving.logs import RequestIdMiddleware, configure_logging
 from serving.metrics import ServingMetrics
-from serving.models import ModelHolder
+from serving.models import ModelHolder, serving_registry
 from serving.request_log import PredictionLog
 from serving.resilience import describe
 from serving.routes import admin, docs, events, health, predict
@@ -57,8 +57,9 @@ from serving.settings import ServingSettings, get_serving_settings
 log = logging.getLogger(__name__)
 
 # A registry that is down must not hold start-up or a reload for minutes of HTTP retries.
+# MLflow reads the backoff factor as an int ("0.2" made every REST call fail before it was sent).
 for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
-                      ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2"),
+                      ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
     os.environ.setdefault(_name, _value)
@@ -150,9 +151,11 @@ def build_use_case(settings: ServingSettings, name: str, metrics: ServingMetrics
         startup_error = (f"feature store not usable: {describe(e)}: run `feastflow apply` "
                          "first")
         log.error("use case %s: %s", name, startup_error)
+    registry = serving_registry(settings.tracking_uri, settings.artifacts_uri,
+                                explicit=settings.mlflow_tracking_uri is not None)
     holder = ModelHolder(spec, plan, {"champion": settings.model_alias,  # type: ignore[arg-type]
                                       "challenger": settings.challenger_alias},
-                         settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
+                         settings.models_dir, registry)
     if plan is not None:
         holder.load_initial()
     prediction_log = PredictionLog(settings.served_dir(name), settings.request_log_sample,

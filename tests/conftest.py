@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import redis
 import yaml
-from mlflow import MlflowClient
 
 from feastflow.settings import FEATURE_REPO, Settings
 from feastflow.spec import ModelSpec
@@ -78,8 +77,8 @@ def build_champion(settings: Settings, spec: ModelSpec, raw: pd.DataFrame) -> No
     apply_repo(settings, spec.name)
     trained = train_use_case(settings, spec)
     # Tests need a champion, not a gate decision on a world this small.
-    MlflowClient().set_registered_model_alias(spec.registered_model_name, lifecycle.CHAMPION,
-                                              trained.version)
+    lifecycle.Registry(settings.tracking_uri).set_alias(spec.registered_model_name,
+                                                        lifecycle.CHAMPION, trained.version)
     materialize(settings, spec.name)
 
 

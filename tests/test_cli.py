@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.exc import SADeprecationWarning
 
 from pipelines.cli import _is_quiet_deprecation, _show_warning
+from registry.lifecycle import Registry
 
 BIN = Path(sys.executable).parent
 TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (ERROR|WARNING) ")
@@ -40,10 +41,14 @@ def test_version_prints_the_installed_version() -> None:
 
 
 def test_a_short_command_prints_no_deprecation_warning(tmp_path: Path) -> None:
-    # `evaluate` on an empty home opens MLflow's SQLite store (SQLAlchemy's `noload` notice) after
-    # Feast's import (whose simplefilter("once", DeprecationWarning) overrides earlier filters).
+    # `evaluate` on a home with an empty registry opens MLflow's SQLite store (SQLAlchemy's
+    # `noload` notice) after Feast's import (whose simplefilter("once", DeprecationWarning)
+    # overrides earlier filters).
+    home = tmp_path / "home"
+    home.mkdir()
+    Registry(f"sqlite:///{home / 'mlflow.db'}", create=True).experiment_id("next_app")  # exists
     done = subprocess.run([str(BIN / "feastflow"), "evaluate", "-u", "next_app"],
-                          env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=600)
+                          env=_env(home), capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode != 0 and "next_app@champion does not exist" in out, out
     assert "DeprecationWarning" not in out and "FutureWarning" not in out, out

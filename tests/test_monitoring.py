@@ -25,6 +25,7 @@ from pipelines.demo import REPLAY_SERVER_ENV, running_processor, running_server
 from pipelines.monitoring import MonitorResult, run_monitor
 from pipelines.replay import ReplayStats, daily_job, replay_events
 from pipelines.training import RetrainResult
+from registry.lifecycle import Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +34,9 @@ LIVE_DAYS = 10  # the drift starts with them; the last one is replayed through t
 USERS = 100  # with fewer, a day's per-user inputs are a handful of users: their PSI is noise
 
 
-def _registry(world: LoopWorld) -> str:
-    """Point MLflow at this world's registry (the fixtures' worlds each have their own)."""
-    from registry import lifecycle
-
-    settings = world.settings
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, world.spec.name)
-    return world.spec.registered_model_name
+def _registry(world: LoopWorld) -> Registry:
+    """This world's registry (the fixtures' worlds each have their own)."""
+    return Registry(world.settings.tracking_uri, world.settings.artifacts_uri)
 
 
 @dataclass
@@ -166,17 +163,17 @@ def test_retrain_promotes_a_challenger_that_beats_the_champion_on_drift(drifted:
     result = drifted.retrained
     assert result.decision.passed, result.decision.reasons
     assert result.challenger_metrics["top4"] > result.champion_metrics["top4"]
-    name = _registry(drifted)
-    assert lifecycle.alias_version(name, lifecycle.CHAMPION) == result.trained.version
+    registry, name = _registry(drifted), drifted.spec.registered_model_name
+    assert registry.alias_version(name, lifecycle.CHAMPION) == result.trained.version
     # the decision and both models' metrics are recorded on both versions
-    tags = MlflowClient().get_model_version(name, result.trained.version).tags
+    tags = registry.version_tags(name, result.trained.version)
     assert tags["lifecycle.last"].startswith("promoted: ")
     assert '"champion_metrics"' in tags["lifecycle.last"]
-    old = MlflowClient().get_model_version(name, result.champion_version).tags
+    old = registry.version_tags(name, result.champion_version)
     assert old["lifecycle.last"].startswith("replaced: ")
     # and rollback undoes it
-    assert lifecycle.rollback(name) == result.champion_version
-    assert lifecycle.alias_version(name, lifecycle.CHAMPION) == result.champion_version
+    assert registry.rollback(name) == result.champion_version
+    assert registry.alias_version(name, lifecycle.CHAMPION) == result.champion_version
 
 
 def test_retrain_rejects_a_no_better_challenger_on_a_stable_period(stable: LoopWorld) -> None:
@@ -184,9 +181,9 @@ def test_retrain_rejects_a_no_better_challenger_on_a_stable_period(stable: LoopW
 
     result = stable.retrained
     assert not result.decision.passed, result.decision.reasons
-    name = _registry(stable)
-    assert lifecycle.alias_version(name, lifecycle.CHAMPION) == result.champion_version
-    tags = MlflowClient().get_model_version(name, result.trained.version).tags
+    registry, name = _registry(stable), stable.spec.registered_model_name
+    assert registry.alias_version(name, lifecycle.CHAMPION) == result.champion_version
+    tags = registry.version_tags(name, result.trained.version)
     assert tags["lifecycle.last"].startswith("rejected: ")
 
 

@@ -36,7 +36,8 @@ def _champion(settings: Settings, spec: ModelSpec) -> tuple[str, str]:
     """A training run in the use case's experiment and a registered version of it."""
     from registry import lifecycle
 
-    experiment_id = lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri, create=True)
+    experiment_id = registry.experiment_id(spec.name)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     run = client.create_run(experiment_id, run_name="training")
     client.set_terminated(run.info.run_id)

@@ -80,8 +80,8 @@ def layouts(store: FeatureStore) -> dict[str, ViewLayout]:
 def booster(served_world: ServedWorld) -> Any:
     """The world's champion, loaded from the registry like the server loads it."""
     settings, spec = served_world.settings, served_world.spec
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    return lifecycle.load_by_alias(spec.registered_model_name).booster
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    return registry.load_by_alias(spec.registered_model_name).booster
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 
 from feastflow.spec import GateSpec, lower_is_better
 from registry import lifecycle
+from registry.memory import InMemoryRegistry
 
 BASELINES = {"mru.top1": 0.30, "mru.top4": 0.55, "mfu.top1": 0.25, "mfu.top4": 0.60,
              "mfu_hour.top1": 0.33, "mfu_hour.top4": 0.66}
@@ -66,57 +67,115 @@ def test_the_gate_reads_each_metric_in_its_own_direction() -> None:
                               lower_is_better).passed
 
 
-def log_tiny_model(seed: int) -> str:
+def tiny_booster(seed: int) -> lgb.Booster:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(200, 3))
-    booster = lgb.train({"objective": "binary", "verbosity": -1, "num_threads": 1},
-                        lgb.Dataset(x, label=(x[:, 0] > 0).astype(int)), num_boost_round=5)
-    with mlflow.start_run() as run:
-        info = mlflow.lightgbm.log_model(booster, name="model", pip_requirements=["lightgbm"])
-    return info.model_uri, run.info.run_id
+    return lgb.train({"objective": "binary", "verbosity": -1, "num_threads": 1},
+                     lgb.Dataset(x, label=(x[:, 0] > 0).astype(int)), num_boost_round=5)
 
 
 @pytest.fixture()
-def tracking(tmp_path: Path) -> None:
-    lifecycle.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(), "t")
+def registry(tmp_path: Path) -> lifecycle.Registry:
+    return lifecycle.Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(),
+                              create=True)
 
 
-def test_register_promote_reject_and_roll_back(tracking: None) -> None:
-    gate = rules()
-    uri, run = log_tiny_model(1)
-    v1 = lifecycle.register_challenger("m", uri, run, metrics(0.40, 0.70), {"lib.feast": "x"})
-    assert lifecycle.alias_version("m", lifecycle.CHALLENGER) == v1.version == "1"
-    assert lifecycle.alias_version("m", lifecycle.CHAMPION) is None
-    assert lifecycle.promote("m", gate, lower_is_better).passed
-    assert lifecycle.alias_version("m", lifecycle.CHAMPION) == "1"
+def register_tiny(registry: lifecycle.Lifecycle, name: str, seed: int,
+                  scores: dict[str, float]) -> lifecycle.RegisteredVersion:
+    """Log a tiny model and register it as challenger, in MLflow or in memory."""
+    if isinstance(registry, InMemoryRegistry):
+        return registry.register(name, tiny_booster(seed), metrics=scores)
+    assert isinstance(registry, lifecycle.Registry)
+    with registry.run("t", f"tiny-{seed}") as run:
+        info = mlflow.lightgbm.log_model(tiny_booster(seed), name="model",
+                                         pip_requirements=["lightgbm"])
+    return registry.register_challenger(name, info.model_uri, run.info.run_id, scores, {})
 
-    uri, run = log_tiny_model(2)
-    lifecycle.register_challenger("m", uri, run, metrics(0.38, 0.75), {})
-    decision = lifecycle.promote("m", gate, lower_is_better)
+
+@pytest.fixture(params=["mlflow", "memory"])
+def any_registry(request: pytest.FixtureRequest, tmp_path: Path) -> lifecycle.Lifecycle:
+    # The in-memory fake must keep the real registry's contract: the same scenario on both.
+    if request.param == "memory":
+        return InMemoryRegistry()
+    return lifecycle.Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri(),
+                              create=True)
+
+
+def test_register_promote_reject_and_roll_back(any_registry: lifecycle.Lifecycle) -> None:
+    reg, gate = any_registry, rules()
+    v1 = register_tiny(reg, "m", 1, metrics(0.40, 0.70))
+    assert reg.alias_version("m", lifecycle.CHALLENGER) == v1.version == "1"
+    assert reg.alias_version("m", lifecycle.CHAMPION) is None
+    assert reg.promote("m", gate, lower_is_better).passed
+    assert reg.alias_version("m", lifecycle.CHAMPION) == "1"
+
+    register_tiny(reg, "m", 2, metrics(0.38, 0.75))
+    decision = reg.promote("m", gate, lower_is_better)
     assert not decision.passed
-    assert lifecycle.alias_version("m", lifecycle.CHAMPION) == "1"
+    assert reg.alias_version("m", lifecycle.CHAMPION) == "1"
 
-    uri, run = log_tiny_model(3)
-    lifecycle.register_challenger("m", uri, run, metrics(0.42, 0.72), {})
-    assert lifecycle.promote("m", gate, lower_is_better).passed
-    assert lifecycle.alias_version("m", lifecycle.CHAMPION) == "3"
-    assert lifecycle.rollback("m") == "1"
-    assert lifecycle.alias_version("m", lifecycle.CHAMPION) == "1"
+    register_tiny(reg, "m", 3, metrics(0.42, 0.72))
+    assert reg.promote("m", gate, lower_is_better).passed
+    assert reg.alias_version("m", lifecycle.CHAMPION) == "3"
+    assert reg.rollback("m") == "1"
+    assert reg.alias_version("m", lifecycle.CHAMPION) == "1"
 
-    client = mlflow.MlflowClient()
-    tags2 = client.get_model_version("m", "2").tags
-    assert tags2["lifecycle.last"].startswith("rejected")
-    tags3 = client.get_model_version("m", "3").tags
+    assert reg.version_tags("m", "2")["lifecycle.last"].startswith("rejected")
+    tags3 = reg.version_tags("m", "3")
     assert tags3["lifecycle.last"].startswith("rolled_back")
     assert any(k.endswith(".promoted") for k in tags3)
     with pytest.raises(lifecycle.RegistryError, match="replaced no earlier champion"):
-        lifecycle.rollback("m")
+        reg.rollback("m")
 
 
-def test_load_by_alias_returns_a_native_booster(tracking: None) -> None:
-    uri, run = log_tiny_model(4)
-    lifecycle.register_challenger("m2", uri, run, metrics(0.4, 0.7), {})
-    loaded = lifecycle.load_by_alias("m2", lifecycle.CHALLENGER)
+def test_load_by_alias_returns_a_native_booster(any_registry: lifecycle.Lifecycle) -> None:
+    register_tiny(any_registry, "m2", 4, metrics(0.4, 0.7))
+    loaded = any_registry.load_by_alias("m2", lifecycle.CHALLENGER)  # type: ignore[attr-defined]
     assert isinstance(loaded.booster, lgb.Booster) and loaded.version == "1"
     with pytest.raises(lifecycle.RegistryError, match="train and promote first"):
-        lifecycle.load_by_alias("m2", lifecycle.CHAMPION)
+        any_registry.load_by_alias("m2", lifecycle.CHAMPION)  # type: ignore[attr-defined]
+
+
+def test_the_registry_leaves_mlflows_global_tracking_uri_alone(
+        registry: lifecycle.Registry) -> None:
+    from mlflow.tracking._tracking_service import utils
+
+    before = utils._tracking_uri
+    register_tiny(registry, "m", 1, metrics(0.4, 0.7))
+    registry.promote("m", rules(), lower_is_better)
+    registry.load_by_alias("m")
+    assert utils._tracking_uri == before  # training's run scoped it, and put it back
+
+
+def test_the_model_files_checksum_is_recorded_and_a_truncated_copy_refused(
+        registry: lifecycle.Registry, tmp_path: Path) -> None:
+    register_tiny(registry, "m", 5, metrics(0.4, 0.7))
+    stored = next((tmp_path / "art").rglob("model.lgb"))  # the artifact store's copy
+    tags = registry.version_tags("m", "1")
+    assert tags[lifecycle.SHA256_TAG] == lifecycle.file_sha256(stored)
+    assert registry.load_by_alias("m", lifecycle.CHALLENGER).sha256 == tags[lifecycle.SHA256_TAG]
+    # Half a model file: LightGBM would abort the process natively (exit 134) on it.
+    stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])
+    with pytest.raises(lifecycle.ModelChecksumMismatch, match="refusing to load it"):
+        registry.load_by_alias("m", lifecycle.CHALLENGER)
+    stored.write_bytes(b"")
+    with pytest.raises(lifecycle.ModelChecksumMismatch):
+        registry.load_by_alias("m", lifecycle.CHALLENGER)
+
+
+def test_a_missing_sqlite_database_is_refused_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "mlflow.db"
+    reader = lifecycle.Registry(f"sqlite:///{missing}")
+    for ask in (lambda: reader.alias_version("m", lifecycle.CHAMPION),
+                lambda: reader.load_by_alias("m"),
+                lambda: reader.promote("m", rules(), lower_is_better),
+                reader.require_database):
+        with pytest.raises(lifecycle.RegistryMissing, match=str(missing)):
+            ask()
+    assert not missing.exists() and not missing.parent.exists()
+    # training may create it
+    missing.parent.mkdir()
+    writer = lifecycle.Registry(f"sqlite:///{missing}", create=True)
+    assert writer.alias_version("m", lifecycle.CHAMPION) is None
+    assert missing.is_file()
+    assert reader.alias_version("m", lifecycle.CHAMPION) is None  # it exists now

@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 import uvicorn
 from conftest import ServedWorld
-from mlflow import MlflowClient
 
 from feastflow.online import RedisReader
 from feastflow.privacy import hash_user_id
@@ -140,8 +139,7 @@ def body(world: ServedWorld, user: str, location: str = "home", hours: float = 0
 
 def new_version(world: ServedWorld, alias: str) -> str:
     """Register the champion's model again as a new version and point `alias` at it."""
-    lifecycle.configure(world.settings.tracking_uri, world.settings.artifacts_uri, world.spec.name)
-    client = MlflowClient()
+    client = lifecycle.Registry(world.settings.tracking_uri).client
     name = world.spec.registered_model_name
     champion = client.get_model_version_by_alias(name, lifecycle.CHAMPION)
     created = client.create_model_version(name, champion.source, champion.run_id)
@@ -155,8 +153,8 @@ def new_version(world: ServedWorld, alias: str) -> str:
 
 def champion_version(world: ServedWorld) -> str:
     """The version the champion alias points at now."""
-    lifecycle.configure(world.settings.tracking_uri, world.settings.artifacts_uri, world.spec.name)
-    version = lifecycle.alias_version(world.spec.registered_model_name, lifecycle.CHAMPION)
+    registry = lifecycle.Registry(world.settings.tracking_uri)
+    version = registry.alias_version(world.spec.registered_model_name, lifecycle.CHAMPION)
     assert version is not None
     return version
 
@@ -167,7 +165,7 @@ def reset_aliases(served_world: ServedWorld) -> Iterator[None]:
     name = served_world.spec.registered_model_name
     before = champion_version(served_world)
     yield
-    client = MlflowClient()
+    client = lifecycle.Registry(served_world.settings.tracking_uri).client
     client.set_registered_model_alias(name, lifecycle.CHAMPION, before)
     with contextlib.suppress(Exception):
         client.delete_registered_model_alias(name, lifecycle.CHALLENGER)
@@ -177,8 +175,8 @@ def test_answers_are_the_rankers_and_name_the_model(served_world: ServedWorld) -
     settings = serving_settings(served_world)
     users = served_world.users(5)
     store = open_store(settings, served_world.spec.name)
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, served_world.spec.name)
-    model = lifecycle.load_by_alias(served_world.spec.registered_model_name)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    model = registry.load_by_alias(served_world.spec.registered_model_name)
     ranker = Ranker(served_world.spec, FeaturePlan.from_store(store, served_world.spec),
                     model.booster)
 

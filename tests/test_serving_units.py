@@ -20,6 +20,7 @@ from feastflow.errors import CircuitOpen
 from feastflow.online import OnlineStoreError, Row, ViewLayout
 from feastflow.scoring import Scored, ScoreRequest
 from feastflow.spec import DecisionSpec, load_spec
+from registry.memory import InMemoryRegistry
 from serving.metrics import ServingMetrics
 from serving.models import ModelHolder, ServedModel
 from serving.request_log import PredictionLog
@@ -404,7 +405,7 @@ def make_service(home: Path, reader: StubReader, **overrides: Any) -> Prediction
                                registry_poll_seconds=0, request_log_sample=0.0, **values)
     spec = load_spec(settings.use_case, settings.feature_repo)
     holder = ModelHolder(spec, None, {"champion": "champion", "challenger": "challenger"},  # type: ignore[arg-type]
-                         settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
+                         settings.models_dir, InMemoryRegistry())
     metrics = ServingMetrics()
     prediction_log = PredictionLog(settings.served_log_dir, 0.0, 5.0, on_drop=metrics.request_log_dropped)
     return PredictionService(settings, spec, holder, reader, metrics, prediction_log)
@@ -668,34 +669,22 @@ def test_the_circuit_open_error_names_the_last_store_error() -> None:
     asyncio.run(run())
 
 
-def test_registry_polls_point_mlflow_at_the_registry_once(service: PredictionService,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_registry_poll_asks_each_alias_and_nothing_else(service: PredictionService) -> None:
     # A poll runs on a thread and competes with the event loop for the GIL: it asks each alias's
-    # version and nothing else once MLflow is configured (configure queries the experiment).
-    from registry import lifecycle
-
-    calls: list[str] = []
-
-    def configure(*_: Any) -> str:
-        calls.append("configure")
-        if calls.count("configure") == 1:
-            raise ConnectionError("registry down")
-        return "0"
-
-    def alias_version(name: str, alias: str) -> str | None:
-        calls.append(alias)
-        return "7" if alias == "champion" else None  # no challenger alias
-
-    monkeypatch.setattr(lifecycle, "configure", configure)
-    monkeypatch.setattr(lifecycle, "alias_version", alias_version)
-    install_fake_model(service, "7")
+    # version and nothing else while the aliases do not move.
+    registry = InMemoryRegistry()
+    registry.aliases[service.spec.registered_model_name, "champion"] = "7"
     holder = service.holder
+    holder.registry = registry
+    install_fake_model(service, "7")
+    registry.down = True
     assert holder.check_registry() == []
-    assert holder.registry_error is not None and "registry down" in holder.registry_error
+    assert holder.registry_error is not None and "down" in holder.registry_error
+    registry.down = False
     for _ in range(3):
         assert holder.check_registry() == []  # the alias still points at the loaded version
     assert holder.registry_error is None
-    assert calls == ["configure", "configure", *["champion", "challenger"] * 3]
+    assert registry.calls == ["alias_version", *["alias_version"] * 2 * 3]
 
 
 # --- per-event use cases (classification, regression) -----------------------------------------
@@ -730,7 +719,7 @@ def make_event_service(home: Path, reader: StubReader, use_case: str = "credit_s
     if serving is not None:
         spec = spec.model_copy(update={"serving": spec.serving.model_copy(update=serving)})
     holder = ModelHolder(spec, None, {"champion": "champion", "challenger": "challenger"},  # type: ignore[arg-type]
-                         settings.models_dir, settings.tracking_uri, settings.artifacts_uri)
+                         settings.models_dir, InMemoryRegistry())
     metrics = ServingMetrics(use_case=use_case)
     prediction_log = PredictionLog(settings.served_dir(use_case), 0.0, 5.0,
                                    on_drop=metrics.request_log_dropped)

@@ -153,8 +153,8 @@ def test_the_server_answers_the_decision_with_the_scores_training_computes(
         assert answer["fallback"] is None and answer["known"] is True
         assert answer["decision"] == ("late" if answer["score"] >= 0.5 else "on_time")
     # the same requests through the training path: Feast's point-in-time join, then the model
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    booster: lgb.Booster = lifecycle.load_by_alias(spec.name, lifecycle.CHAMPION).booster
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    booster: lgb.Booster = registry.load_by_alias(spec.name, lifecycle.CHAMPION).booster
     requests = pd.DataFrame({
         REQUEST_ID: range(3), "delivery_id": ["x0", "x1", "x2"],
         "courier_id": [hash_user_id(c, SECRET) for c in couriers],
@@ -283,8 +283,9 @@ def three_use_cases(tmp_path_factory: pytest.TempPathFactory, redis_url: str
         compute_feature_tables(settings, spec)
         apply_repo(settings, name)
         trained = train_use_case(settings, spec, progress=lambda _: None)
-        lifecycle.promote(name, spec.gate_rules(), lower_is_better, trained.version)
-        assert lifecycle.alias_version(name, lifecycle.CHAMPION) == trained.version
+        registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+        registry.promote(name, spec.gate_rules(), lower_is_better, trained.version)
+        assert registry.alias_version(name, lifecycle.CHAMPION) == trained.version
         reports[name] = evaluate_alias(settings, spec, progress=lambda _: None)
         materialize(settings, name)
     return settings, reports

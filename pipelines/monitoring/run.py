@@ -88,9 +88,10 @@ def observe(settings: Settings, spec: ModelSpec, since: datetime | None = None,
                                  until)
     progress(f"{len(served):,} served requests logged between {window.start:%Y-%m-%d %H:%M} and "
              f"{window.end:%Y-%m-%d %H:%M}")
-    lifecycle.configure(settings.tracking_uri, settings.artifacts_uri, spec.name)
-    champion = lifecycle.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
-    reference, reference_predictions = load_reference(champion.run_id, champion.version)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    champion = registry.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+    reference, reference_predictions = load_reference(registry, champion.run_id,
+                                                      champion.version)
     reference_days = reference.pop(REFERENCE_DAY) if REFERENCE_DAY in reference else None
     return Observed(settings, spec, window, served, model_answers(served), champion, reference,
                     reference_days, reference_predictions,

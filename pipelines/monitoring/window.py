@@ -22,7 +22,7 @@ from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, MonitorSpec
 
 if TYPE_CHECKING:
-    from registry.lifecycle import LoadedModel
+    from registry.lifecycle import LoadedModel, Registry
 
 Progress = Callable[[str], None]
 
@@ -101,17 +101,15 @@ def served_inputs(records: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def load_reference(run_id: str, version: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_reference(registry: Registry, run_id: str, version: str
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The champion's training inputs sample and holdout top predictions (its MLflow run)."""
-    import mlflow.artifacts
-
     from pipelines.training import REFERENCE_DIR, REFERENCE_FEATURES, REFERENCE_PREDICTIONS
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            folder = Path(mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=REFERENCE_DIR, dst_path=tmp))
+            folder = registry.download_run_artifacts(run_id, REFERENCE_DIR, Path(tmp))
         except Exception as e:
             raise MonitorError(f"the champion v{version} has no monitoring reference in its run "
                                f"({e}); train it again with `feastflow train`") from e

@@ -88,6 +88,8 @@ async def readiness_details(uc: UseCaseState, budget_s: float
             reasons["model_not_warm"] = f"v{champion.version} has not scored yet (see the log)"
     if uc.holder.registry_error:
         reasons["registry_unreachable"] = f"registry: {uc.holder.registry_error}"
+    if uc.holder.model_error:  # a model copy failed its checksum: refused (details in the log)
+        reasons[uc.holder.model_error] = "a model copy was refused (see the log)"
     if not answered["online_store"]:
         reasons["online_store_unreachable"] = (f"online store did not answer a ping within "
                                                f"{budget_s} s: answering from fallbacks")
