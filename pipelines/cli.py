@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import click
 import typer
 import yaml
 from rich.console import Console
@@ -40,7 +39,7 @@ USER_ERRORS: Final = (FeastflowError, FileNotFoundError, ValueError, KeyError)
 class ReportedErrorsGroup(TyperGroup):
     """Every command's expected failures reported in one place: message, hint, exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # click in typer
         """Run the command; a user error becomes its message in red, its hint, and its exit code."""
         try:
             return super().invoke(ctx)

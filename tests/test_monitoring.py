@@ -226,7 +226,7 @@ def test_the_report_is_logged_to_mlflow_beside_the_champions_runs(drifted: LoopW
     from pipelines.monitoring.report import LAST_MONITORING_RUN_TAG, MONITORED_VERSION_TAG
 
     result = drifted.monitored
-    name = _registry(drifted)
+    name = drifted.spec.registered_model_name
     assert result.mlflow_run_id is not None
     client = MlflowClient(tracking_uri=drifted.settings.tracking_uri)
     run = client.get_run(result.mlflow_run_id)
@@ -239,7 +239,8 @@ def test_the_report_is_logged_to_mlflow_beside_the_champions_runs(drifted: LoopW
     assert run.data.metrics["alerts"] == len(result.alerts)
     logged = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"report.html", "summary.json", "metrics.prom"} <= logged
-    folder = Path(download_artifacts(run_id=result.mlflow_run_id, dst_path=str(tmp_path)))
+    folder = Path(download_artifacts(run_id=result.mlflow_run_id, dst_path=str(tmp_path),
+                                     tracking_uri=drifted.settings.tracking_uri))
     assert (folder / "report.html").read_bytes() == result.report.read_bytes()
     assert (folder / "summary.json").read_bytes() == result.summary_file.read_bytes()
     tags = client.get_model_version(name, version).tags
