@@ -43,6 +43,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float) -> None:
+    """SIGTERM (the child logs and flushes on it), then SIGKILL if it has not exited in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @contextlib.contextmanager
 def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0,
                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
@@ -67,11 +76,7 @@ def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0,
             time.sleep(0.25)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 10)
 
 
 @contextlib.contextmanager
@@ -85,11 +90,7 @@ def running_processor(settings: Settings, use_case: str) -> Iterator[None]:
     try:
         yield
     finally:
-        proc.terminate()  # SIGTERM: it logs and acknowledges what it read, then exits
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)  # on SIGTERM it logs and acknowledges what it read, then exits
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,10 +7,6 @@ envelope), and every shipped contract's largest valid event fits `max_event_byte
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,47 +15,17 @@ import httpx
 import orjson
 import pandas as pd
 import pytest
-import uvicorn
+from test_serving_integration import running
 
 from feastflow.events import largest_event_bytes, validate_events
 from feastflow.settings import FEATURE_REPO
 from feastflow.spec import load_spec, use_cases
 from feastflow.stream import open_event_stream
 from feature_repo.next_app.world import generate_events
-from serving.app import create_app
 from serving.settings import ServingSettings
 
 KEY = "limits-key"
 WIDE = "\U0001f600"  # 4 bytes in UTF-8: the widest character
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(settings: ServingSettings) -> Iterator[httpx.Client]:
-    """The app in uvicorn on a real port (a thread of this process); an httpx client to it."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                          headers={"x-api-key": KEY}) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +38,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Servin
 
 @pytest.fixture(scope="module")
 def client(settings: ServingSettings) -> Iterator[httpx.Client]:
-    with running(settings) as c:
+    with running(settings, start_timeout_s=120, timeout_s=120, headers={"x-api-key": KEY}) as c:
         yield c
 
 

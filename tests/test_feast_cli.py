@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from conftest import copy_feature_repo
 
 from feastflow.settings import Settings
 from feastflow.store import apply_repo, open_store
+from pipelines.demo import free_port
 
 FEAST = Path(sys.executable).parent / "feast"
 
@@ -40,11 +40,6 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Applied:
     return Applied(settings.feature_repo / "next_app", env, views)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_feast_cli_with_feastflow_home_sees_the_registry_feastflow_wrote(applied: Applied) -> None:
     assert applied.views
@@ -55,7 +50,7 @@ def test_feast_cli_with_feastflow_home_sees_the_registry_feastflow_wrote(applied
 
 
 def test_feast_ui_starts_and_answers_over_http(applied: Applied) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(FEAST), "ui", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=applied.folder, env=applied.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,17 +32,13 @@ from mlflow.types.schema import DataType
 
 from feastflow.ranking import model_matrix
 from feastflow.settings import Settings
+from pipelines.demo import free_port, stop_process
 from registry.lifecycle import CHAMPION, SHA256_TAG, Registry, file_sha256
 
 pytestmark = pytest.mark.redis
 
 KEY = "registry-key"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Any, what: str, proc: subprocess.Popen[bytes] | None = None,
@@ -77,11 +72,7 @@ def serve_child(settings: Settings, log: Path, **env: str) -> Iterator[tuple[str
                  f"the server (log {log})", proc)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
 
 
 def home_copy(world: ServedWorld, root: Path) -> Settings:
@@ -180,11 +171,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
                  f"mlflow server (log {log})", proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
 
 
 def test_the_server_loads_its_champion_from_an_mlflow_server_over_http(

@@ -19,7 +19,8 @@ import httpx
 import pytest
 from conftest import REDIS_TEST_URL
 from prometheus_client.parser import text_string_to_metric_families
-from test_serving_integration import free_port
+
+from pipelines.demo import free_port, stop_process
 
 pytestmark = pytest.mark.redis
 KEY = "http-key"
@@ -55,11 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
             time.sleep(0.25)
         yield url, port
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, 15)
 
 
 def connect(port: int, first: bytes = b"") -> socket.socket:

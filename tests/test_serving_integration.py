@@ -26,6 +26,7 @@ from feastflow.online import RedisReader
 from feastflow.privacy import hash_user_id
 from feastflow.scoring import FeaturePlan, Ranker, ScoreRequest
 from feastflow.store import open_store
+from pipelines.demo import free_port
 from pipelines.precompute import precompute
 from registry import lifecycle
 from serving.app import create_app
@@ -34,12 +35,6 @@ from serving.settings import ServingSettings
 pytestmark = pytest.mark.redis
 KEY = "test-admin-key"
 
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FaultProxy:
@@ -101,20 +96,22 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def running(settings: ServingSettings) -> Iterator[httpx.Client]:
+def running(settings: ServingSettings, start_timeout_s: float = 60, timeout_s: float = 10,
+            headers: dict[str, str] | None = None) -> Iterator[httpx.Client]:
     """The app in uvicorn on a real port (a thread of this process); an httpx client to it."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_timeout_s
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the server did not start")
         time.sleep(0.05)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s,
+                          headers=headers) as client:
             yield client
     finally:
         server.should_exit = True

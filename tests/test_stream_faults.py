@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -60,6 +59,7 @@ from feastflow.stream import (
     StreamUnavailable,
     open_event_stream,
 )
+from pipelines.demo import free_port
 from pipelines.features import compute_feature_tables
 from serving.app import create_app
 from serving.events import EventIntake
@@ -67,11 +67,6 @@ from serving.settings import ServingSettings
 
 BATCH_FEATURE = "user_app_usage_fv:opens_28d"  # a batch view: materialized, never pushed
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
