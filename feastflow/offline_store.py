@@ -216,11 +216,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 created_timestamp_column, start_date, end_date,
             )
         order = [timestamp_field, *([created_timestamp_column] if created_timestamp_column else [])]
-        rows = _pull_sql(config, data_source, [*join_key_columns, *feature_name_columns, *order],
-                         timestamp_field, start_date, end_date)
-        partition = f"PARTITION BY {_names(join_key_columns)} " if join_key_columns else ""
-        latest = ", ".join(f"{_q(c)} DESC NULLS LAST" for c in order)
-        query = f"{rows}\nQUALIFY row_number() OVER ({partition}ORDER BY {latest}) = 1"
+        query = latest_rows_sql(config, data_source, join_key_columns, feature_name_columns, order,
+                                (start_date, end_date))
         return AsofDuckDBRetrievalJob(functools.partial(_run_sql, query), query,
                                       repo_path=str(config.repo_path))
 
@@ -246,6 +243,18 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                           timestamp_field, start_date, end_date)
         return AsofDuckDBRetrievalJob(functools.partial(_run_sql, query), query,
                                       repo_path=str(config.repo_path))
+
+
+def latest_rows_sql(config: RepoConfig, data_source: DataSource, keys: list[str],
+                    features: list[str], order: list[str], window: tuple[datetime, datetime]
+                    ) -> str:
+    """DuckDB SQL of the latest row per entity key with its event time (order[0]) in the
+    window, of a local Parquet source: ranked by `order` (event time, then created time, nulls
+    last), as Feast ranks them."""
+    rows = _pull_sql(config, data_source, [*keys, *features, *order], order[0], *window)
+    partition = f"PARTITION BY {_names(keys)} " if keys else ""
+    latest = ", ".join(f"{_q(c)} DESC NULLS LAST" for c in order)
+    return f"{rows}\nQUALIFY row_number() OVER ({partition}ORDER BY {latest}) = 1"
 
 
 # --- reading sources --------------------------------------------------------------------------

@@ -696,14 +696,17 @@ class RedisOnlineWriter:
     # -- encoding --
 
     def encode(self, layout: WriteLayout, batch: pa.RecordBatch | pa.Table,
-               timestamp_column: str = EVENT_TIMESTAMP,
-               created_column: str | None = None) -> EncodedBatch:
-        """One batch as Redis commands: the newest row per key, its key, HSET and event time."""
+               timestamp_column: str = EVENT_TIMESTAMP, created_column: str | None = None,
+               unique_keys: bool = False) -> EncodedBatch:
+        """One batch as Redis commands: the newest row per key, its key, HSET and event time.
+
+        `unique_keys`: the caller guarantees one row per key (a materialization's latest rows).
+        """
         columns = _columns(batch, [*layout.join_keys, *layout.features, timestamp_column,
                                    *([created_column] if created_column else [])], layout.name)
         keys = encode_keys(layout, [columns[k] for k in layout.join_keys], self.project)
-        keep = _newest_per_key(keys, columns[timestamp_column],
-                               columns[created_column] if created_column else None)
+        keep = None if unique_keys else _newest_per_key(
+            keys, columns[timestamp_column], columns[created_column] if created_column else None)
         if keep is not None:
             picked = pa.array(keep)
             keys = keys.take(picked)
@@ -737,13 +740,13 @@ class RedisOnlineWriter:
     # -- writing --
 
     def write_batch(self, layout: WriteLayout, batch: pa.RecordBatch | pa.Table,
-                    timestamp_column: str = EVENT_TIMESTAMP,
-                    created_column: str | None = None) -> WriteResult:
+                    timestamp_column: str = EVENT_TIMESTAMP, created_column: str | None = None,
+                    unique_keys: bool = False) -> WriteResult:
         """Write one batch on this thread's connection: one pipelined round trip (atomic or
         skip_dedup), else two (the stored event times, then the newer rows)."""
         if batch.num_rows == 0:
             return WriteResult()
-        encoded = self.encode(layout, batch, timestamp_column, created_column)
+        encoded = self.encode(layout, batch, timestamp_column, created_column, unique_keys)
         connection = self._connection()
         if self.atomic and not self.skip_dedup:
             replies = self._send(connection, _payload(encoded.commands), len(encoded.keys))
@@ -791,31 +794,35 @@ class RedisOnlineWriter:
 
     def write(self, layout: WriteLayout,
               data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch | pa.Table],
-              timestamp_column: str = EVENT_TIMESTAMP,
-              created_column: str | None = None) -> WriteResult:
+              timestamp_column: str = EVENT_TIMESTAMP, created_column: str | None = None,
+              unique_keys: bool = False) -> WriteResult:
         """Write every row, `batch_rows` at a time, over `connections` connections in parallel.
 
         Rows are dealt to the connections by key, so the rows of one key are written in input
-        order, as one connection would. At most two batches per connection are in flight, so
-        an iterator of record batches streams through in bounded memory.
+        order, as one connection would (with `unique_keys`, one row per key in all the data,
+        whole batches go round the connections). At most two batches per connection are in
+        flight, so an iterator of record batches streams through in bounded memory.
         """
         batches = _slices(data, self.batch_rows)
         total = WriteResult()
         if self.connections == 1:
             for batch in batches:
-                total += self.write_batch(layout, batch, timestamp_column, created_column)
+                total += self.write_batch(layout, batch, timestamp_column, created_column,
+                                          unique_keys)
             return total
         lanes = self._lanes()
         pending: list[Future[WriteResult]] = []
         try:
-            for batch in batches:
-                for lane, part in zip(lanes, self._deal(layout, batch), strict=True):
+            for number, batch in enumerate(batches):
+                parts = ([(lanes[number % len(lanes)], batch)] if unique_keys
+                         else zip(lanes, self._deal(layout, batch), strict=True))
+                for lane, part in parts:
                     if part.num_rows == 0:
                         continue
                     if len(pending) >= 2 * len(lanes):
                         total += pending.pop(0).result()
                     pending.append(lane.submit(self.write_batch, layout, part, timestamp_column,
-                                               created_column))
+                                               created_column, unique_keys))
             while pending:
                 total += pending.pop(0).result()
         finally:

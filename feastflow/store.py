@@ -71,6 +71,8 @@ def repo_config(settings: Settings, use_case: str) -> RepoConfig:
         raw["online_store"]["connection_string"] = redis_connection_string(settings.redis_url)
     else:
         raw["online_store"]["path"] = str(feast_dir / "online.db")
+    if isinstance(raw.get("batch_engine"), dict) and "state_dir" in raw["batch_engine"]:
+        raw["batch_engine"]["state_dir"] = str(feast_dir / "materialized")
     return RepoConfig(repo_path=settings.feature_repo, **raw)
 
 

@@ -116,3 +116,12 @@ def served_world(tmp_path_factory: pytest.TempPathFactory) -> ServedWorld:
     build_champion(settings, spec, raw)
     at = pd.Timestamp(raw["timestamp"].max()).tz_convert("UTC").floor("h") + pd.Timedelta(hours=1)
     return ServedWorld(settings, spec, raw, at)
+
+
+def raw_events(spec: ModelSpec, settings: Settings, **world: int) -> pd.DataFrame:
+    """A use case's raw events: its generator's world (sized by `world`) or its loaded data set."""
+    from feastflow.plugins import use_case_function
+
+    if spec.generator is not None:
+        return use_case_function(spec, spec.generator.module, spec.generator.function)(**world)
+    return use_case_function(spec, spec.loader.module, spec.loader.function)(settings.data_dir)

@@ -57,6 +57,16 @@ def book_format_world(seed: int = 3) -> pd.DataFrame:
     return frame
 
 
+def write_book_world(data_dir: Path) -> pd.DataFrame:
+    """The small world written where the fraud loader reads the book's data under data_dir."""
+    world = book_format_world()
+    source = data_dir / "fraud_handbook_simulated" / "transactions.csv.gz"
+    source.parent.mkdir(parents=True)
+    world.assign(TX_DATETIME=world["TX_DATETIME"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_csv(
+        source, index=False)
+    return world
+
+
 def book_features(world: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     """The book's 15 inputs by brute force, straight from their definitions; a fraud counts
     from 7 days after its payment on (strictly: at exactly 7 days it is known only at the instant
@@ -95,11 +105,7 @@ def fraud_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, pd.
     from pipelines.ingest import ingest_frame
 
     root = tmp_path_factory.mktemp("fraud")
-    world = book_format_world()
-    source = root / "data" / "fraud_handbook_simulated" / "transactions.csv.gz"
-    source.parent.mkdir(parents=True)
-    world.assign(TX_DATETIME=world["TX_DATETIME"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_csv(
-        source, index=False)
+    world = write_book_world(root / "data")
     settings = Settings(home=root / "var", data_dir=root / "data", user_hash_secret=SECRET)
     spec = load_spec("fraud", settings.feature_repo)
     raw = use_case_function(spec, spec.loader.module, spec.loader.function)(settings.data_dir)

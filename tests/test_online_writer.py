@@ -159,33 +159,39 @@ FEATURES = [f.name for f in VIEW.features]
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
+# One row: keys that repeat, event times that tie, nulls, NaN and lists.
+ROW = st.fixed_dictionaries({
+    "user_id": st.sampled_from(["u1", "ü2", "", "a b"]),
+    "app_id": st.integers(-2, 2),
+    "share": st.one_of(st.none(), st.floats(allow_nan=True, width=64)),
+    "score": st.one_of(st.none(), st.floats(width=32)),
+    "opens": st.one_of(st.none(), st.integers(-(2**40), 2**40)),
+    "hour": st.one_of(st.none(), st.integers(0, 23)),
+    "last_app": st.one_of(st.none(), st.text(max_size=6)),
+    "charging": st.one_of(st.none(), st.booleans()),
+    "top_apps": st.one_of(st.none(), st.lists(st.text(max_size=3), max_size=3)),
+    "counts": st.lists(st.integers(-5, 5), max_size=3),
+    "event_timestamp": st.integers(0, 4).map(lambda h: T0 + timedelta(hours=h, microseconds=h)),
+    "created": st.integers(0, 3).map(lambda m: T0 + timedelta(minutes=m)),
+})
+
+
 def rows_strategy(min_size: int = 1) -> st.SearchStrategy[pd.DataFrame]:
-    """Rows with repeated keys, equal event times, nulls, NaN and lists."""
-    row = st.fixed_dictionaries({
-        "user_id": st.sampled_from(["u1", "ü2", "", "a b"]),
-        "app_id": st.integers(-2, 2),
-        "share": st.one_of(st.none(), st.floats(allow_nan=True, width=64)),
-        "score": st.one_of(st.none(), st.floats(width=32)),
-        "opens": st.one_of(st.none(), st.integers(-(2**40), 2**40)),
-        "hour": st.one_of(st.none(), st.integers(0, 23)),
-        "last_app": st.one_of(st.none(), st.text(max_size=6)),
-        "charging": st.one_of(st.none(), st.booleans()),
-        "top_apps": st.one_of(st.none(), st.lists(st.text(max_size=3), max_size=3)),
-        "counts": st.lists(st.integers(-5, 5), max_size=3),
-        "event_timestamp": st.integers(0, 4).map(lambda h: T0 + timedelta(hours=h, microseconds=h)),
-        "created": st.integers(0, 3).map(lambda m: T0 + timedelta(minutes=m)),
-    })
-    return st.lists(row, min_size=min_size, max_size=40).map(pd.DataFrame)
+    """Frames of up to 40 random rows."""
+    return st.lists(ROW, min_size=min_size, max_size=40).map(pd.DataFrame)
+
+
+SCHEMA = pa.schema([("user_id", pa.string()), ("app_id", pa.int64()), ("share", pa.float64()),
+                    ("score", pa.float32()), ("opens", pa.int64()), ("hour", pa.int32()),
+                    ("last_app", pa.string()), ("charging", pa.bool_()),
+                    ("top_apps", pa.list_(pa.string())), ("counts", pa.list_(pa.int64())),
+                    ("event_timestamp", pa.timestamp("us", tz="UTC")),
+                    ("created", pa.timestamp("us", tz="UTC"))])
 
 
 def arrow_rows(frame: pd.DataFrame) -> pa.Table:
-    schema = pa.schema([("user_id", pa.string()), ("app_id", pa.int64()), ("share", pa.float64()),
-                        ("score", pa.float32()), ("opens", pa.int64()), ("hour", pa.int32()),
-                        ("last_app", pa.string()), ("charging", pa.bool_()),
-                        ("top_apps", pa.list_(pa.string())), ("counts", pa.list_(pa.int64())),
-                        ("event_timestamp", pa.timestamp("us", tz="UTC")),
-                        ("created", pa.timestamp("us", tz="UTC"))])
-    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    """The frame with VIEW's column types."""
+    return pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
 
 
 def redis_config(project: str, redis_url: str, tmp: Path, **online: Any) -> RepoConfig:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REDIS_TEST_URL, copy_feature_repo
+from conftest import REDIS_TEST_URL, copy_feature_repo, raw_events
 from typer.testing import CliRunner
 
 from feastflow.plugins import use_case_function
@@ -273,12 +273,7 @@ def three_use_cases(tmp_path_factory: pytest.TempPathFactory, redis_url: str
     reports = {}
     for name in ("next_app", "credit_score", "taxi_eta"):
         spec = load_spec(name, repo)
-        if spec.generator is not None:
-            generate = use_case_function(spec, spec.generator.module, spec.generator.function)
-            raw = generate(users=20, days=35, seed=5)
-        else:
-            raw = use_case_function(spec, spec.loader.module, spec.loader.function)(
-                settings.data_dir)
+        raw = raw_events(spec, settings, users=20, days=35, seed=5)
         ingest_frame(raw, spec.event_log, settings.events_dir(name), SECRET)
         compute_feature_tables(settings, spec)
         apply_repo(settings, name)
