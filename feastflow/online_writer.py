@@ -613,6 +613,8 @@ def _command(*parts: bytes) -> bytes:
 
 
 def _raise_errors(replies: Sequence[Any]) -> None:
+    if hiredis.ReplyError not in set(map(type, replies)):  # one C pass over many replies
+        return
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):
             raise OnlineStoreError(f"Redis error: {reply}")
@@ -786,7 +788,8 @@ class RedisOnlineWriter:
     @staticmethod
     def _send(connection: _Connection, payload: memoryview, expected: int) -> list[Any]:
         replies = connection.send(payload, expected)
-        if any(_is_noscript(r) for r in replies):  # the script cache was flushed: load, resend
+        if hiredis.ReplyError in set(map(type, replies)) and any(
+                _is_noscript(r) for r in replies):  # the script cache was flushed: load, resend
             connection.send(_command(b"SCRIPT", b"LOAD", NEWER_WINS_LUA), 1)
             replies = connection.send(payload, expected)
         _raise_errors(replies)
