@@ -149,9 +149,14 @@ def run_engine(folder: Path, features: int, entities: int, redis_port: int, engi
                ) -> dict[str, float]:
     """One engine in a fresh interpreter, probed by reads; its last stdout line is its report."""
     with ReadProbe(redis_port, DATABASES[engine], features, entities) as probe:
+        options = [f"--option={k}={json.dumps(v)}" for k, v in ENGINES["ours"].items()  # type: ignore[union-attr]
+                   if k != "type"]
         out = subprocess.run([sys.executable, __file__, "--child", engine, "--data", str(folder),
-                              "--features", str(features), "--redis-port", str(redis_port)],
-                             check=True, capture_output=True, text=True)
+                              "--features", str(features), "--redis-port", str(redis_port),
+                              *options],
+                             capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the {engine} engine failed:\n{out.stderr[-3000:]}")
     report = json.loads(out.stdout.strip().splitlines()[-1])
     report["read_p99_ms"] = probe.p99_ms()
     return report
@@ -213,10 +218,15 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--ours-only", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
+                        help="an option of our engine, e.g. --option memory_limit='\"256MB\"'")
     parser.add_argument("--child", choices=sorted(ENGINES))
     parser.add_argument("--data", type=Path)
     parser.add_argument("--redis-port", type=int)
     args = parser.parse_args()
+    for option in args.option:
+        key, value = option.split("=", 1)
+        ENGINES["ours"][key] = json.loads(value)  # type: ignore[index]
     if args.child:
         print(json.dumps(run_child(args.data, args.features, args.redis_port, args.child)))
         return
