@@ -3,6 +3,7 @@ Feast push -> Redis, measuring each event's freshness through Feast's own online
 
     python bench/streaming.py [--rate 2000] [--duration 30] [--warmup 5] [--batch 100]
                               [--users 4000] [--work DIR]
+    python bench/streaming.py --rates 2000,3000,5000,8000 [--duration 15] ...
 
 Setup: a private redis-server on a free port; a Redis-profile home with a small generated history
 (ingest, features, apply: the Feast registry and push sources); `feastflow serve` (the API) and
@@ -27,6 +28,12 @@ client (no validation, no durable stream, no offline log: a subset of our path),
 
 Prints one JSON object: {"events_per_s", "freshness_p50_ms", "freshness_p99_ms", "lost",
 "double_applied", "ours": {...}, "feast_push": {...}, "send_to_visible_p99_ratio": feast / ours}.
+
+`--rates` sweeps ours alone (no peer) through the rates, one after the other on the same server
+and processor (each rate its own users and event ids), and prints one JSON line per rate,
+{"rate", "events_per_s", "freshness_p50_ms", "freshness_p99_ms", "post_p50_ms", "post_p99_ms",
+"lost", "double_applied", "sustained"}, then {"highest_sustained_rate", "rates"}: sustained means
+at least 95 % of the offered rate achieved, freshness p99 <= 1 s and nothing lost or doubled.
 """
 
 from __future__ import annotations
@@ -187,11 +194,11 @@ def feast_push_request(events: list[dict[str, Any]], hashed_of: dict[str, str]
     return "/push", {"push_source_name": push_source, "df": df, "to": "online"}, 200
 
 
-async def drive(url: str, args: argparse.Namespace, tracker: Tracker, prefix: str,
+async def drive(url: str, args: argparse.Namespace, rate: float, tracker: Tracker, prefix: str,
                 request: Any, hashed_of: dict[str, str], headers: dict[str, str]
                 ) -> dict[str, Any]:
     """Post `batch` events every batch/rate seconds for warmup + duration seconds."""
-    interval = args.batch / args.rate
+    interval = args.batch / rate
     total_posts = int((args.warmup + args.duration) / interval)
     warm_posts = int(args.warmup / interval)
     next_n: dict[int, int] = defaultdict(int)
@@ -250,17 +257,19 @@ async def drive(url: str, args: argparse.Namespace, tracker: Tracker, prefix: st
 
 
 def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str, request: Any,
-             headers: dict[str, str]) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
+             headers: dict[str, str], rate: float | None = None
+             ) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
     """Drive one server and poll Feast until every acknowledged event is visible (or 30 s)."""
+    rate = rate or args.rate
     tracker = Tracker()
     hashed_of = {raw_user(prefix, u): hash_user_id(raw_user(prefix, u), SECRET)
                  for u in range(args.users)}
     stop = threading.Event()
     poller = threading.Thread(target=poll, args=(settings, tracker, hashed_of, stop), daemon=True)
     poller.start()
-    log(f"{prefix}: driving {args.rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
-    load = asyncio.run(drive(url, args, tracker, prefix, request, hashed_of, headers))
-    deadline = time.monotonic() + 30
+    log(f"{prefix}: driving {rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
+    load = asyncio.run(drive(url, args, rate, tracker, prefix, request, hashed_of, headers))
+    deadline = time.monotonic() + max(30.0, args.duration)  # an overloaded rate drains late
     while tracker.lost() and time.monotonic() < deadline:
         time.sleep(0.1)
     stop.set()
@@ -283,8 +292,8 @@ def figures(tracker: Tracker, load: dict[str, Any]) -> dict[str, Any]:
             "measured_events": len(tracker.freshness_ms), "accepted": tracker.accepted}
 
 
-def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[str, str]
-                        ) -> dict[str, int]:
+def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[str, str],
+                        prefix: str = "ours") -> dict[str, int]:
     """Each event once in the processor's states and once in the offline event log."""
     import duckdb
     import redis
@@ -295,7 +304,7 @@ def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[st
     glob = sql_string(events_glob(settings.events_dir("next_app")))
     rows, distinct = duckdb.connect().execute(
         f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet({glob}, "
-        "hive_partitioning = false) WHERE event_id LIKE 'ours-%'").fetchone()
+        f"hive_partitioning = false) WHERE event_id LIKE '{prefix}-%'").fetchone()
     states = RedisStateStore(redis.Redis.from_url(settings.redis_url), "next_app").get(
         hashed_of[u] for u in tracker.sent_per_user)
     applied = {u: states[hashed_of[u]].applied for u in tracker.sent_per_user}
@@ -307,9 +316,32 @@ def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[st
     }
 
 
+def ours_result(settings: Settings, tracker: Tracker, load: dict[str, Any],
+                hashed_of: dict[str, str], lost: int, prefix: str) -> dict[str, Any]:
+    """Figures and checks of one of our runs (after the processor's graceful stop)."""
+    checks = check_log_and_state(settings, tracker, hashed_of, prefix)
+    return {**figures(tracker, load),
+            # the worst sink: never visible online, missing from the states, or from the log
+            "lost": max(lost, checks["missing_in_state"], checks["missing_in_log"]),
+            "double_applied": max(checks["double_applied"], checks["double_logged"]),
+            **load, **checks}
+
+
+def sweep_line(rate: float, ours: dict[str, Any]) -> dict[str, Any]:
+    """One rate of a sweep: achieved rate, freshness, POST latency, and whether it held."""
+    p99 = ours["freshness_p99_ms"]
+    sustained = (ours["events_per_s"] >= 0.95 * rate and p99 is not None and p99 <= 1000
+                 and not ours["lost"] and not ours["double_applied"])
+    return {"rate": rate, **{k: ours[k] for k in (
+        "events_per_s", "freshness_p50_ms", "freshness_p99_ms", "post_p50_ms", "post_p99_ms",
+        "lost", "double_applied", "failures", "late_posts")}, "sustained": sustained}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="events per second")
+    parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")],
+                        default=None, help="sweep these rates (comma-separated), ours only")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=100, help="events per POST")
@@ -317,7 +349,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the run (default: temp)")
     args = parser.parse_args()
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_streaming_"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="bench_streaming_"))).resolve()
     if work.exists() and any(work.iterdir()):
         # a previous run's Redis dump would hold its event ids: every event a duplicate
         if not (work / MARKER).exists():
@@ -352,17 +384,25 @@ def main() -> None:
                 raise RuntimeError(f"the server did not start:\n{server.tail()}")
             time.sleep(0.2)
 
-        tracker, load, hashed_of = run_load(url, args, settings, "ours", ours_request,
-                                            {"x-api-key": API_KEY})
-        lost = tracker.lost()
+        runs = []
+        for rate in args.rates or [args.rate]:
+            prefix = f"ours{rate:.0f}" if args.rates else "ours"
+            tracker, load, hashed_of = run_load(url, args, settings, prefix, ours_request,
+                                                {"x-api-key": API_KEY}, rate)
+            runs.append((rate, prefix, tracker, load, hashed_of, tracker.lost()))
         server.stop()
         processor.stop(timeout_s=60)  # SIGTERM: it logs and acknowledges what it holds
-        checks = check_log_and_state(settings, tracker, hashed_of)
-        ours = {**figures(tracker, load),
-                # the worst sink: never visible online, missing from the states, or from the log
-                "lost": max(lost, checks["missing_in_state"], checks["missing_in_log"]),
-                "double_applied": max(checks["double_applied"], checks["double_logged"]),
-                **load, **checks}
+        results = [(rate, ours_result(settings, tracker, load, hashed_of, lost, prefix))
+                   for rate, prefix, tracker, load, hashed_of, lost in runs]
+        if args.rates:
+            lines = [sweep_line(rate, ours) for rate, ours in results]
+            for line in lines:
+                print(json.dumps(line))
+            held = [line["rate"] for line in lines if line["sustained"]]
+            print(json.dumps({"highest_sustained_rate": max(held, default=None),
+                              "rates": [line["rate"] for line in lines]}))
+            return
+        ours = results[0][1]
 
         feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work, "next_app")
         processes.append(feast_process)
