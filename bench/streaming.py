@@ -12,8 +12,9 @@ Setup: a private redis-server on a free port; a Redis-profile home with a small 
 Load: an open-loop generator posts --batch events every batch/rate seconds (never waiting for
 answers; at most 32 posts in flight), spread over --users simulated users; each user's events are
 one second apart in event time, so `user_last_app_fv:last_unlock_unix` says which of them is
-applied. A poller reads that feature with `FeatureStore.get_online_features` for every user with
-events outstanding, back to back; an event's freshness is the end of the first read that shows it
+applied. A poller, in a process of its own (its reads held the generator's GIL: POST latencies
+measured the bench), reads that feature with `FeatureStore.get_online_features` for every user
+with events outstanding, back to back; an event's freshness is the end of the first read that shows it
 minus the moment its POST was acknowledged (202); `send_to_visible` counts from the moment the
 client sent it (the fair figure against Feast's push, which answers only after writing). Events
 of the --warmup seconds count for the checks, not for the figures.
@@ -42,6 +43,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
+import queue
 import shutil
 import sys
 import tempfile
@@ -150,15 +153,44 @@ class Tracker:
         with self.lock:
             return sum(len(q) for q in self.outstanding.values())
 
+    def __getstate__(self) -> dict[str, Any]:  # sent back from the poller's process
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
 
-def poll(settings: Settings, tracker: Tracker, hashed_of: dict[str, str], stop: threading.Event
-         ) -> None:
-    """Read the feature through Feast for every user with events outstanding, back to back."""
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
+
+def poll(home: str, redis_url: str, hashed_of: dict[str, str], acks: Any, results: Any,
+         drain_seconds: float) -> None:
+    """In a process of its own (the generator's event loop must not wait for this one's reads):
+    take the acknowledgements from `acks`, read the feature through Feast for every user with
+    events outstanding, back to back; after the None that ends the load, until all are seen or
+    `drain_seconds` passed; then send the tracker back on `results`. Both processes time with
+    CLOCK_MONOTONIC, one clock for the machine."""
     from feastflow.store import open_store
 
+    settings = Settings(home=Path(home), profile="redis", redis_url=redis_url,
+                        user_hash_secret=SECRET)
     store = open_store(settings, "next_app")
+    store.get_online_features([FEATURE], [{"user_id": "warm-up"}])
+    tracker = Tracker()
     raw_of = {h: r for r, h in hashed_of.items()}
-    while not stop.is_set():
+    results.put("ready")
+    ended_at = None
+    while True:
+        while True:
+            try:
+                ack = acks.get_nowait()
+            except queue.Empty:
+                break
+            if ack is None:
+                ended_at = time.monotonic()
+            else:
+                tracker.acknowledged(*ack)
+        if ended_at is not None and (not tracker.lost()
+                                     or time.monotonic() - ended_at > drain_seconds):
+            break
         users = tracker.users()
         if not users:
             time.sleep(0.005)
@@ -168,6 +200,7 @@ def poll(settings: Settings, tracker: Tracker, hashed_of: dict[str, str], stop: 
         at = time.monotonic()
         tracker.seen({raw_of[h]: v for h, v in zip(values["user_id"], values["last_unlock_unix"],
                                                    strict=True)}, at)
+    results.put(tracker)
 
 
 def ours_request(events: list[dict[str, Any]], hashed_of: dict[str, str]
@@ -194,7 +227,7 @@ def feast_push_request(events: list[dict[str, Any]], hashed_of: dict[str, str]
     return "/push", {"push_source_name": push_source, "df": df, "to": "online"}, 200
 
 
-async def drive(url: str, args: argparse.Namespace, rate: float, tracker: Tracker, prefix: str,
+async def drive(url: str, args: argparse.Namespace, rate: float, acks: Any, prefix: str,
                 request: Any, hashed_of: dict[str, str], headers: dict[str, str]
                 ) -> dict[str, Any]:
     """Post `batch` events every batch/rate seconds for warmup + duration seconds."""
@@ -227,8 +260,8 @@ async def drive(url: str, args: argparse.Namespace, rate: float, tracker: Tracke
                     failures.append(f"{response.status_code}: {response.text[:200]}")
                     return
                 latencies.append((done - started) * 1000)
-                tracker.acknowledged([(e["user_id"], BASE_UNIX + int(e["event_id"].rsplit("-", 1)[1]))
-                                      for e in body], started, done, counted)
+                acks.put(([(e["user_id"], BASE_UNIX + int(e["event_id"].rsplit("-", 1)[1]))
+                           for e in body], started, done, counted))
 
         tasks = []
         start = time.monotonic()
@@ -261,19 +294,21 @@ def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str
              ) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
     """Drive one server and poll Feast until every acknowledged event is visible (or 30 s)."""
     rate = rate or args.rate
-    tracker = Tracker()
     hashed_of = {raw_user(prefix, u): hash_user_id(raw_user(prefix, u), SECRET)
                  for u in range(args.users)}
-    stop = threading.Event()
-    poller = threading.Thread(target=poll, args=(settings, tracker, hashed_of, stop), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    acks, results = spawn.Queue(), spawn.Queue()
+    drain_seconds = max(30.0, args.duration)  # an overloaded rate drains late
+    poller = spawn.Process(target=poll, args=(str(settings.home), settings.redis_url, hashed_of,
+                                              acks, results, drain_seconds), daemon=True)
     poller.start()
+    if results.get(timeout=300) != "ready":
+        raise RuntimeError("the poller did not start")
     log(f"{prefix}: driving {rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
-    load = asyncio.run(drive(url, args, rate, tracker, prefix, request, hashed_of, headers))
-    deadline = time.monotonic() + max(30.0, args.duration)  # an overloaded rate drains late
-    while tracker.lost() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    poller.join(10)
+    load = asyncio.run(drive(url, args, rate, acks, prefix, request, hashed_of, headers))
+    acks.put(None)
+    tracker: Tracker = results.get(timeout=drain_seconds + 120)
+    poller.join(30)
     return tracker, load, hashed_of
 
 
