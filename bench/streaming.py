@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import queue
 import shutil
 import sys
@@ -289,8 +290,23 @@ async def drive(url: str, args: argparse.Namespace, rate: float, acks: Any, pref
             "post_p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
+def cpu_seconds(process: Process) -> float:
+    """User + system CPU seconds of every live process in the child's process group (the
+    server's workers included), from /proc."""
+    if process.proc is None:
+        return 0.0
+    group, total = process.proc.pid, 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == group:  # pgrp
+                total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str, request: Any,
-             headers: dict[str, str], rate: float | None = None
+             headers: dict[str, str], rate: float | None = None,
+             processes: dict[str, Process] | None = None
              ) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
     """Drive one server and poll Feast until every acknowledged event is visible (or 30 s)."""
     rate = rate or args.rate
@@ -305,10 +321,15 @@ def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str
     if results.get(timeout=300) != "ready":
         raise RuntimeError("the poller did not start")
     log(f"{prefix}: driving {rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
+    processes = processes or {}
+    cpu_before = {name: cpu_seconds(p) for name, p in processes.items()}
     load = asyncio.run(drive(url, args, rate, acks, prefix, request, hashed_of, headers))
     acks.put(None)
     tracker: Tracker = results.get(timeout=drain_seconds + 120)
     poller.join(30)
+    for name, process in processes.items():  # CPU per event, whatever else loads the machine
+        used = cpu_seconds(process) - cpu_before[name]
+        load[f"{name}_cpu_us_per_event"] = round(used / max(tracker.accepted, 1) * 1e6, 1)
     return tracker, load, hashed_of
 
 
@@ -369,7 +390,8 @@ def sweep_line(rate: float, ours: dict[str, Any]) -> dict[str, Any]:
                  and not ours["lost"] and not ours["double_applied"])
     return {"rate": rate, **{k: ours[k] for k in (
         "events_per_s", "freshness_p50_ms", "freshness_p99_ms", "post_p50_ms", "post_p99_ms",
-        "lost", "double_applied", "failures", "late_posts")}, "sustained": sustained}
+        "lost", "double_applied", "failures", "late_posts", "server_cpu_us_per_event",
+        "processor_cpu_us_per_event")}, "sustained": sustained}
 
 
 def main() -> None:
@@ -423,7 +445,8 @@ def main() -> None:
         for rate in args.rates or [args.rate]:
             prefix = f"ours{rate:.0f}" if args.rates else "ours"
             tracker, load, hashed_of = run_load(url, args, settings, prefix, ours_request,
-                                                {"x-api-key": API_KEY}, rate)
+                                                {"x-api-key": API_KEY}, rate,
+                                                {"server": server, "processor": processor})
             runs.append((rate, prefix, tracker, load, hashed_of, tracker.lost()))
         server.stop()
         processor.stop(timeout_s=60)  # SIGTERM: it logs and acknowledges what it holds
@@ -442,7 +465,7 @@ def main() -> None:
         feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work, "next_app")
         processes.append(feast_process)
         feast_tracker, feast_load, _ = run_load(feast_url, args, settings, "feast", feast_push_request,
-                                                {})
+                                                {}, processes={"server": feast_process})
         feast_process.stop()
         peer = {**figures(feast_tracker, feast_load), "lost": feast_tracker.lost(), **feast_load}
         print(json.dumps({

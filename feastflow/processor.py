@@ -44,7 +44,7 @@ from redis.backoff import EqualJitterBackoff
 from feastflow.errors import InputError
 from feastflow.event_log import existing_event_ids, has_events, read_events, write_partitions
 from feastflow.events import decode_events
-from feastflow.realtime import EntityState, RealtimeFeatures
+from feastflow.realtime import EntityState, RealtimeFeatures, Row
 from feastflow.realtime_online import FeastRowWriter, RedisRowWriter, RowWriter, Tables
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
@@ -53,7 +53,7 @@ from feastflow.stream import EventStream, StreamEntry, open_event_stream
 
 log = logging.getLogger(__name__)
 
-WriteOnline = Callable[[Tables], object]  # {push source: rows}, in order -> written online
+WriteOnline = Callable[[Tables], object]  # {real-time table: rows}, in order -> written online
 SEEDED_MARKER = "_processor_seeded"  # beside the log: a processor seeded states from it once
 RESTORE_ROWS = 10_000  # rows per online write when the states' rows are written again
 
@@ -246,12 +246,14 @@ class StreamProcessor:
         if events is None:
             return
         rt = self.realtime
-        for table, rows in rt.batch_tables(events).items():
-            keys = [rt.entity_key] if table == rt.entity_table else [rt.entity_key, rt.item_key]
-            latest = rows.sort_values("event_timestamp", kind="stable").drop_duplicates(
-                keys, keep="last")
-            for start in range(0, len(latest), RESTORE_ROWS):
-                self.write_online({rt.push_sources[table]: latest.iloc[start:start + RESTORE_ROWS]})
+        latest: dict[tuple[str, str, str], Row] = {}
+        for row in rt.batch_rows(events):  # per key in time order: the last is the newest
+            latest[(row.table, row.values[rt.entity_key], row.values.get(rt.item_key, ""))] = row
+        rows = list(latest.values())
+        for start in range(0, len(rows), RESTORE_ROWS):
+            chunk = rows[start:start + RESTORE_ROWS]
+            self.write_online({table: [r for r in chunk if r.table == table]
+                               for table in rt.push_sources})
         log.warning("stream processor: pushed the latest real-time rows of %d entities again",
                     events[rt.entity_key].nunique())
 
@@ -396,8 +398,10 @@ class StreamProcessor:
                 self.stats.applied += 1
             else:
                 self.stats.redelivered += 1
-        self.write_online({rt.push_sources[table]: table_frame  # one call, tables in order
-                           for table, table_frame in rt.frames(rows).items() if len(table_frame)})
+        by_table: Tables = {table: [] for table in rt.push_sources}  # entity table last
+        for row in rows:
+            by_table[row.table].append(row)
+        self.write_online(by_table)  # one call for the batch
         self.states.put(states)
         self.stats.rows_pushed += len(rows)
         self.stats.batches += 1
@@ -512,15 +516,16 @@ class BackgroundProcessor:
             self._thread.join(timeout_s)
 
 
-def online_rows_writer(settings: Settings, store: FeatureStore) -> RowWriter:
+def online_rows_writer(settings: Settings, realtime: RealtimeFeatures, store: FeatureStore
+                       ) -> RowWriter:
     """The shared Redis writer (one pipelined round trip per batch) where the online store is
     one Redis server; Feast's own online write elsewhere (SQLite, Redis Cluster or Sentinel)."""
     if settings.profile == "redis":
         try:
-            return RedisRowWriter.for_store(store, settings.redis_url)
+            return RedisRowWriter.for_store(realtime, store, settings.redis_url)
         except InputError as e:
             log.info("stream processor: writing online through Feast (%s)", e)
-    return FeastRowWriter(store)
+    return FeastRowWriter(realtime, store)
 
 
 def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | None = None,
@@ -529,7 +534,8 @@ def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | N
     from feast.data_source import PushSource
 
     store = open_store(settings, spec.name)
-    rows_writer = online_rows_writer(settings, store)
+    realtime = RealtimeFeatures(spec)
+    rows_writer = online_rows_writer(settings, realtime, store)
 
     def restore_batch_views() -> None:
         # Feast's materialize over all time: the latest row of every key of each batch view (the
@@ -548,7 +554,7 @@ def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | N
         states = (RedisStateStore(redis.Redis.from_url(settings.redis_url), spec.name)
                   if settings.profile == "redis" else MemoryStateStore())
     redis_profile = settings.profile == "redis"
-    return StreamProcessor(RealtimeFeatures(spec), stream, states, rows_writer.write,
+    return StreamProcessor(realtime, stream, states, rows_writer.write,
                            settings.events_dir(spec.name),
                            batch_events=settings.stream_batch_events,
                            block_ms=settings.stream_block_ms,

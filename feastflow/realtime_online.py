@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import pandas as pd
-import pyarrow as pa
 import redis
 from feast import FeatureStore
 from feast.data_source import PushSource
@@ -31,15 +29,17 @@ from feast.errors import PushSourceNotFoundException
 
 from feastflow.errors import InputError, OnlineStoreError
 from feastflow.online_writer import NEWER_WINS_LUA, RedisOnlineWriter, WriteLayout
+from feastflow.realtime import RealtimeFeatures, Row
 
-Tables = dict[str, pd.DataFrame]  # push source -> its rows, written in the dict's order
+Tables = dict[str, list[Row]]  # real-time table -> its rows, written in the dict's order
 
 
 class RowWriter(Protocol):
     """Writes a micro-batch's rows of every real-time table online."""
 
     def write(self, tables: Tables) -> int:
-        """Write the rows (push source -> frame) in order; return the rows offered."""
+        """Write the rows of each table to the views its push source feeds, tables in order;
+        return the rows offered."""
         ...
 
 
@@ -82,10 +82,12 @@ class PushRoutes:
 class RedisRowWriter:
     """Every table of a batch in one pipelined round trip, encoded by the shared writer."""
 
-    def __init__(self, writer: RedisOnlineWriter, routes: PushRoutes, client: redis.Redis) -> None:
+    def __init__(self, realtime: RealtimeFeatures, writer: RedisOnlineWriter, routes: PushRoutes,
+                 client: redis.Redis) -> None:
         if not writer.atomic and not writer.skip_dedup:
             raise InputError("the stream processor needs the atomic newer-wins writer: another "
                              "writer (a materialization) may land between two round trips")
+        self.realtime = realtime
         self.writer = writer
         self.routes = routes
         self.client = client
@@ -94,26 +96,27 @@ class RedisRowWriter:
         self._layouts_of_read = -1  # the routes' read the layouts were computed from
 
     @classmethod
-    def for_store(cls, store: FeatureStore, redis_url: str) -> RedisRowWriter:
+    def for_store(cls, realtime: RealtimeFeatures, store: FeatureStore, redis_url: str
+                  ) -> RedisRowWriter:
         """From the store's Redis config (InputError for Cluster, Sentinel or another store)."""
         writer = RedisOnlineWriter.from_repo_config(store.config, atomic=True)
-        return cls(writer, PushRoutes(store), redis.Redis.from_url(
+        return cls(realtime, writer, PushRoutes(store), redis.Redis.from_url(
             redis_url, socket_timeout=30, socket_connect_timeout=5))
 
     def write(self, tables: Tables) -> int:
         """One round trip for all tables; Feast's newer-wins decides row by row in Redis."""
         payloads: list[bytes] = []
         expected = offered = 0
-        for source, frame in tables.items():
-            if not len(frame):
+        for table_name, rows in tables.items():
+            if not rows:
                 continue
-            views, _ = self.routes.route(source)
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            views, _ = self.routes.route(self.realtime.push_sources[table_name])
+            table = self.realtime.rows_table(rows, table_name)
             for view in views:
                 encoded = self.writer.encode(self._layout(view), table)
                 payloads += encoded.commands.to_pylist()
                 expected += len(encoded.commands) * encoded.replies_per_row
-            offered += len(frame)
+            offered += len(rows)
         if payloads:
             replies = self._send(b"".join(payloads), expected)
             if self.writer.atomic and not self.writer.skip_dedup:
@@ -167,7 +170,8 @@ class RedisRowWriter:
 class FeastRowWriter:
     """Feast's `write_to_online_store` per view, the push routing cached per registry TTL."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, realtime: RealtimeFeatures, store: FeatureStore) -> None:
+        self.realtime = realtime
         self.store = store
         self.routes = PushRoutes(store)
 
@@ -175,13 +179,14 @@ class FeastRowWriter:
         """Write each table's rows to the views its push source feeds; then precompute the
         feature services that ask for it (as `FeatureStore.push` does)."""
         offered = 0
-        for source, frame in tables.items():
-            if not len(frame):
+        for table_name, rows in tables.items():
+            if not rows:
                 continue
-            views, services = self.routes.route(source)
+            views, services = self.routes.route(self.realtime.push_sources[table_name])
+            frame = self.realtime.rows_frame(rows, table_name)
             for view in views:
                 self.store.write_to_online_store(view.name, frame, allow_registry_cache=True)
             for service in services:
                 self.store.precompute_feature_service(service)
-            offered += len(frame)
+            offered += len(rows)
         return offered

@@ -16,7 +16,7 @@ from test_streaming import SECRET, StreamWorld, as_payload, drain, make_world
 
 from feastflow.privacy import hash_user_id
 from feastflow.processor import MemoryStateStore, StreamProcessor
-from feastflow.realtime import RealtimeFeatures
+from feastflow.realtime import RealtimeFeatures, Row
 from feastflow.realtime_online import FeastRowWriter, PushRoutes, RedisRowWriter, Tables
 from feastflow.settings import Settings
 from feastflow.store import open_store
@@ -62,13 +62,16 @@ def pushed_hashes(url: str) -> dict[bytes, dict[bytes, bytes]]:
 def test_processor_rows_equal_feast_push_byte_for_byte_and_through_feast(
         world: StreamWorld, tmp_path: Path) -> None:
     ours_store = open_store(world.settings, "next_app")
-    writer = RedisRowWriter.for_store(ours_store, world.settings.redis_url)
+    rt = RealtimeFeatures(world.spec)
+    writer = RedisRowWriter.for_store(rt, ours_store, world.settings.redis_url)
     theirs = feast_settings(world)
     feast_store = open_store(theirs, "next_app")
 
     def feast_push(tables: Tables) -> None:
-        for source, rows in tables.items():
-            feast_store.push(source, rows, to=PushMode.ONLINE)
+        for table, rows in tables.items():
+            if rows:
+                feast_store.push(rt.push_sources[table], rt.rows_frame(rows, table),
+                                 to=PushMode.ONLINE)
 
     ours = run_processor(world, tmp_path / "ours", writer.write)
     run_processor(world, tmp_path / "feast", feast_push)
@@ -98,16 +101,15 @@ def test_processor_rows_equal_feast_push_byte_for_byte_and_through_feast(
 
 def test_a_batch_sent_again_or_an_older_row_changes_nothing(world: StreamWorld) -> None:
     store = open_store(world.settings, "next_app")
-    writer = RedisRowWriter.for_store(store, world.settings.redis_url)
+    rt = RealtimeFeatures(world.spec)
+    writer = RedisRowWriter.for_store(rt, store, world.settings.redis_url)
     user = hash_user_id("newer-wins-user", SECRET)
     at = pd.Timestamp("2026-03-01T10:00:00Z")
-    rt = RealtimeFeatures(world.spec)
 
     def row(app: str, stamp: pd.Timestamp) -> Tables:
         values = {"user_id": user, "last_app": app, "last_unlock_unix": int(stamp.timestamp()),
-                  "recent_apps": [app], "unlocks_5m": 1, "unlocks_1h": 1, "distinct_apps_1h": 1,
-                  "event_timestamp": stamp, "created_timestamp": stamp}
-        return {rt.push_sources[rt.entity_table]: pd.DataFrame([values])}
+                  "recent_apps": [app], "unlocks_5m": 1, "unlocks_1h": 1, "distinct_apps_1h": 1}
+        return {rt.entity_table: [Row(rt.entity_table, stamp.value // 1000, values)]}
 
     def last_app() -> str:
         return store.get_online_features(["user_last_app_fv:last_app"],
@@ -148,12 +150,14 @@ def test_feasts_own_writer_path_writes_what_push_writes(world: StreamWorld) -> N
     rt = RealtimeFeatures(world.spec)
     history = world.history.assign(user_id=world.history["user_id"].map(
         lambda u: hash_user_id(u, SECRET)))
-    tables = {rt.push_sources[t]: rows for t, rows in rt.batch_tables(history).items()}
-    writer = FeastRowWriter(store)
+    tables: Tables = {t: [] for t in rt.push_sources}
+    for row in rt.batch_rows(history):
+        tables[row.table].append(row)
+    writer = FeastRowWriter(rt, store)
     assert writer.write(tables) == sum(len(rows) for rows in tables.values())
     ours = pushed_hashes(theirs.redis_url)
     redis.Redis.from_url(theirs.redis_url).flushdb()
-    for source, rows in tables.items():
-        store.push(source, rows, to=PushMode.ONLINE)
+    for table, frame in rt.batch_tables(history).items():
+        store.push(rt.push_sources[table], frame, to=PushMode.ONLINE)
     assert ours and ours == pushed_hashes(theirs.redis_url)
     assert writer.routes.reads == 1
