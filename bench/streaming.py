@@ -29,6 +29,10 @@ client (no validation, no durable stream, no offline log: a subset of our path),
 
 Prints one JSON object: {"events_per_s", "freshness_p50_ms", "freshness_p99_ms", "lost",
 "double_applied", "ours": {...}, "feast_push": {...}, "send_to_visible_p99_ratio": feast / ours}.
+Each side also reports the CPU its processes spent per event accepted (`server_cpu_us_per_event`,
+`processor_cpu_us_per_event`, `redis_cpu_us_per_event`: user + system time from /proc, over the
+load and its drain; Redis's includes the poller's reads), which a loaded machine stretches far
+less than it stretches latencies.
 
 `--rates` sweeps ours alone (no peer) through the rates, one after the other on the same server
 and processor (each rate its own users and event ids), and prints one JSON line per rate,
@@ -391,7 +395,7 @@ def sweep_line(rate: float, ours: dict[str, Any]) -> dict[str, Any]:
     return {"rate": rate, **{k: ours[k] for k in (
         "events_per_s", "freshness_p50_ms", "freshness_p99_ms", "post_p50_ms", "post_p99_ms",
         "lost", "double_applied", "failures", "late_posts", "server_cpu_us_per_event",
-        "processor_cpu_us_per_event")}, "sustained": sustained}
+        "processor_cpu_us_per_event", "redis_cpu_us_per_event")}, "sustained": sustained}
 
 
 def main() -> None:
@@ -446,7 +450,8 @@ def main() -> None:
             prefix = f"ours{rate:.0f}" if args.rates else "ours"
             tracker, load, hashed_of = run_load(url, args, settings, prefix, ours_request,
                                                 {"x-api-key": API_KEY}, rate,
-                                                {"server": server, "processor": processor})
+                                                {"server": server, "processor": processor,
+                                                 "redis": redis_server.process})
             runs.append((rate, prefix, tracker, load, hashed_of, tracker.lost()))
         server.stop()
         processor.stop(timeout_s=60)  # SIGTERM: it logs and acknowledges what it holds
@@ -465,7 +470,8 @@ def main() -> None:
         feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work, "next_app")
         processes.append(feast_process)
         feast_tracker, feast_load, _ = run_load(feast_url, args, settings, "feast", feast_push_request,
-                                                {}, processes={"server": feast_process})
+                                                {}, processes={"server": feast_process,
+                                                               "redis": redis_server.process})
         feast_process.stop()
         peer = {**figures(feast_tracker, feast_load), "lost": feast_tracker.lost(), **feast_load}
         print(json.dumps({
