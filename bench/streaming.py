@@ -3,6 +3,7 @@ Feast push -> Redis, measuring each event's freshness through Feast's own online
 
     python bench/streaming.py [--rate 2000] [--duration 30] [--warmup 5] [--batch 100]
                               [--users 4000] [--work DIR]
+    python bench/streaming.py --rates 2000,3000,5000,8000 [--duration 15] ...
 
 Setup: a private redis-server on a free port; a Redis-profile home with a small generated history
 (ingest, features, apply: the Feast registry and push sources); `feastflow serve` (the API) and
@@ -11,8 +12,9 @@ Setup: a private redis-server on a free port; a Redis-profile home with a small 
 Load: an open-loop generator posts --batch events every batch/rate seconds (never waiting for
 answers; at most 32 posts in flight), spread over --users simulated users; each user's events are
 one second apart in event time, so `user_last_app_fv:last_unlock_unix` says which of them is
-applied. A poller reads that feature with `FeatureStore.get_online_features` for every user with
-events outstanding, back to back; an event's freshness is the end of the first read that shows it
+applied. A poller, in a process of its own (its reads held the generator's GIL: POST latencies
+measured the bench), reads that feature with `FeatureStore.get_online_features` for every user
+with events outstanding, back to back; an event's freshness is the end of the first read that shows it
 minus the moment its POST was acknowledged (202); `send_to_visible` counts from the moment the
 client sent it (the fair figure against Feast's push, which answers only after writing). Events
 of the --warmup seconds count for the checks, not for the figures.
@@ -27,6 +29,16 @@ client (no validation, no durable stream, no offline log: a subset of our path),
 
 Prints one JSON object: {"events_per_s", "freshness_p50_ms", "freshness_p99_ms", "lost",
 "double_applied", "ours": {...}, "feast_push": {...}, "send_to_visible_p99_ratio": feast / ours}.
+Each side also reports the CPU its processes spent per event accepted (`server_cpu_us_per_event`,
+`processor_cpu_us_per_event`, `redis_cpu_us_per_event`: user + system time from /proc, over the
+load and its drain; Redis's includes the poller's reads), which a loaded machine stretches far
+less than it stretches latencies.
+
+`--rates` sweeps ours alone (no peer) through the rates, one after the other on the same server
+and processor (each rate its own users and event ids), and prints one JSON line per rate,
+{"rate", "events_per_s", "freshness_p50_ms", "freshness_p99_ms", "post_p50_ms", "post_p99_ms",
+"lost", "double_applied", "sustained"}, then {"highest_sustained_rate", "rates"}: sustained means
+at least 95 % of the offered rate achieved, freshness p99 <= 1 s and nothing lost or doubled.
 """
 
 from __future__ import annotations
@@ -35,6 +47,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
+import os
+import queue
 import shutil
 import sys
 import tempfile
@@ -143,15 +158,44 @@ class Tracker:
         with self.lock:
             return sum(len(q) for q in self.outstanding.values())
 
+    def __getstate__(self) -> dict[str, Any]:  # sent back from the poller's process
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
 
-def poll(settings: Settings, tracker: Tracker, hashed_of: dict[str, str], stop: threading.Event
-         ) -> None:
-    """Read the feature through Feast for every user with events outstanding, back to back."""
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
+
+def poll(home: str, redis_url: str, hashed_of: dict[str, str], acks: Any, results: Any,
+         drain_seconds: float) -> None:
+    """In a process of its own (the generator's event loop must not wait for this one's reads):
+    take the acknowledgements from `acks`, read the feature through Feast for every user with
+    events outstanding, back to back; after the None that ends the load, until all are seen or
+    `drain_seconds` passed; then send the tracker back on `results`. Both processes time with
+    CLOCK_MONOTONIC, one clock for the machine."""
     from feastflow.store import open_store
 
+    settings = Settings(home=Path(home), profile="redis", redis_url=redis_url,
+                        user_hash_secret=SECRET)
     store = open_store(settings, "next_app")
+    store.get_online_features([FEATURE], [{"user_id": "warm-up"}])
+    tracker = Tracker()
     raw_of = {h: r for r, h in hashed_of.items()}
-    while not stop.is_set():
+    results.put("ready")
+    ended_at = None
+    while True:
+        while True:
+            try:
+                ack = acks.get_nowait()
+            except queue.Empty:
+                break
+            if ack is None:
+                ended_at = time.monotonic()
+            else:
+                tracker.acknowledged(*ack)
+        if ended_at is not None and (not tracker.lost()
+                                     or time.monotonic() - ended_at > drain_seconds):
+            break
         users = tracker.users()
         if not users:
             time.sleep(0.005)
@@ -161,6 +205,7 @@ def poll(settings: Settings, tracker: Tracker, hashed_of: dict[str, str], stop: 
         at = time.monotonic()
         tracker.seen({raw_of[h]: v for h, v in zip(values["user_id"], values["last_unlock_unix"],
                                                    strict=True)}, at)
+    results.put(tracker)
 
 
 def ours_request(events: list[dict[str, Any]], hashed_of: dict[str, str]
@@ -187,11 +232,11 @@ def feast_push_request(events: list[dict[str, Any]], hashed_of: dict[str, str]
     return "/push", {"push_source_name": push_source, "df": df, "to": "online"}, 200
 
 
-async def drive(url: str, args: argparse.Namespace, tracker: Tracker, prefix: str,
+async def drive(url: str, args: argparse.Namespace, rate: float, acks: Any, prefix: str,
                 request: Any, hashed_of: dict[str, str], headers: dict[str, str]
                 ) -> dict[str, Any]:
     """Post `batch` events every batch/rate seconds for warmup + duration seconds."""
-    interval = args.batch / args.rate
+    interval = args.batch / rate
     total_posts = int((args.warmup + args.duration) / interval)
     warm_posts = int(args.warmup / interval)
     next_n: dict[int, int] = defaultdict(int)
@@ -220,8 +265,8 @@ async def drive(url: str, args: argparse.Namespace, tracker: Tracker, prefix: st
                     failures.append(f"{response.status_code}: {response.text[:200]}")
                     return
                 latencies.append((done - started) * 1000)
-                tracker.acknowledged([(e["user_id"], BASE_UNIX + int(e["event_id"].rsplit("-", 1)[1]))
-                                      for e in body], started, done, counted)
+                acks.put(([(e["user_id"], BASE_UNIX + int(e["event_id"].rsplit("-", 1)[1]))
+                           for e in body], started, done, counted))
 
         tasks = []
         start = time.monotonic()
@@ -249,22 +294,46 @@ async def drive(url: str, args: argparse.Namespace, tracker: Tracker, prefix: st
             "post_p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
+def cpu_seconds(process: Process) -> float:
+    """User + system CPU seconds of every live process in the child's process group (the
+    server's workers included), from /proc."""
+    if process.proc is None:
+        return 0.0
+    group, total = process.proc.pid, 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == group:  # pgrp
+                total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str, request: Any,
-             headers: dict[str, str]) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
+             headers: dict[str, str], rate: float | None = None,
+             processes: dict[str, Process] | None = None
+             ) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
     """Drive one server and poll Feast until every acknowledged event is visible (or 30 s)."""
-    tracker = Tracker()
+    rate = rate or args.rate
     hashed_of = {raw_user(prefix, u): hash_user_id(raw_user(prefix, u), SECRET)
                  for u in range(args.users)}
-    stop = threading.Event()
-    poller = threading.Thread(target=poll, args=(settings, tracker, hashed_of, stop), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    acks, results = spawn.Queue(), spawn.Queue()
+    drain_seconds = max(30.0, args.duration)  # an overloaded rate drains late
+    poller = spawn.Process(target=poll, args=(str(settings.home), settings.redis_url, hashed_of,
+                                              acks, results, drain_seconds), daemon=True)
     poller.start()
-    log(f"{prefix}: driving {args.rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
-    load = asyncio.run(drive(url, args, tracker, prefix, request, hashed_of, headers))
-    deadline = time.monotonic() + 30
-    while tracker.lost() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    poller.join(10)
+    if results.get(timeout=300) != "ready":
+        raise RuntimeError("the poller did not start")
+    log(f"{prefix}: driving {rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
+    processes = processes or {}
+    cpu_before = {name: cpu_seconds(p) for name, p in processes.items()}
+    load = asyncio.run(drive(url, args, rate, acks, prefix, request, hashed_of, headers))
+    acks.put(None)
+    tracker: Tracker = results.get(timeout=drain_seconds + 120)
+    poller.join(30)
+    for name, process in processes.items():  # CPU per event, whatever else loads the machine
+        used = cpu_seconds(process) - cpu_before[name]
+        load[f"{name}_cpu_us_per_event"] = round(used / max(tracker.accepted, 1) * 1e6, 1)
     return tracker, load, hashed_of
 
 
@@ -283,8 +352,8 @@ def figures(tracker: Tracker, load: dict[str, Any]) -> dict[str, Any]:
             "measured_events": len(tracker.freshness_ms), "accepted": tracker.accepted}
 
 
-def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[str, str]
-                        ) -> dict[str, int]:
+def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[str, str],
+                        prefix: str = "ours") -> dict[str, int]:
     """Each event once in the processor's states and once in the offline event log."""
     import duckdb
     import redis
@@ -295,7 +364,7 @@ def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[st
     glob = sql_string(events_glob(settings.events_dir("next_app")))
     rows, distinct = duckdb.connect().execute(
         f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet({glob}, "
-        "hive_partitioning = false) WHERE event_id LIKE 'ours-%'").fetchone()
+        f"hive_partitioning = false) WHERE event_id LIKE '{prefix}-%'").fetchone()
     states = RedisStateStore(redis.Redis.from_url(settings.redis_url), "next_app").get(
         hashed_of[u] for u in tracker.sent_per_user)
     applied = {u: states[hashed_of[u]].applied for u in tracker.sent_per_user}
@@ -307,9 +376,33 @@ def check_log_and_state(settings: Settings, tracker: Tracker, hashed_of: dict[st
     }
 
 
+def ours_result(settings: Settings, tracker: Tracker, load: dict[str, Any],
+                hashed_of: dict[str, str], lost: int, prefix: str) -> dict[str, Any]:
+    """Figures and checks of one of our runs (after the processor's graceful stop)."""
+    checks = check_log_and_state(settings, tracker, hashed_of, prefix)
+    return {**figures(tracker, load),
+            # the worst sink: never visible online, missing from the states, or from the log
+            "lost": max(lost, checks["missing_in_state"], checks["missing_in_log"]),
+            "double_applied": max(checks["double_applied"], checks["double_logged"]),
+            **load, **checks}
+
+
+def sweep_line(rate: float, ours: dict[str, Any]) -> dict[str, Any]:
+    """One rate of a sweep: achieved rate, freshness, POST latency, and whether it held."""
+    p99 = ours["freshness_p99_ms"]
+    sustained = (ours["events_per_s"] >= 0.95 * rate and p99 is not None and p99 <= 1000
+                 and not ours["lost"] and not ours["double_applied"])
+    return {"rate": rate, **{k: ours[k] for k in (
+        "events_per_s", "freshness_p50_ms", "freshness_p99_ms", "post_p50_ms", "post_p99_ms",
+        "lost", "double_applied", "failures", "late_posts", "server_cpu_us_per_event",
+        "processor_cpu_us_per_event", "redis_cpu_us_per_event")}, "sustained": sustained}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="events per second")
+    parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")],
+                        default=None, help="sweep these rates (comma-separated), ours only")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=100, help="events per POST")
@@ -317,7 +410,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the run (default: temp)")
     args = parser.parse_args()
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_streaming_"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="bench_streaming_"))).resolve()
     if work.exists() and any(work.iterdir()):
         # a previous run's Redis dump would hold its event ids: every event a duplicate
         if not (work / MARKER).exists():
@@ -352,22 +445,33 @@ def main() -> None:
                 raise RuntimeError(f"the server did not start:\n{server.tail()}")
             time.sleep(0.2)
 
-        tracker, load, hashed_of = run_load(url, args, settings, "ours", ours_request,
-                                            {"x-api-key": API_KEY})
-        lost = tracker.lost()
+        runs = []
+        for rate in args.rates or [args.rate]:
+            prefix = f"ours{rate:.0f}" if args.rates else "ours"
+            tracker, load, hashed_of = run_load(url, args, settings, prefix, ours_request,
+                                                {"x-api-key": API_KEY}, rate,
+                                                {"server": server, "processor": processor,
+                                                 "redis": redis_server.process})
+            runs.append((rate, prefix, tracker, load, hashed_of, tracker.lost()))
         server.stop()
         processor.stop(timeout_s=60)  # SIGTERM: it logs and acknowledges what it holds
-        checks = check_log_and_state(settings, tracker, hashed_of)
-        ours = {**figures(tracker, load),
-                # the worst sink: never visible online, missing from the states, or from the log
-                "lost": max(lost, checks["missing_in_state"], checks["missing_in_log"]),
-                "double_applied": max(checks["double_applied"], checks["double_logged"]),
-                **load, **checks}
+        results = [(rate, ours_result(settings, tracker, load, hashed_of, lost, prefix))
+                   for rate, prefix, tracker, load, hashed_of, lost in runs]
+        if args.rates:
+            lines = [sweep_line(rate, ours) for rate, ours in results]
+            for line in lines:
+                print(json.dumps(line))
+            held = [line["rate"] for line in lines if line["sustained"]]
+            print(json.dumps({"highest_sustained_rate": max(held, default=None),
+                              "rates": [line["rate"] for line in lines]}))
+            return
+        ours = results[0][1]
 
         feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work, "next_app")
         processes.append(feast_process)
         feast_tracker, feast_load, _ = run_load(feast_url, args, settings, "feast", feast_push_request,
-                                                {})
+                                                {}, processes={"server": feast_process,
+                                                               "redis": redis_server.process})
         feast_process.stop()
         peer = {**figures(feast_tracker, feast_load), "lost": feast_tracker.lost(), **feast_load}
         print(json.dumps({

@@ -3,9 +3,11 @@ event log. `feastflow stream` runs it (Redis profile); the embedded server runs 
 which is why it lives in the core package and not in pipelines/.
 
 Per batch read from the stream: fold each event into its user's state with the use case's
-real-time functions (the ones the batch tables use), push the changed rows through Feast's push
-sources, save the states. Every `log_flush_seconds`, on a thread of its own: append the events
-to the Parquet event log (all-or-nothing) and only then acknowledge them.
+real-time functions (the ones the batch tables use), write the changed rows online to the views
+the use case's push sources feed (`feastflow/realtime_online.py`: on Redis, every table of the
+batch in one pipelined round trip with the shared writer's encoding), save the states. Every
+`log_flush_seconds`, on a thread of its own: append the events to the Parquet event log
+(all-or-nothing) and only then acknowledge them.
 
 At-least-once delivery, exactly-once effect: an entry acknowledged is in the log; an entry not
 acknowledged is re-read after a crash. States remember the last stream position applied per user,
@@ -36,11 +38,14 @@ from typing import Protocol
 
 import pandas as pd
 import redis
+from feast import FeatureStore
 from redis.backoff import EqualJitterBackoff
 
+from feastflow.errors import InputError
 from feastflow.event_log import existing_event_ids, has_events, read_events, write_partitions
 from feastflow.events import decode_events
-from feastflow.realtime import EntityState, RealtimeFeatures
+from feastflow.realtime import EntityState, RealtimeFeatures, Row
+from feastflow.realtime_online import FeastRowWriter, RedisRowWriter, RowWriter, Tables
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 from feastflow.store import open_store
@@ -48,8 +53,9 @@ from feastflow.stream import EventStream, StreamEntry, open_event_stream
 
 log = logging.getLogger(__name__)
 
-Push = Callable[[str, pd.DataFrame], None]  # (push source, rows) -> written online
+WriteOnline = Callable[[Tables], object]  # {real-time table: rows}, in order -> written online
 SEEDED_MARKER = "_processor_seeded"  # beside the log: a processor seeded states from it once
+RESTORE_ROWS = 10_000  # rows per online write when the states' rows are written again
 
 
 class StatesLost(RuntimeError):
@@ -159,14 +165,14 @@ class StreamProcessor:
     """Reads the stream, updates real-time features online, appends events to the offline log."""
 
     def __init__(self, realtime: RealtimeFeatures, stream: EventStream, states: StateStore,
-                 push: Push, events_dir: Path, batch_events: int = 2000, block_ms: int = 50,
+                 write_online: WriteOnline, events_dir: Path, batch_events: int = 2000, block_ms: int = 50,
                  log_flush_seconds: float = 2.0, retry_seconds: float = 0.2,
                  retry_max_seconds: float = 10.0, reset_check_seconds: float = 1.0,
                  restore_online: Callable[[], None] | None = None) -> None:
         self.realtime = realtime
         self.stream = stream
         self.states = states
-        self.push = push
+        self.write_online = write_online
         self.events_dir = events_dir
         self.batch_events = batch_events
         self.block_ms = block_ms
@@ -240,12 +246,14 @@ class StreamProcessor:
         if events is None:
             return
         rt = self.realtime
-        for table, rows in rt.batch_tables(events).items():
-            keys = [rt.entity_key] if table == rt.entity_table else [rt.entity_key, rt.item_key]
-            latest = rows.sort_values("event_timestamp", kind="stable").drop_duplicates(
-                keys, keep="last")
-            if len(latest):
-                self.push(rt.push_sources[table], latest)
+        latest: dict[tuple[str, str, str], Row] = {}
+        for row in rt.batch_rows(events):  # per key in time order: the last is the newest
+            latest[(row.table, row.values[rt.entity_key], row.values.get(rt.item_key, ""))] = row
+        rows = list(latest.values())
+        for start in range(0, len(rows), RESTORE_ROWS):
+            chunk = rows[start:start + RESTORE_ROWS]
+            self.write_online({table: [r for r in chunk if r.table == table]
+                               for table in rt.push_sources})
         log.warning("stream processor: pushed the latest real-time rows of %d entities again",
                     events[rt.entity_key].nunique())
 
@@ -390,9 +398,10 @@ class StreamProcessor:
                 self.stats.applied += 1
             else:
                 self.stats.redelivered += 1
-        for table, table_frame in rt.frames(rows).items():
-            if len(table_frame):
-                self.push(rt.push_sources[table], table_frame)
+        by_table: Tables = {table: [] for table in rt.push_sources}  # entity table last
+        for row in rows:
+            by_table[row.table].append(row)
+        self.write_online(by_table)  # one call for the batch
         self.states.put(states)
         self.stats.rows_pushed += len(rows)
         self.stats.batches += 1
@@ -507,15 +516,26 @@ class BackgroundProcessor:
             self._thread.join(timeout_s)
 
 
+def online_rows_writer(settings: Settings, realtime: RealtimeFeatures, store: FeatureStore
+                       ) -> RowWriter:
+    """The shared Redis writer (one pipelined round trip per batch) where the online store is
+    one Redis server; Feast's own online write elsewhere (SQLite, Redis Cluster or Sentinel)."""
+    if settings.profile == "redis":
+        try:
+            return RedisRowWriter.for_store(realtime, store, settings.redis_url)
+        except InputError as e:
+            log.info("stream processor: writing online through Feast (%s)", e)
+    return FeastRowWriter(realtime, store)
+
+
 def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | None = None,
                     states: StateStore | None = None) -> StreamProcessor:
     """A processor for the settings' profile: Redis stream and states, or in-process ones."""
-    from feast.data_source import PushMode, PushSource
+    from feast.data_source import PushSource
 
     store = open_store(settings, spec.name)
-
-    def push(source: str, rows: pd.DataFrame) -> None:
-        store.push(source, rows, to=PushMode.ONLINE)
+    realtime = RealtimeFeatures(spec)
+    rows_writer = online_rows_writer(settings, realtime, store)
 
     def restore_batch_views() -> None:
         # Feast's materialize over all time: the latest row of every key of each batch view (the
@@ -534,7 +554,7 @@ def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | N
         states = (RedisStateStore(redis.Redis.from_url(settings.redis_url), spec.name)
                   if settings.profile == "redis" else MemoryStateStore())
     redis_profile = settings.profile == "redis"
-    return StreamProcessor(RealtimeFeatures(spec), stream, states, push,
+    return StreamProcessor(realtime, stream, states, rows_writer.write,
                            settings.events_dir(spec.name),
                            batch_events=settings.stream_batch_events,
                            block_ms=settings.stream_block_ms,

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from feastflow.plugins import use_case_module
 from feastflow.spec import ModelSpec, RealtimeSpec
@@ -128,7 +129,11 @@ class RealtimeFeatures:
 
     def batch_tables(self, events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Fold the whole event log (entity, item, event_id, timestamp) through `apply`."""
-        return self.frames(self._fold(events)[0])
+        return self.frames(self.batch_rows(events))
+
+    def batch_rows(self, events: pd.DataFrame) -> list[Row]:
+        """The rows of `batch_tables`, in fold order (per key, oldest first)."""
+        return self._fold(events)[0]
 
     def frames(self, rows: Iterable[Row]) -> dict[str, pd.DataFrame]:
         """Rows grouped into one frame per table (every table, empty when it has no row)."""
@@ -170,6 +175,15 @@ class RealtimeFeatures:
         frame["event_timestamp"] = stamps
         frame["created_timestamp"] = stamps
         return frame
+
+    def rows_table(self, rows: Iterable[Row], table: str) -> pa.Table:
+        """Rows of one table as Arrow, the columns and types `rows_frame` gives Feast, without
+        pandas (the stream processor's online write: no frame per batch)."""
+        rows = list(rows)
+        columns = {name: pa.array([r.values[name] for r in rows])
+                   for name in self._columns(table)}
+        stamps = pa.array([r.unix_us for r in rows], pa.timestamp("us", tz="UTC"))
+        return pa.table({**columns, "event_timestamp": stamps, "created_timestamp": stamps})
 
     def _columns(self, table: str) -> list[str]:
         probe = [(0, "", "")]

@@ -323,7 +323,7 @@ def bare_processor(stream: RedisEventStream, events_dir: Path, **kwargs: Any) ->
     """A processor on a real Redis stream whose online store is a no-op (only retries matter)."""
     spec = load_spec("next_app", FEATURE_REPO)
     return StreamProcessor(RealtimeFeatures(spec), stream, MemoryStateStore(),
-                           lambda source, rows: None, events_dir, **kwargs)
+                           lambda tables: None, events_dir, **kwargs)
 
 
 def test_the_retry_delay_backs_off_exponentially_with_jitter(tmp_path: Path) -> None:
@@ -377,7 +377,7 @@ def test_a_processor_that_cannot_restore_the_batch_views_says_so_and_goes_on(
     client = redis.Redis.from_url(redis_server.base + "/0")
     processor = StreamProcessor(
         RealtimeFeatures(spec), RedisEventStream(redis_server.base + "/0", "s"),
-        RedisStateStore(client, spec.name), lambda source, rows: None, events_dir,
+        RedisStateStore(client, spec.name), lambda tables: None, events_dir,
         restore_online=restore)
     caplog.set_level(logging.INFO, logger="feastflow.processor")
     processor.seed_from_log()
@@ -395,7 +395,7 @@ def test_the_embedded_stream_dead_letters_too(tmp_path: Path) -> None:
     stream.append([("m-bad", b"[1, 2")])
     assert intake.submit([good_event("m-2")]).accepted == 1
     processor = StreamProcessor(RealtimeFeatures(spec), stream, MemoryStateStore(),
-                                lambda source, rows: None, tmp_path / "events")
+                                lambda tables: None, tmp_path / "events")
     drain(processor)
     assert processor.stats.applied == 2 and processor.stats.dead_letters == 1
     [dead] = stream.dead_letters
