@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feastflow.redis_config import RedisConfig, RedisType, parse_redis
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 DEV_HASH_SECRET = "feastflow-dev-secret-change-me"
@@ -40,6 +42,13 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="Root of all generated state.")
     profile: Literal["embedded", "redis"] = "embedded"
     redis_url: str = Field(default="redis://localhost:6379/0", validation_alias="REDIS_URL")
+    # The Redis online store beyond one server, in the terms of Feast's RedisOnlineStoreConfig
+    # (see feastflow/redis_config.py); TLS and ACL credentials may also come in REDIS_URL.
+    redis_type: RedisType = "redis"
+    redis_sentinel_master: str = "mymaster"
+    redis_ssl_ca_certs: Path | None = Field(default=None, description="CA bundle for rediss://")
+    redis_ssl_certfile: Path | None = Field(default=None, description="client certificate")
+    redis_ssl_keyfile: Path | None = Field(default=None, description="client certificate's key")
     user_hash_secret: str = DEV_HASH_SECRET
     feature_repo: Path = FEATURE_REPO
     use_case: str = Field(default=DEFAULT_USE_CASE, description="the use case of a CLI command "
@@ -89,9 +98,24 @@ class Settings(BaseSettings):
         }
         if self.mlflow_tracking_uri:
             env["FEASTFLOW_MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        env["FEASTFLOW_REDIS_TYPE"] = self.redis_type
+        env["FEASTFLOW_REDIS_SENTINEL_MASTER"] = self.redis_sentinel_master
+        for name in ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile"):
+            if getattr(self, name):
+                env[f"FEASTFLOW_{name.upper()}"] = str(getattr(self, name))
         if self.api_key:
             env["FEASTFLOW_API_KEY"] = self.api_key
         return env
+
+    @property
+    def online_redis(self) -> bool:
+        """Whether the profile's online store is Redis."""
+        return self.profile == "redis"
+
+    def redis(self) -> RedisConfig:
+        """The Redis online store's connection: REDIS_URL, its type and certificate files."""
+        return parse_redis(self.redis_url, self.redis_type, self.redis_sentinel_master).with_files(
+            self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
 
     def events_dir(self, use_case: str) -> Path:
         """A use case's raw event log: Parquet partitioned by date and hour."""
