@@ -19,7 +19,8 @@ from feast.repo_config import RepoConfig
 from feastflow.redis_config import parse_redis
 from feastflow.settings import Settings
 
-PROFILE_YAML = {"embedded": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+PROFILE_YAML = {"embedded": "feature_store.yaml", "redis": "feature_store.redis.yaml",
+                "production": "feature_store.production.yaml"}
 
 
 def feature_table_source(definitions_file: str, table: str) -> FileSource:
@@ -56,7 +57,7 @@ def repo_config(settings: Settings, use_case: str) -> RepoConfig:
     feast_dir = settings.feast_dir
     feast_dir.mkdir(parents=True, exist_ok=True)
     raw["project"] = use_case
-    raw["registry"]["path"] = f"sqlite:///{feast_dir / 'registry.db'}"
+    raw["registry"]["path"] = settings.feast_registry_path
     if settings.online_redis:
         redis = settings.redis()
         raw["online_store"]["connection_string"] = redis.feast_connection_string()
