@@ -53,7 +53,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float) -> None:
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0,
+def running_server(settings: Settings, use_case: str, timeout_s: float = 240.0,
                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `feastflow serve` in a child process; yield its base URL once /healthz has a model."""
     port = free_port()
