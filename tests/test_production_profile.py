@@ -22,6 +22,7 @@ from feastflow.postgres import drop_databases, ensure_databases, feast_registry_
 from feastflow.settings import Settings
 from feastflow.spec import load_spec
 from feature_repo.next_app.world import generate_events
+from pipelines.demo import free_port
 from registry import lifecycle
 from serving.settings import ServingSettings
 
@@ -95,3 +96,15 @@ def test_production_profile_applies_trains_registers_and_serves(postgres_url: st
     assert (body["model_version"], body["fallback"], body["known_user"]) == ("1", None, True), body
     assert len(body["apps"]) == 4
     assert ready["status"] == "ready", ready
+
+
+def test_bad_postgres_settings_say_which_and_why() -> None:
+    with pytest.raises(ValueError, match="FEASTFLOW_POSTGRES_URL must start with postgresql://"):
+        mlflow_url("mysql://db:3306/feastflow")
+    with pytest.raises(ValueError, match="must name a database"):
+        feast_registry_url("postgresql://127.0.0.1:5432/")
+    assert mlflow_url("postgresql://u:p@db:5432/ff?sslmode=require") == (
+        "postgresql+psycopg://u:p@db:5432/ff_mlflow?sslmode=require")
+    closed = free_port()  # nothing listens there
+    with pytest.raises(ConnectionError, match=f"PostgreSQL at 127.0.0.1:{closed}"):
+        ensure_databases(f"postgresql://postgres@127.0.0.1:{closed}/feastflow")
