@@ -2,6 +2,7 @@
 
     python bench/serving.py [--use-case next_app|fraud|...] [--home DIR [--keep]]
                             [--connections 8 --threads 2 --duration 20 --warmup 5]
+                            [--workers 1 [2 ...]]
                             [--rate 500] [--faults] [--tool auto|wrk|python] [--no-feature-cache]
 
 What follows describes the flagship, next_app (a ranking over a generated world, the default);
@@ -41,6 +42,10 @@ Servers, one at a time on the 2 cores: Feast first, then ours.
   FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0), FEASTFLOW_API_KEY and FEASTFLOW_REQUEST_LOG_SAMPLE=0.01;
   ready when GET /readyz is 200 (or, without /readyz, GET /healthz names a model version).
   Workload: POST /v1/predict.
+
+--workers N [M ...]: our server is started once per count (`feastflow serve --workers N`) and
+measured the same way each time (open loop and faults with the first count only); the report's
+`workers` gives rps and latency per count and `rps_scaling` the last count's rps over the first's.
 
 Load. The same tool and concurrency for every workload: wrk with bench/serving_load.lua (rotates
 through the bodies, checks every answer: 2xx and a body with values) or, without wrk, a
@@ -1298,8 +1303,10 @@ def feast_event_workloads(client: httpx.Client, spec: ModelSpec, home: Path, red
 
 
 def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: RedisServer, work: Path,
-             pool: list[Request], tool: str, stack: contextlib.ExitStack) -> dict[str, Any]:
-    """Start `feastflow serve`, the headline run, the open loop, the faults; stop it."""
+             pool: list[Request], tool: str, stack: contextlib.ExitStack, workers: int = 1,
+             extras: bool = True) -> dict[str, Any]:
+    """Start `feastflow serve --workers N`, the headline run, then (extras) the open loop and the
+    faults; stop it."""
     port = free_port()
     api_key = secrets.token_urlsafe(24)
     env = {**home_env(home, redis.url), "FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS": "0",
@@ -1311,10 +1318,13 @@ def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redis
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     cli = feastflow_cmd() if root == PROJECT_ROOT else [sys.executable, "-m", "pipelines.cli"]
     cmd = [*cli, "serve", "--port", str(port), "--use-case", args.use_case]
-    process = Process("feastflow serve", cmd, work / "feastflow_serve.log", env=env, cwd=root).start()
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    process = Process("feastflow serve", cmd, work / f"feastflow_serve_{workers}.log", env=env,
+                      cwd=root).start()
     stack.callback(process.stop)
     base = f"http://127.0.0.1:{port}"
-    log(f"feastflow serve on {base} from {root}")
+    log(f"feastflow serve on {base} from {root}, {workers} worker(s)")
     probe = wait_ours_ready(process, base)
     log(f"feastflow serve is ready ({probe})")
     check_ours(base, spec, pool, api_key)
@@ -1325,10 +1335,10 @@ def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redis
     results["ours"] = measure(work_ours, tool, work, args,
                               after_warmup=lambda: scraped.update(before=cache_counts(base)))
     results["cache_hit_rate"] = cache_hit_rate(scraped.get("before"), cache_counts(base))
-    if args.rate > 0:
+    if args.rate > 0 and extras:
         results["open_loop"] = run_open_loop(work_ours, work, args)
         log(f"ours open loop: {json.dumps(results['open_loop'])}")
-    if args.faults:
+    if args.faults and extras:
         log(f"ours: fault run, {args.fault_duration:g} s")
         results["faults"] = run_async(fault_run(work_ours, pool, redis, base, api_key, home, args.use_case,
                                                 work / "register_again.log", args))
@@ -1365,6 +1375,8 @@ def main() -> None:
                         help="run `feastflow serve` from this source tree (default: this checkout)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--use-case", default="next_app", help="folder under feature_repo/")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="measure our server with each of these worker counts (e.g. 1 2)")
     parser.add_argument("--register-again", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.register_again:
@@ -1373,6 +1385,8 @@ def main() -> None:
         return
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads")
+    if min(args.workers) < 1:
+        parser.error("--workers: every count must be at least 1")
     if args.faults and args.fault_duration <= FAULT_RELOAD_S + 2:
         parser.error(f"--fault-duration must exceed {FAULT_RELOAD_S + 2:g} s")
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
@@ -1413,7 +1427,9 @@ def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
         log(f"{len(pool):,} request bodies from {source}, "
             f"{sum(not u.known for u in pool)} from unknown {'users' if spec.generator else 'entities'}")
         feast = {} if args.skip_feast else run_feast(args, spec, home, redis, work, pool, tool, stack)
-        ours = run_ours(args, spec, home, redis, work, pool, tool, stack)
+        by_workers = {n: run_ours(args, spec, home, redis, work, pool, tool, stack, workers=n,
+                                  extras=i == 0) for i, n in enumerate(args.workers)}
+        ours = by_workers[args.workers[0]]
 
     def ratio(a: dict[str, Any], b: dict[str, Any] | None) -> float | None:
         return round(a["rps"] / b["rps"], 2) if b and b.get("rps") else None
@@ -1432,6 +1448,12 @@ def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
         "duration_s": args.duration,
         "tool": tool,
     }
+    if len(args.workers) > 1:
+        report["workers"] = {str(n): {k: r["ours"][k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
+                             for n, r in by_workers.items()}
+        report["rps_scaling"] = ratio(by_workers[args.workers[-1]]["ours"],
+                                      by_workers[args.workers[0]]["ours"])
+        report["cpu_count"] = os.cpu_count()
     if spec.per_event:  # one read per answer: Feast has no stage 1 to compare with
         del report["feast_serve_one_entity"], report["rps_ratio_one_entity"]
     if args.rate > 0:

@@ -10,7 +10,9 @@ feature values in declaration order:
   "_ts:view". Keys are built with Feast's own serialization helpers and values decoded with
   Feast's own type map; tests prove the values equal `get_online_features`. It is an asyncio
   protocol over one pipelined connection: a request's HMGETs go out in one write, many requests
-  share the socket, and the event loop never blocks.
+  share the socket, and the event loop never blocks. It speaks what Feast's Redis store speaks
+  (`feastflow.redis_config`): TLS, ACL users, Sentinel; `RedisClusterReader` routes each key
+  to its slot's node, one pipeline per node.
 - `FeastReader`: any online store (the embedded SQLite profile) through Feast's provider
   interface (`online_read`, what `get_online_features` calls per view), in a worker thread.
 """
@@ -18,12 +20,14 @@ feature values in declaration order:
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
+import functools
+import ssl
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
 
 import hiredis
 from feast import FeatureStore, FeatureView
@@ -37,6 +41,7 @@ from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from feastflow.errors import OnlineStoreError
+from feastflow.redis_config import RedisConfig, parse_redis
 from feastflow.settings import Settings
 
 # One entity key's row: (event time in Unix seconds, values in the view's feature order), or
@@ -228,65 +233,127 @@ class _RedisProtocol(asyncio.Protocol):
     def send(self, payload: bytes, expected: int) -> asyncio.Future[list[Any]]:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.waiters.append((future, expected, []))
-        assert self.transport is not None
+        if self.transport is None:
+            raise OnlineStoreError("Redis connection not open")
         self.transport.write(payload)
         return future
 
 
-class RedisReader:
-    """Feast's Redis online layout read directly, over one pipelined asyncio connection."""
+Address = tuple[str, int]
 
-    def __init__(self, redis_url: str, project: str, connect_timeout_s: float = 1.0) -> None:
-        url = urlparse(redis_url)
-        if url.scheme != "redis":
-            raise ValueError(f"RedisReader needs a redis:// URL, got {redis_url!r}")
-        self.host, self.port = url.hostname or "localhost", url.port or 6379
-        self.db = int((url.path or "/0").lstrip("/") or 0)
-        self.password = unquote(url.password) if url.password else None
+
+class _NodeConnection:
+    """One pipelined connection to one Redis server, opened on first use: TCP or TLS, then
+    AUTH (ACL username and password) and SELECT, as redis-py does for Feast."""
+
+    def __init__(self, address: Address, config: RedisConfig, ssl_context: ssl.SSLContext | None,
+                 connect_timeout_s: float, select_db: bool = True) -> None:
+        self.address = address
+        self.config = config
+        self.ssl_context = ssl_context
         self.connect_timeout_s = connect_timeout_s
-        self.keys = KeyEncoder(project)
-        self.decoder = ValueDecoder()
-        self._protocol: _RedisProtocol | None = None
+        self.select_db = select_db
+        self.protocol: _RedisProtocol | None = None
         self._connecting: asyncio.Lock | None = None
 
-    async def _connection(self) -> _RedisProtocol:
-        if self._protocol is not None:
-            return self._protocol
+    async def get(self) -> _RedisProtocol:
+        """The open connection, connecting first if there is none."""
+        if self.protocol is not None:
+            return self.protocol
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._protocol is None:
-                self._protocol = await self._connect()
-        return self._protocol
+            if self.protocol is None:
+                self.protocol = await self._connect()
+        return self.protocol
 
     async def _connect(self) -> _RedisProtocol:
         loop = asyncio.get_running_loop()
+        host, port = self.address
+        tls = self.ssl_context
         try:
             _, protocol = await asyncio.wait_for(loop.create_connection(
-                lambda: _RedisProtocol(self._lost), self.host, self.port),
-                self.connect_timeout_s)
-        except (OSError, TimeoutError) as e:
-            raise OnlineStoreError(f"cannot connect to Redis at {self.host}:{self.port}: {e}") from e
+                lambda: _RedisProtocol(self._lost), host, port, ssl=tls,
+                server_hostname=host if tls else None), self.connect_timeout_s)
+        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+            raise OnlineStoreError(f"cannot connect to Redis at {host}:{port}"
+                                   f"{' (TLS)' if tls else ''}: {e}") from e
         setup = []
-        if self.password:
-            setup.append(_command(b"AUTH", self.password.encode()))
-        if self.db:
-            setup.append(_command(b"SELECT", str(self.db).encode()))
+        config = self.config
+        if config.password:
+            credentials = ((config.username.encode(),) if config.username else ())
+            setup.append(_command(b"AUTH", *credentials, config.password.encode()))
+        if config.db and self.select_db:
+            setup.append(_command(b"SELECT", str(config.db).encode()))
         if setup:
-            replies = await asyncio.wait_for(protocol.send(b"".join(setup), len(setup)),
-                                             self.connect_timeout_s)
-            _raise_errors(replies)
+            try:
+                replies = await asyncio.wait_for(protocol.send(b"".join(setup), len(setup)),
+                                                 self.connect_timeout_s)
+                _raise_errors(replies)
+            except (OnlineStoreError, TimeoutError) as e:
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+                raise OnlineStoreError(f"Redis at {host}:{port} refused the connection's setup "
+                                       f"(AUTH as {config.username or 'default'}, SELECT "
+                                       f"{config.db}): {e}") from e
         return protocol
 
     def _lost(self, protocol: _RedisProtocol) -> None:
-        if self._protocol is protocol:
-            self._protocol = None
+        if self.protocol is protocol:
+            self.protocol = None
+
+    def abort(self) -> None:
+        """Drop the connection at once (a hung server)."""
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abort()
+        self.protocol = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.close()
+        self.protocol = None
+
+
+class RedisReader:
+    """Feast's Redis online layout read directly, over one pipelined asyncio connection.
+
+    `redis` is a `RedisConfig` or anything `parse_redis` reads (a redis:// or rediss:// URL,
+    Feast's connection string). `redis_type: redis_sentinel` asks the sentinels for the
+    master's address at each (re)connection; `redis_cluster` is `RedisClusterReader`.
+    """
+
+    def __init__(self, redis: str | RedisConfig, project: str, connect_timeout_s: float = 1.0
+                 ) -> None:
+        self.config = redis if isinstance(redis, RedisConfig) else parse_redis(redis)
+        self.connect_timeout_s = connect_timeout_s
+        self.ssl_context = self.config.ssl_context()
+        self.keys = KeyEncoder(project)
+        self.decoder = ValueDecoder()
+        self._node: _NodeConnection | None = None
+
+    async def _connection(self) -> _RedisProtocol:
+        if self._node is None:
+            self._node = _NodeConnection(await self._server_address(), self.config,
+                                         self.ssl_context, self.connect_timeout_s)
+        try:
+            return await self._node.get()
+        except OnlineStoreError:
+            if self.config.redis_type == "redis_sentinel":
+                self._node = None  # the master may have moved: ask the sentinels again
+            raise
+
+    async def _server_address(self) -> Address:
+        if self.config.redis_type != "redis_sentinel":
+            return self.config.nodes[0]
+        return await sentinel_master_address(self.config, self.connect_timeout_s)
 
     def reset(self) -> None:
         """Drop the connection (e.g. when a circuit breaker opens on a hung server)."""
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.abort()
-        self._protocol = None
+        if self._node is not None:
+            self._node.abort()
+        if self.config.redis_type == "redis_sentinel":
+            self._node = None
 
     async def read(self, reads: Sequence[tuple[ViewLayout, Sequence[Sequence[Any]]]]
                    ) -> list[list[Row]]:
@@ -300,6 +367,7 @@ class RedisReader:
             groups.setdefault((layout.join_keys, layout.key_types), []).append(index)
         encode = self.keys.encode
         chunks: list[bytes] = []
+        keys: list[bytes] = []
         plans: list[tuple[list[int], dict[tuple[Any, ...], int], int]] = []
         count = 0
         for members in groups.values():
@@ -313,25 +381,30 @@ class RedisReader:
                     if key_values not in positions:
                         positions[key_values] = count + len(positions)
                         key = encode(layouts[0], key_values)
+                        keys.append(key)
                         chunks.append(b"%s$%d\r\n%s\r\n%s" % (header, len(key), key, fields))
             plans.append((members, positions, count))
             count += len(positions)
         if not count:
             return [[] for _ in reads]
-        protocol = await self._connection()
-        replies = await protocol.send(b"".join(chunks), count)
+        replies = await self._execute(chunks, keys)
         _raise_errors(replies)
         out: list[list[Row]] = [[] for _ in reads]
         row = self.decoder.row
         for members, positions, _ in plans:
             offset = 0
             for i in members:
-                layout, keys = reads[i]
+                layout, entity_keys = reads[i]
                 width = len(layout.features) + 1
                 out[i] = [row(layout, replies[positions[tuple(v)]][offset:offset + width])
-                          for v in keys]
+                          for v in entity_keys]
                 offset += width
         return out
+
+    async def _execute(self, commands: list[bytes], keys: list[bytes]) -> list[Any]:
+        """The replies of `commands` (one per key of `keys`), in order: one pipelined write."""
+        protocol = await self._connection()
+        return await protocol.send(b"".join(commands), len(commands))
 
     async def ping(self) -> bool:
         """PING answered with PONG."""
@@ -344,9 +417,169 @@ class RedisReader:
 
     async def close(self) -> None:
         """Close the connection."""
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
-        self._protocol = None
+        if self._node is not None:
+            self._node.close()
+        self._node = None
+
+
+async def sentinel_master_address(config: RedisConfig, timeout_s: float) -> Address:
+    """The master's address as the first answering sentinel gives it (as redis-py's Sentinel,
+    sentinels are asked without the master's credentials or TLS)."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    query = _command(b"SENTINEL", b"get-master-addr-by-name", config.sentinel_master.encode())
+    for host, port in config.nodes:
+        protocol = _RedisProtocol(lambda _: None)
+        try:
+            await asyncio.wait_for(loop.create_connection(
+                functools.partial(lambda p: p, protocol), host, port), timeout_s)
+            (reply,) = await asyncio.wait_for(protocol.send(query, 1), timeout_s)
+        except (OSError, TimeoutError, OnlineStoreError) as e:
+            errors.append(f"{host}:{port}: {e}")
+            continue
+        finally:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        if isinstance(reply, list) and len(reply) == 2:
+            return reply[0].decode(), int(reply[1])
+        errors.append(f"{host}:{port}: knows no master named {config.sentinel_master!r}")
+    raise OnlineStoreError(f"no sentinel gave the address of {config.sentinel_master!r}: "
+                           + "; ".join(errors))
+
+
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag, or of the key."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return binascii.crc_hqx(key, 0) & 16383
+
+
+_MAX_REDIRECTIONS = 5
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+
+class RedisClusterReader(RedisReader):
+    """Feast's Redis layout in a Redis Cluster: each key goes to the node that owns its slot.
+
+    The slot map comes from CLUSTER SLOTS on first use. A read sends one pipeline per node
+    (concurrently) and reassembles the replies in command order. A MOVED reply (a slot moved:
+    resharding or failover) refreshes the map and resends; an ASK reply (a slot being migrated)
+    resends that command to the node named, preceded by ASKING. A lost node refreshes the map
+    on the next read, since its slots may have failed over to a replica.
+    """
+
+    def __init__(self, redis: str | RedisConfig, project: str, connect_timeout_s: float = 1.0
+                 ) -> None:
+        super().__init__(redis, project, connect_timeout_s)
+        self._nodes: dict[Address, _NodeConnection] = {}
+        self._slots: list[Address] | None = None
+
+    def _node_at(self, address: Address) -> _NodeConnection:
+        node = self._nodes.get(address)
+        if node is None:
+            node = self._nodes[address] = _NodeConnection(
+                address, self.config, self.ssl_context, self.connect_timeout_s, select_db=False)
+        return node
+
+    async def _connection(self) -> _RedisProtocol:
+        # PING and the like: any node answers for the cluster.
+        slots = await self._slot_map()
+        return await self._node_at(slots[0]).get()
+
+    async def _slot_map(self) -> list[Address]:
+        if self._slots is None:
+            self._slots = await self._fetch_slot_map()
+        return self._slots
+
+    async def _fetch_slot_map(self) -> list[Address]:
+        errors = []
+        seeds = list(dict.fromkeys([*self._nodes, *self.config.nodes]))
+        for address in seeds:
+            try:
+                protocol = await self._node_at(address).get()
+                (reply,) = await asyncio.wait_for(
+                    protocol.send(_command(b"CLUSTER", b"SLOTS"), 1), self.connect_timeout_s)
+                _raise_errors([reply])
+            except (OnlineStoreError, TimeoutError) as e:
+                errors.append(f"{address[0]}:{address[1]}: {e}")
+                continue
+            table: list[Address | None] = [None] * 16384
+            for start, end, master, *_ in reply:
+                host = master[0].decode() or address[0]  # "" means the node we asked
+                table[start:end + 1] = [(host, int(master[1]))] * (end - start + 1)
+            if any(a is None for a in table):
+                errors.append(f"{address[0]}:{address[1]}: not every slot is served")
+                continue
+            return table  # type: ignore[return-value]
+        raise OnlineStoreError("cannot read the Redis Cluster's slot map: " + "; ".join(errors))
+
+    async def _execute(self, commands: list[bytes], keys: list[bytes]) -> list[Any]:
+        """Each command to its slot's node, one pipeline per node; redirections followed."""
+        replies: list[Any] = [None] * len(commands)
+        pending: list[tuple[int, Address | None]] = [(i, None) for i in range(len(commands))]
+        for _ in range(_MAX_REDIRECTIONS + 1):
+            slots = await self._slot_map()
+            batches: dict[tuple[Address, bool], list[int]] = {}
+            for i, asked in pending:
+                target = asked or slots[key_slot(keys[i])]
+                batches.setdefault((target, asked is not None), []).append(i)
+            try:
+                results = await asyncio.gather(*(
+                    self._send(address, [commands[i] for i in members], asking)
+                    for (address, asking), members in batches.items()))
+            except OnlineStoreError:
+                self._slots = None  # a node is gone: its slots may have failed over
+                raise
+            pending = []
+            for ((_, _), members), node_replies in zip(batches.items(), results, strict=True):
+                for i, reply in zip(members, node_replies, strict=True):
+                    redirect = _redirection(reply)
+                    if redirect is None:
+                        replies[i] = reply
+                    elif redirect[0] == "MOVED":
+                        self._slots = None
+                        pending.append((i, None))
+                    else:
+                        pending.append((i, redirect[1]))
+            if not pending:
+                return replies
+        raise OnlineStoreError(f"Redis Cluster still redirects after {_MAX_REDIRECTIONS} tries "
+                               "(a resharding in progress?)")
+
+    async def _send(self, address: Address, commands: list[bytes], asking: bool) -> list[Any]:
+        protocol = await self._node_at(address).get()
+        if not asking:
+            return await protocol.send(b"".join(commands), len(commands))
+        replies = await protocol.send(b"".join(_ASKING + c for c in commands), 2 * len(commands))
+        return replies[1::2]
+
+    def reset(self) -> None:
+        """Drop every node's connection and the slot map."""
+        for node in self._nodes.values():
+            node.abort()
+        self._slots = None
+
+    async def close(self) -> None:
+        """Close every node's connection."""
+        for node in self._nodes.values():
+            node.close()
+        self._nodes.clear()
+        self._slots = None
+
+
+def _redirection(reply: Any) -> tuple[str, Address] | None:
+    """("MOVED" | "ASK", address) for a cluster redirection reply, else None."""
+    if not isinstance(reply, hiredis.ReplyError):
+        return None
+    text = str(reply)
+    if not text.startswith(("MOVED ", "ASK ")):
+        return None
+    kind, _, address = text.split(" ", 2)
+    host, _, port = address.rpartition(":")
+    return kind, (host, int(port))
 
 
 def _command(*parts: bytes) -> bytes:
@@ -416,7 +649,11 @@ class FeastReader:
 
 
 def open_reader(settings: Settings, store: FeatureStore) -> OnlineReader:
-    """The profile's reader: Feast's Redis layout read directly, else Feast's provider."""
-    if settings.profile == "redis":
-        return RedisReader(settings.redis_url, store.project)
+    """The profile's reader: Feast's Redis layout read directly (one server, Sentinel or
+    Cluster), else Feast's provider."""
+    if settings.online_redis:
+        config = settings.redis()
+        if config.redis_type == "redis_cluster":
+            return RedisClusterReader(config, store.project)
+        return RedisReader(config, store.project)
     return FeastReader(store)

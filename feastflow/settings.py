@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feastflow.postgres import feast_registry_url, mlflow_url
+from feastflow.redis_config import RedisConfig, RedisType, parse_redis
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 DEV_HASH_SECRET = "feastflow-dev-secret-change-me"
@@ -38,8 +41,15 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     home: Path = Field(default_factory=default_home, description="Root of all generated state.")
-    profile: Literal["embedded", "redis"] = "embedded"
+    profile: Literal["embedded", "redis", "production"] = "embedded"
     redis_url: str = Field(default="redis://localhost:6379/0", validation_alias="REDIS_URL")
+    # The Redis online store beyond one server, in the terms of Feast's RedisOnlineStoreConfig
+    # (see feastflow/redis_config.py); TLS and ACL credentials may also come in REDIS_URL.
+    redis_type: RedisType = "redis"
+    redis_sentinel_master: str = "mymaster"
+    redis_ssl_ca_certs: Path | None = Field(default=None, description="CA bundle for rediss://")
+    redis_ssl_certfile: Path | None = Field(default=None, description="client certificate")
+    redis_ssl_keyfile: Path | None = Field(default=None, description="client certificate's key")
     user_hash_secret: str = DEV_HASH_SECRET
     feature_repo: Path = FEATURE_REPO
     use_case: str = Field(default=DEFAULT_USE_CASE, description="the use case of a CLI command "
@@ -47,6 +57,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=PROJECT_ROOT.parent / "shared" / "data",
                            description="public data sets the use cases' loaders read")
     mlflow_tracking_uri: str | None = None
+    mlflow_artifacts_uri: str | None = Field(
+        default=None, description="MLflow's artifact root (models, plots): a folder, s3://...; "
+        "default $FEASTFLOW_HOME/mlartifacts")
+    postgres_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/feastflow",
+        description="production profile: Feast's registry in this database, MLflow's in "
+        "<database>_mlflow (created if missing)")
     api_key: str | None = None
 
     # the event stream (POST /v1/events -> `feastflow stream`)
@@ -89,9 +106,27 @@ class Settings(BaseSettings):
         }
         if self.mlflow_tracking_uri:
             env["FEASTFLOW_MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        if self.mlflow_artifacts_uri:
+            env["FEASTFLOW_MLFLOW_ARTIFACTS_URI"] = self.mlflow_artifacts_uri
+        env["FEASTFLOW_POSTGRES_URL"] = self.postgres_url
+        env["FEASTFLOW_REDIS_TYPE"] = self.redis_type
+        env["FEASTFLOW_REDIS_SENTINEL_MASTER"] = self.redis_sentinel_master
+        for name in ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile"):
+            if getattr(self, name):
+                env[f"FEASTFLOW_{name.upper()}"] = str(getattr(self, name))
         if self.api_key:
             env["FEASTFLOW_API_KEY"] = self.api_key
         return env
+
+    @property
+    def online_redis(self) -> bool:
+        """Whether the profile's online store is Redis (the redis and production profiles)."""
+        return self.profile in ("redis", "production")
+
+    def redis(self) -> RedisConfig:
+        """The Redis online store's connection: REDIS_URL, its type and certificate files."""
+        return parse_redis(self.redis_url, self.redis_type, self.redis_sentinel_master).with_files(
+            self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
 
     def events_dir(self, use_case: str) -> Path:
         """A use case's raw event log: Parquet partitioned by date and hour."""
@@ -125,13 +160,25 @@ class Settings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        """MLflow tracking and registry URI: a SQLite file under home unless overridden."""
-        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        """MLflow tracking and registry URI: a SQLite file under home (PostgreSQL in the
+        production profile) unless overridden."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if self.profile == "production":
+            return mlflow_url(self.postgres_url)
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def feast_registry_path(self) -> str:
+        """Feast's SQL registry: a SQLite file under home, PostgreSQL in the production profile."""
+        if self.profile == "production":
+            return feast_registry_url(self.postgres_url)
+        return f"sqlite:///{self.feast_dir / 'registry.db'}"
 
     @property
     def artifacts_uri(self) -> str:
         """Where MLflow stores run artifacts (models, plots)."""
-        return (self.home / "mlartifacts").as_uri()
+        return self.mlflow_artifacts_uri or (self.home / "mlartifacts").as_uri()
 
     @property
     def models_dir(self) -> Path:

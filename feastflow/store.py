@@ -11,15 +11,16 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import yaml
 from feast import FeatureStore, FileSource
 from feast.repo_config import RepoConfig
 
+from feastflow.redis_config import parse_redis
 from feastflow.settings import Settings
 
-PROFILE_YAML = {"embedded": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+PROFILE_YAML = {"embedded": "feature_store.yaml", "redis": "feature_store.redis.yaml",
+                "production": "feature_store.production.yaml"}
 
 
 def feature_table_source(definitions_file: str, table: str) -> FileSource:
@@ -44,18 +45,8 @@ def feature_table_source(definitions_file: str, table: str) -> FileSource:
 
 
 def redis_connection_string(redis_url: str) -> str:
-    """Turn redis://[:password@]host:port/db into Feast's `host:port,db=N[,password=...]`."""
-    url = urlparse(redis_url)
-    if url.scheme not in ("redis", "rediss"):
-        raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {redis_url!r}")
-    parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
-    db = (url.path or "/0").lstrip("/") or "0"
-    parts.append(f"db={db}")
-    if url.password:
-        parts.append(f"password={url.password}")
-    if url.scheme == "rediss":
-        parts.append("ssl=true")
-    return ",".join(parts)
+    """Feast's `host:port,db=N[,username=...,password=...,ssl=true,...]` for a REDIS_URL."""
+    return parse_redis(redis_url).feast_connection_string()
 
 
 def repo_config(settings: Settings, use_case: str) -> RepoConfig:
@@ -66,9 +57,12 @@ def repo_config(settings: Settings, use_case: str) -> RepoConfig:
     feast_dir = settings.feast_dir
     feast_dir.mkdir(parents=True, exist_ok=True)
     raw["project"] = use_case
-    raw["registry"]["path"] = f"sqlite:///{feast_dir / 'registry.db'}"
-    if settings.profile == "redis":
-        raw["online_store"]["connection_string"] = redis_connection_string(settings.redis_url)
+    raw["registry"]["path"] = settings.feast_registry_path
+    if settings.online_redis:
+        redis = settings.redis()
+        raw["online_store"]["connection_string"] = redis.feast_connection_string()
+        raw["online_store"]["redis_type"] = redis.redis_type
+        raw["online_store"]["sentinel_master"] = redis.sentinel_master
     else:
         raw["online_store"]["path"] = str(feast_dir / "online.db")
     if isinstance(raw.get("batch_engine"), dict) and "state_dir" in raw["batch_engine"]:

@@ -145,7 +145,8 @@ def _settings(ctx: typer.Context) -> Settings:
 def main(
     ctx: typer.Context,
     home: Annotated[Path | None, typer.Option(help="state folder (FEASTFLOW_HOME)")] = None,
-    profile: Annotated[str | None, typer.Option(help="embedded or redis (FEASTFLOW_PROFILE)")]
+    profile: Annotated[str | None, typer.Option(
+        help="embedded, redis or production (FEASTFLOW_PROFILE)")]
     = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True, help="print the version and exit")]
@@ -161,6 +162,13 @@ def main(
         ctx.obj = Settings()
     except ValueError as e:
         raise InputError(f"invalid settings: {e}") from e
+    if ctx.obj.profile == "production":  # Feast's and MLflow's databases, made on first use
+        from feastflow.postgres import ensure_databases
+
+        try:
+            ensure_databases(ctx.obj.postgres_url)
+        except (ConnectionError, ValueError) as e:
+            raise InputError(f"production profile: {e}") from e
 
 
 def _spec(settings: Settings, use_case: str | None) -> ModelSpec:
@@ -424,15 +432,21 @@ def serve(
     """Start the prediction server (champion and challenger from the registry, hot reload).
 
     With several workers each process holds its own models and caches; each polls the registry,
-    and POST /admin/reload reaches the one process that answers it.
+    and POST /admin/reload reaches the one process that answers it. Their metrics go through
+    PROMETHEUS_MULTIPROC_DIR (default $FEASTFLOW_HOME/prometheus/<port>, emptied at start), so
+    any worker's /metrics counts every worker's requests.
     """
     import uvicorn
 
     from registry.lifecycle import Registry
+    from serving.metrics import start_multiprocess_dir
     from serving.server import uvicorn_options
     from serving.settings import ServingSettings
 
     settings = _settings(ctx)
+    if workers > 1:
+        start_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+                               or str(settings.home / "prometheus" / str(port)))
     if settings.mlflow_tracking_uri is not None:  # the server refuses it too; say it plainly here
         Registry(settings.tracking_uri).require_database()
     os.environ.update({"FEASTFLOW_USE_CASE": use_case or settings.use_case,
@@ -464,7 +478,7 @@ def stream(
     from feastflow.processor import ProcessorStats, build_processor
 
     settings = _settings(ctx)
-    if settings.profile != "redis":
+    if not settings.online_redis:
         raise InputError("`feastflow stream` reads a Redis Stream: set FEASTFLOW_PROFILE=redis "
                          "(the embedded `feastflow serve` processes events in process)")
     if consumer:

@@ -53,7 +53,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float) -> None:
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0,
+def running_server(settings: Settings, use_case: str, timeout_s: float = 240.0,
                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `feastflow serve` in a child process; yield its base URL once /healthz has a model."""
     port = free_port()
@@ -81,8 +81,13 @@ def running_server(settings: Settings, use_case: str, timeout_s: float = 90.0,
 
 @contextlib.contextmanager
 def running_processor(settings: Settings, use_case: str) -> Iterator[None]:
-    """`feastflow stream` in a child process (Redis profile); the embedded server has its own."""
-    if settings.profile != "redis":
+    """`feastflow stream` in a child process when the stream is a broker's (Redis profile); an
+    in-process stream is applied by the server itself."""
+    from feastflow.stream import MemoryEventStream, open_event_stream
+
+    stream = open_event_stream(settings, use_case)
+    stream.close()
+    if isinstance(stream, MemoryEventStream):
         yield
         return
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stream", "--use-case", use_case],

@@ -33,7 +33,7 @@ from feastflow.processor import BackgroundProcessor, build_processor
 from feastflow.scoring import FeaturePlan
 from feastflow.spec import ModelSpec, load_spec, use_cases
 from feastflow.store import open_store
-from feastflow.stream import open_event_stream
+from feastflow.stream import MemoryEventStream, open_event_stream
 from serving.events import EventIntake
 from serving.logs import RequestIdMiddleware, configure_logging
 from serving.metrics import ServingMetrics
@@ -202,7 +202,7 @@ def _event_intake(settings: ServingSettings, spec: ModelSpec, store_ok: bool
         return None, None
     stream = open_event_stream(settings, spec.name)
     processor = None
-    if settings.profile == "embedded":
+    if isinstance(stream, MemoryEventStream):  # an in-process stream: this process applies it
         if not store_ok:
             return None, None
         processor = BackgroundProcessor(build_processor(settings, spec, stream=stream))

@@ -27,11 +27,20 @@ in a label named `code`:
 Besides, the registry holds prometheus_client's process_* (CPU, memory, open files), python_gc_*
 and python_info collectors, as the default registry would.
 
+Several workers (`feastflow serve --workers N`): the CLI points PROMETHEUS_MULTIPROC_DIR at an
+emptied folder before the workers start, prometheus_client then keeps every value in per-process
+files there, and any worker's /metrics renders all of them (`MultiProcessCollector`): counters
+and histograms sum over workers, gauges follow their `multiprocess_mode` (below), and the
+per-process collectors are left out (they would describe one random worker).
+
 Label values must come from code, never from the request (each new value is a new time series).
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import re
 import threading
 from typing import Any, Final
 
@@ -45,6 +54,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 
 from feastflow.settings import DEFAULT_USE_CASE
@@ -63,6 +73,7 @@ class ServingMetrics:
     """The server's metrics with their own CollectorRegistry and cached label children."""
 
     registry: CollectorRegistry
+    multiprocess_dir: str | None  # prometheus_client's multiprocess folder (several workers)
 
     def __init__(self, registry: CollectorRegistry | None = None,
                  use_case: str = DEFAULT_USE_CASE,
@@ -70,12 +81,15 @@ class ServingMetrics:
         self.use_case = use_case
         if _families is not None:  # a view of the same families, for another use case
             self.registry = _families.registry
+            self.multiprocess_dir = _families.multiprocess_dir
             for name in _FAMILIES:
                 setattr(self, name, getattr(_families, name))
         else:
             self.registry = registry if registry is not None else CollectorRegistry()
+            self.multiprocess_dir = multiprocess_dir()
             self._create_families()
-            _add_runtime_collectors(self.registry)
+            if self.multiprocess_dir is None:
+                _add_runtime_collectors(self.registry)
         self._create_children()
 
     def for_use_case(self, use_case: str) -> ServingMetrics:
@@ -98,8 +112,11 @@ class ServingMetrics:
         self.variant_requests = Counter("feastflow_variant_requests", "predictions answered by each variant",
                                         [u, "variant"], registry=r)
         self.errors = Counter("feastflow_errors", "errors by type", [u, "type"], registry=r)
+        # Across workers (multiprocess mode): a version is 1 if a live worker serves it, a circuit
+        # is as open as its most open worker's, the dead letters are the last count read.
         self.model_version_info = Gauge("feastflow_model_version_info", "1 for the loaded model version",
-                                        [u, "variant", "version"], registry=r)
+                                        [u, "variant", "version"], registry=r,
+                                        multiprocess_mode="livemax")
         self.shadow = Counter("feastflow_shadow", "shadow scorings by outcome", [u, "outcome"], registry=r)
         self.batch_size = Histogram("feastflow_batch_size", "requests scored together in one batch",
                                     [u], buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
@@ -107,13 +124,14 @@ class ServingMetrics:
                                                  "sampled predictions the request log could not keep",
                                                  [u], registry=r)
         self.circuit_state = Gauge("feastflow_circuit_state", "0 closed, 1 open, 2 half-open", [u, "name"],
-                                   registry=r)
+                                   registry=r, multiprocess_mode="livemax")
 
         self.events = Counter("feastflow_events", "events received on POST /v1/events, by outcome",
                               [u, "outcome"], registry=r)
         self.stream_dead_letters = Gauge("feastflow_stream_dead_letters",
                                          "event stream entries the processor could not decode, kept "
-                                         "in the dead-letter stream", [u], registry=r)
+                                         "in the dead-letter stream", [u], registry=r,
+                                         multiprocess_mode="livemostrecent")
 
     def _create_children(self) -> None:
         # Children by label values; a miss builds the child once (dict writes are atomic under the GIL,
@@ -201,7 +219,7 @@ class ServingMetrics:
         with self._versions_lock:  # two reloads racing must not leave two versions at 1
             old = self._versions.get(variant)
             if old is not None and old != version:
-                self.model_version_info.remove(self.use_case, variant, old)
+                _remove_gauge(self.model_version_info, self.use_case, variant, old)
             self.model_version_info.labels(self.use_case, variant, version).set(1)
             self._versions[variant] = version
 
@@ -210,7 +228,7 @@ class ServingMetrics:
         with self._versions_lock:
             old = self._versions.pop(variant, None)
             if old is not None:
-                self.model_version_info.remove(self.use_case, variant, old)
+                _remove_gauge(self.model_version_info, self.use_case, variant, old)
 
     def set_circuit_state(self, name: str, state: int | str) -> None:
         """Set a circuit breaker's state: 0/"closed", 1/"open", 2/"half_open"."""
@@ -224,8 +242,47 @@ class ServingMetrics:
         self.stream_dead_letters.labels(self.use_case).set(n)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text of this registry and its content type, for GET /metrics."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The exposition text of this registry (of every worker's, in multiprocess mode) and
+        its content type, for GET /metrics."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        forget_dead_workers(self.multiprocess_dir)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's multiprocess folder when set (several workers), else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def start_multiprocess_dir(folder: str) -> None:
+    """Make `folder` the workers' metrics folder, emptied of a previous run's values (its *.db
+    files: nothing else in it is touched), before any worker starts."""
+    os.makedirs(folder, exist_ok=True)
+    for path in glob.glob(os.path.join(folder, "*.db")):
+        os.remove(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+def forget_dead_workers(path: str) -> None:
+    """Drop the live-mode gauges of workers that have exited (a restarted worker's old pid)."""
+    pids = {int(m.group(1)) for f in glob.glob(os.path.join(path, "gauge_live*_*.db"))
+            if (m := re.search(r"_(\d+)\.db$", f))}
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+def _remove_gauge(gauge: Gauge, *labels: str) -> None:
+    # Zero first: in multiprocess mode the value stays in this process' file after remove().
+    gauge.labels(*labels).set(0)
+    gauge.remove(*labels)
 
 
 _FAMILIES: Final = ("requests", "request_latency", "stage_latency", "cache_requests", "fallbacks",
