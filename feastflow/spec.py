@@ -254,7 +254,7 @@ class ModelAlgoSpec(_Strict):
     )
     exclude_features: list[str] = Field(
         default_factory=list, description="features of the service that are not model inputs "
-        "(inputs of on-demand views, such as absolute times)")
+        "(inputs of on-demand views, such as absolute times); shell patterns (`*_unix`) match")
 
 
 class SplitSpec(_Strict):
@@ -506,6 +506,9 @@ class RetrievalSpec(_Strict):
     catalog: CatalogSpec
     generators: dict[str, GeneratorSpec] = Field(min_length=1)
     max_candidates: int = Field(default=200, ge=1)
+    ranker_folds: int = Field(default=1, ge=1, description="folds the ranker learns from: the "
+                              "validation split, then the same rule again inside its training "
+                              "events, ... (more users' lists to learn from, none from the test)")
     embedding: EmbeddingSpec = EmbeddingSpec()
     rerank: RerankSpec = RerankSpec()
     baselines: dict[str, RecommenderBaselineSpec] = Field(default_factory=dict)

@@ -321,17 +321,21 @@ def evaluate(
     validation: Annotated[bool, typer.Option(
         "--validation", help="with --protocol: its validation folds, not its test folds")] = False,
     predictions: Annotated[Path | None, typer.Option(
-        help="with --protocol: write every test prediction to this CSV")] = None,
+        help="with --protocol, or for a retrieval use case: write every test prediction to this "
+             "CSV")] = None,
 ) -> None:
     """Evaluate the aliased model on the holdout against the baselines, or run a protocol."""
     from pipelines.training import evaluate_alias
 
     settings = _settings(ctx)
-    if protocol is not None:
-        _evaluate_protocol(settings, _spec(settings, use_case), protocol, validation, predictions,
-                           as_json)
+    spec = _spec(settings, use_case)
+    if spec.retrieval is not None:
+        _evaluate_retrieval(settings, spec, predictions, as_json)
         return
-    report = evaluate_alias(settings, _spec(settings, use_case), alias,
+    if protocol is not None:
+        _evaluate_protocol(settings, spec, protocol, validation, predictions, as_json)
+        return
+    report = evaluate_alias(settings, spec, alias,
                             progress=lambda m: console.print(m))
     if as_json:
         typer.echo(json.dumps(report))
@@ -359,6 +363,27 @@ def _evaluate_protocol(settings: Settings, spec: ModelSpec, name: str, validatio
         table.add_column(metric)
     for model_name, values in {"model": report["model"], **report["baselines"]}.items():
         table.add_row(model_name, *(f"{values[m]:.4f}" for m in metric_names))
+    console.print(table)
+
+
+def _evaluate_retrieval(settings: Settings, spec: ModelSpec, predictions: Path | None,
+                        as_json: bool) -> None:
+    from pipelines.retrieval import evaluate_retrieval, write_predictions_csv
+
+    report, lists = evaluate_retrieval(settings, spec, progress=lambda m: console.print(m))
+    if predictions is not None:
+        write_predictions_csv(lists, predictions)
+        console.print(f"{len(lists):,} ranked items written to {predictions}")
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    metric_names = list(report["model"])
+    table = Table(title=f"{spec.name}: test fold, {report['n_users']} users with relevant items")
+    table.add_column("")
+    for metric in metric_names:
+        table.add_column(metric)
+    for name, values in {"model": report["model"], **report["baselines"]}.items():
+        table.add_row(name, *(f"{values[m]:.4f}" for m in metric_names))
     console.print(table)
 
 

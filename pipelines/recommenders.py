@@ -132,15 +132,16 @@ def fit_ials(matrix: sp.csr_matrix, factors: int, regularization: float, alpha: 
 
 
 def top_items(scores: np.ndarray, rated: sp.csr_matrix, n: int) -> np.ndarray:
-    """Per row, the columns of the n best scores among items not rated (best first).
-
-    Ties keep the lower column first; -inf (unsupported) items come last."""
+    """Per row, the columns of the n best scores among items not rated (best first), -1 where
+    fewer than n items are left (rated or unsupported: score -inf). Ties keep the lower column
+    first."""
     masked = np.array(scores, dtype=np.float64, copy=True)
     masked[rated.nonzero()] = -np.inf
     n = min(n, masked.shape[1])
     part = np.argpartition(-masked, n - 1, axis=1)[:, :n]
     order = np.lexsort((part, -np.take_along_axis(masked, part, axis=1)), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    columns = np.take_along_axis(part, order, axis=1)
+    return np.where(np.isfinite(np.take_along_axis(masked, columns, axis=1)), columns, -1)
 
 
 def baseline_scores(kind: str, params: dict[str, Any], stage: Stage, rows: np.ndarray,

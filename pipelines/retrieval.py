@@ -106,11 +106,23 @@ def protocol_folds(events: pd.DataFrame, shape: RetrievalSpec, index: ItemIndex
             make_fold("test", test, events, index, shape.relevant_min))
 
 
-def ranked_lists(fold: Fold, columns: np.ndarray, scores: np.ndarray | None = None
-                 ) -> dict[Any, list[Any]]:
+def earlier_folds(validation: Fold, shape: RetrievalSpec, events: pd.DataFrame, n: int
+                  ) -> list[Fold]:
+    """The validation fold and n - 1 folds before it, each carved by the same rule from the
+    training events of the one after it (the ranker's learning folds)."""
+    folds = [validation]
+    for i in range(1, n):
+        split = temporal_user_split(folds[-1].split.train, shape.test_fraction)
+        folds.append(make_fold(f"validation-{i}", split, events, validation.stage.index,
+                               shape.relevant_min))
+    return folds
+
+
+def ranked_lists(fold: Fold, columns: np.ndarray) -> dict[Any, list[Any]]:
     """Entity -> its ranked items, from per-row item columns (rows = fold.rows)."""
     items = fold.stage.index.items
-    return {fold.stage.users[row]: items[columns[i]].tolist() for i, row in enumerate(fold.rows)}
+    return {fold.stage.users[row]: items[columns[i][columns[i] >= 0]].tolist()
+            for i, row in enumerate(fold.rows)}
 
 
 def fold_metrics(fold: Fold, lists: dict[Any, list[Any]], shape: RetrievalSpec,
@@ -158,14 +170,164 @@ def run_baselines(shape: RetrievalSpec, validation: Fold, test: Fold, catalogue:
     return metrics, chosen, lists
 
 
-def write_lists_csv(lists: dict[Any, list[Any]], scores: dict[Any, list[float]], path: Path,
-                    entity_header: str, item_header: str) -> None:
-    """Every evaluated entity's ranked list as CSV (entity, rank, item, score), written whole or
-    not at all."""
-    rows = [(user, rank, item, score) for user, items in lists.items()
-            for rank, (item, score) in enumerate(zip(items, scores[user], strict=True), start=1)]
-    frame = pd.DataFrame(rows, columns=[entity_header, "rank", item_header, "score"])
+def write_predictions_csv(lists: pd.DataFrame, path: Path) -> None:
+    """The ranked lists as CSV (entity, rank, item, score), written whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.8g")
+    lists.to_csv(tmp, index=False, float_format="%.8g")
     tmp.replace(path)
+
+
+@dataclass
+class FoldCandidates:
+    """A fold's stage-1 output and stage-2 rows (with features), and what built them."""
+
+    fold: Fold
+    rows: pd.DataFrame
+    lists: dict[str, tuple[np.ndarray, np.ndarray]]
+    factors: Any
+    ann: Any
+
+
+def fold_candidates(settings: Settings, spec: ModelSpec, fold: Fold, events: pd.DataFrame,
+                    pairs: Any, progress: Progress) -> FoldCandidates:
+    """Fit the fold's embeddings and index, run the generators, join the Feast features."""
+    from feastflow.ann import build_index
+    from feastflow.store import open_store
+    from pipelines.generators import GeneratorInputs, stage_one
+    from pipelines.ranker import candidate_frame, with_features
+    from pipelines.recommenders import fit_ials
+
+    shape = retrieval_of(spec)
+    emb = shape.embedding
+    started = time.perf_counter()
+    factors = fit_ials(fold.stage.history, emb.factors, emb.regularization, emb.alpha,
+                       emb.iterations, emb.seed)
+    ann = build_index(factors.item_factors, emb.index)
+    union, lists = stage_one(shape, fold.stage, fold.rows,
+                             GeneratorInputs(fold.split.train, factors, ann, pairs))
+    progress(f"{fold.name}: {len(union):,} candidates for {len(fold.rows)} users "
+             f"({time.perf_counter() - started:.1f} s)")
+    frame = candidate_frame(spec, fold.stage, union, factors, fold.relevant)
+    started = time.perf_counter()
+    rows = with_features(open_store(settings, spec.name), spec, frame)
+    progress(f"{fold.name}: point-in-time join of {len(rows):,} rows "
+             f"({time.perf_counter() - started:.1f} s)")
+    return FoldCandidates(fold, rows, lists, factors, ann)
+
+
+def stage_one_metrics(found: FoldCandidates, shape: RetrievalSpec) -> dict[str, float]:
+    """Recall of the union's first retrieval_k (interleaved order) and of all of it, and each
+    generator's recall@retrieval_k, over the evaluated entities."""
+    fold, k = found.fold, shape.retrieval_k
+    items = fold.stage.index.items
+    users = fold.stage.users
+    union = found.rows.groupby("request_id", sort=False)["item_code"].agg(list)
+    out = {}
+    for name, subset in ((f"union_recall@{k}", k), (f"union_recall@{shape.max_candidates}", None)):
+        out[name] = float(np.mean([
+            len(fold.relevant[users[row]] & set(items[np.asarray(codes[:subset], dtype=np.int64)]
+                                                 .tolist())) / len(fold.relevant[users[row]])
+            for row, codes in union.items()]))
+    for name, (columns, _) in found.lists.items():
+        out[f"{name}_recall@{k}"] = float(np.mean([
+            len(fold.relevant[users[row]] & set(items[columns[i][columns[i] >= 0][:k]].tolist()))
+            / len(fold.relevant[users[row]]) for i, row in enumerate(fold.rows)]))
+    return out
+
+
+def reranked_lists(rows: pd.DataFrame, scores: np.ndarray, fold: Fold, shape: RetrievalSpec,
+                   catalogue: Catalogue, mmr_weight: float
+                   ) -> tuple[dict[Any, list[Any]], dict[Any, list[float]]]:
+    """Each entity's top retrieval_k after stage 3 (MMR over the attributes), with scores."""
+    from feastflow.rerank import mmr_order
+
+    items = fold.stage.index.items
+    lists, list_scores = {}, {}
+    frame = pd.DataFrame({"row": rows["request_id"].to_numpy(), "code": rows["item_code"].to_numpy(),
+                          "score": scores})
+    for row, group in frame.groupby("row", sort=False):
+        codes, values = group["code"].to_numpy(), group["score"].to_numpy()
+        attributes = [catalogue.attributes.get(item, frozenset()) for item in items[codes].tolist()]
+        order = mmr_order(values, attributes, mmr_weight, shape.rerank.mmr_depth, shape.k)
+        order = order[: shape.retrieval_k]
+        user = fold.stage.users[row]
+        lists[user] = items[codes[order]].tolist()
+        list_scores[user] = values[order].tolist()
+    return lists, list_scores
+
+
+def ann_figures(found: FoldCandidates, shape: RetrievalSpec) -> dict[str, float]:
+    """The index's recall@retrieval_k against exact search over the fold's users, and its
+    single-query latency (median and p99, ms, one thread)."""
+    from feastflow.ann import recall_against_exact
+
+    queries = found.factors.user_factors[found.fold.rows]
+    vectors = found.factors.item_factors
+    latencies = []
+    for query in queries:
+        started = time.perf_counter()
+        found.ann.search(query, shape.retrieval_k)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return {"library": shape.embedding.index.library, **shape.embedding.index.params,
+            f"recall@{shape.retrieval_k}_vs_exact": recall_against_exact(
+                found.ann, vectors, queries, shape.retrieval_k),
+            "latency_ms_p50": float(np.percentile(latencies, 50)),
+            "latency_ms_p99": float(np.percentile(latencies, 99)),
+            "items": len(vectors), "dim": int(vectors.shape[1])}
+
+
+def evaluate_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = print
+                       ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The whole protocol in one run: baselines tuned on validation, the ranker trained on the
+    validation fold, everything judged on the test fold. The report and the model's lists."""
+    from feastflow.store import open_store
+    from pipelines.datasets import model_feature_names
+    from pipelines.generators import covisitation_pairs
+    from pipelines.ranker import fit_ranker
+    from pipelines.training import score
+
+    shape = retrieval_of(spec)
+    events = load_events(settings, spec)
+    catalogue = load_catalogue(settings, spec)
+    validation, test = protocol_folds(events, shape, catalogue.index)
+    progress(f"{len(events):,} events; validation {len(validation.rows)} users, test "
+             f"{len(test.rows)} users with relevant items")
+    baselines, tuned, _ = run_baselines(shape, validation, test, catalogue, progress)
+    covisitation = next((g for g in shape.generators.values() if g.kind == "covisitation"), None)
+    params = covisitation.params if covisitation is not None else {}
+    pairs = covisitation_pairs(events, catalogue.index, float(params.get("window_hours", 24)),
+                               int(params.get("neighbours", 20)))
+    learn = [fold_candidates(settings, spec, fold, events, pairs, progress)
+             for fold in earlier_folds(validation, shape, events, shape.ranker_folds)]
+    judge = fold_candidates(settings, spec, test, events, pairs, progress)
+    features = model_feature_names(open_store(settings, spec.name), spec)
+    learn_rows = pd.concat([found.rows.assign(request_id=found.rows["request_id"] + i * len(
+        events)) for i, found in enumerate(learn)], ignore_index=True)
+    booster = fit_ranker(learn_rows, features, spec)
+    scores = score(booster, judge.rows, spec.model.categorical)["score"].to_numpy()
+    lists, list_scores = reranked_lists(judge.rows, scores, test, shape, catalogue,
+                                        shape.rerank.mmr_weight)
+    plain, _ = reranked_lists(judge.rows, scores, test, shape, catalogue, 0.0)
+    model = fold_metrics(test, lists, shape, catalogue)
+    primary = f"ndcg@{shape.k}"
+    report = {
+        "use_case": spec.name, "task": spec.task, "primary_metric": primary,
+        "model": model, "baselines": baselines, "n_users": len(test.rows),
+        "model_without_rerank": fold_metrics(test, plain, shape, catalogue),
+        "rerank": {"mmr_weight": shape.rerank.mmr_weight, "mmr_depth": shape.rerank.mmr_depth},
+        "stage_one": stage_one_metrics(judge, shape),
+        "ann": ann_figures(judge, shape),
+        "tuned_on_validation": tuned,
+        "n_validation_users": len(validation.rows),
+        "n_ranker_rows": len(learn_rows), "n_features": len(features),
+    }
+    best = max(baselines, key=lambda n: baselines[n][primary]) if baselines else None
+    if best is not None:
+        report["vs_best_baseline"] = {"baseline": best,
+                                      "ratio": model[primary] / baselines[best][primary]}
+    rows = [(user, rank, item, s) for user, items in lists.items()
+            for rank, (item, s) in enumerate(zip(items, list_scores[user], strict=True), start=1)]
+    predictions = pd.DataFrame(rows, columns=[spec.event_log.entity, "rank", spec.item_column,
+                                              "score"])
+    return report, predictions
