@@ -161,6 +161,28 @@ def build_index(vectors: np.ndarray, spec: AnnIndexSpec) -> AnnIndex:
     return builders[spec.library](vectors, spec.params)  # type: ignore[return-value]
 
 
+INDEX_FILE = "ann.index"  # the index's file in an artifact folder
+
+
+def load_index(path: Path, library: str, vectors: np.ndarray, params: dict[str, Any]) -> AnnIndex:
+    """An index written by its `save` (the exact index is the vectors themselves)."""
+    if library == "exact":
+        return ExactIndex(vectors)
+    if library == "hnswlib":
+        return HnswlibIndex.load(path, vectors.shape[1], params)
+    if library == "usearch":
+        from usearch.index import Index
+
+        return UsearchIndex(Index.restore(str(path)))
+    if library == "faiss":
+        import faiss
+
+        index: Any = faiss.read_index(str(path))  # an IndexHNSWFlat, as `build` made it
+        index.hnsw.efSearch = int(params.get("ef_search", 200))
+        return FaissIndex(index)
+    raise ValueError(f"unknown ANN library {library!r}")
+
+
 def recall_against_exact(index: AnnIndex, vectors: np.ndarray, queries: np.ndarray, k: int
                          ) -> float:
     """Share of the exact top-k items the index finds, over the queries."""

@@ -8,6 +8,7 @@ same folds, and judged on the same entities.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,10 +278,27 @@ def ann_figures(found: FoldCandidates, shape: RetrievalSpec) -> dict[str, float]
             "items": len(vectors), "dim": int(vectors.shape[1])}
 
 
+@dataclass
+class RetrievalRun:
+    """What one run of the protocol produced: the report, the model's test lists, the ranker."""
+
+    report: dict[str, Any]
+    predictions: pd.DataFrame
+    booster: Any
+    features: list[str]
+
+
 def evaluate_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = print
                        ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The whole protocol in one run: baselines tuned on validation, the ranker trained on the
-    validation fold, everything judged on the test fold. The report and the model's lists."""
+    validation folds, everything judged on the test fold. The report and the model's lists."""
+    run = run_retrieval(settings, spec, progress)
+    return run.report, run.predictions
+
+
+def run_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = print
+                  ) -> RetrievalRun:
+    """`evaluate_retrieval`, keeping the fitted ranker."""
     from feastflow.store import open_store
     from pipelines.datasets import model_feature_names
     from pipelines.generators import covisitation_pairs
@@ -330,4 +348,65 @@ def evaluate_retrieval(settings: Settings, spec: ModelSpec, progress: Progress =
             for rank, (item, s) in enumerate(zip(items, list_scores[user], strict=True), start=1)]
     predictions = pd.DataFrame(rows, columns=[spec.event_log.entity, "rank", spec.item_column,
                                               "score"])
-    return report, predictions
+    return RetrievalRun(report, predictions, booster, features)
+
+
+def serving_embeddings(settings: Settings, spec: ModelSpec) -> Any:
+    """iALS factors fitted on every entity's events (what the server answers from) and the
+    declared ANN index over the item factors."""
+    from feastflow.embeddings import Embeddings
+    from pipelines.interactions import USER
+    from pipelines.recommenders import fit_ials
+
+    emb = retrieval_of(spec).embedding
+    events = load_events(settings, spec)
+    catalogue = load_catalogue(settings, spec)
+    users = np.sort(events[USER].unique())
+    factors = fit_ials(user_item_matrix(events, users, catalogue.index), emb.factors,
+                       emb.regularization, emb.alpha, emb.iterations, emb.seed)
+    return Embeddings.build(users, catalogue.index.items, factors.user_factors,
+                            factors.item_factors, emb.index)
+
+
+def train_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = print) -> Any:
+    """Run the protocol, then log one MLflow run: the ranker as the model, the serving
+    embeddings and ANN index as its `retrieval/` artifacts (sha256 of each file tagged on the
+    version), every metric; register the version as challenger."""
+    import tempfile
+
+    import feast
+    import lightgbm as lgb
+    import mlflow
+
+    from feastflow.embeddings import ARTIFACT_DIR
+    from pipelines.training import TrainResult, _metric_key, flat_metrics, model_signature
+    from registry import lifecycle
+
+    run = run_retrieval(settings, spec, progress)
+    embeddings = serving_embeddings(settings, spec)
+    metrics = flat_metrics(run.report)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri, create=True)
+    tags = {"feature_service.ranking": str(spec.features.ranking_service), "task": spec.task,
+            "shape": "retrieval", "primary_metric": run.report["primary_metric"],
+            "lib.lightgbm": lgb.__version__, "lib.feast": feast.__version__,
+            "ann.library": embeddings.index_spec.library}
+    with tempfile.TemporaryDirectory() as tmp, registry.run(spec.name, f"{spec.name}-retrieval") \
+            as active:
+        mlflow.set_tags(tags)
+        mlflow.log_metrics({lifecycle.mlflow_name(_metric_key(k)): v for k, v in metrics.items()})
+        folder = embeddings.save(Path(tmp) / ARTIFACT_DIR)
+        mlflow.log_artifacts(str(folder), ARTIFACT_DIR)
+        (Path(tmp) / "report.json").write_text(json.dumps(run.report, indent=1))
+        mlflow.log_artifact(str(Path(tmp) / "report.json"))
+        model_uri = registry.log_lightgbm(
+            active.info.run_id, run.booster, spec.model.categorical,
+            model_signature(run.features, spec.model.categorical), None,
+            [f"lightgbm=={lgb.__version__}"])
+        tags.update(lifecycle.artifact_tags(folder, ARTIFACT_DIR))
+        run_id = active.info.run_id
+    registered = registry.register_challenger(spec.registered_model_name, model_uri, run_id,
+                                              metrics, tags)
+    progress(f"registered {spec.name} v{registered.version} as challenger")
+    return TrainResult(registered.version, run_id, run.report, "", run.report["n_users"],
+                       run.report["n_ranker_rows"])
+

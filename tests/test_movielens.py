@@ -146,3 +146,76 @@ def test_evaluate_prints_the_report_and_writes_the_lists(
     first = lists.groupby("userId")["rank"].agg(["min", "max", "count"])
     assert (first["min"] == 1).all() and (first["max"] == first["count"]).all()
     assert not lists.duplicated(["userId", "movieId"]).any()
+
+
+def test_champion_loads_its_own_index_and_a_rollback_rolls_both_back(
+        small_movielens: tuple[Settings, pd.DataFrame], tmp_path: Path) -> None:
+    from feastflow.embeddings import ARTIFACT_DIR, Embeddings
+    from feastflow.spec import lower_is_better
+    from pipelines.training import train_use_case
+    from registry import lifecycle
+
+    settings, _ = small_movielens
+    spec = load_spec("movielens", settings.feature_repo)
+    shape = spec.retrieval
+    assert shape is not None
+    reseeded = spec.model_copy(update={"retrieval": shape.model_copy(update={
+        "embedding": shape.embedding.model_copy(update={"seed": 99})})})
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    first = train_use_case(settings, spec, progress=lambda _: None)
+    registry.set_alias(spec.name, lifecycle.CHAMPION, first.version)
+    # the gate reads back `ndcg@10` (stored as MLflow accepts it) and each baseline's
+    assert "ndcg@10" in registry.version_metrics(spec.name, first.version)
+    assert "ease.ndcg@10" in registry.version_metrics(spec.name, first.version)
+
+    def champion_embeddings(where: str) -> tuple[str, Embeddings]:
+        version, folder = lifecycle.load_version_artifacts(
+            registry, spec.name, lifecycle.CHAMPION, ARTIFACT_DIR, tmp_path / where)
+        return version, Embeddings.load(folder)
+
+    _, before = champion_embeddings("v1")
+    second = train_use_case(settings, reseeded, progress=lambda _: None)
+    registry.decide(spec.name, _always(), second.version,
+                    {}, first.version, {}, lower_is_better)
+    version, after = champion_embeddings("v2")
+    assert version == second.version
+    assert not np.allclose(after.item_factors, before.item_factors)  # another seed, other factors
+    # the loaded index is the one built over the loaded factors: it finds what exact search finds
+    user = after.users[0]
+    items, _ = after.nearest(user, 5)
+    exact = after.items[np.argsort(-(after.item_factors @ after.user_factors[0]))[:5]]
+    assert set(items.tolist()) == set(exact.tolist())
+    assert registry.rollback(spec.name) == first.version
+    version, rolled = champion_embeddings("back")
+    assert version == first.version
+    assert np.array_equal(rolled.item_factors, before.item_factors)
+    assert np.array_equal(rolled.index.search(rolled.user_factors[0], 5)[0],
+                          before.index.search(before.user_factors[0], 5)[0])
+    _tampered_index_is_refused(registry, tmp_path)
+
+
+def _always() -> object:
+    """Gate rules that pass whatever the metrics (promotion itself is not under test here)."""
+    from feastflow.spec import GateSpec
+
+    return GateSpec(must_beat_baselines=False)
+
+
+def _tampered_index_is_refused(registry: object, tmp_path: Path) -> None:
+    """The registry's own copy of the champion's index is changed: loading it is refused."""
+    from feastflow.embeddings import ARTIFACT_DIR
+    from feastflow.errors import ModelChecksumMismatch
+    from registry import lifecycle
+
+    assert isinstance(registry, lifecycle.Registry)
+    mv = registry.client.get_model_version_by_alias("movielens", lifecycle.CHAMPION)
+    source = Path(registry.client.get_run(mv.run_id).info.artifact_uri.removeprefix("file://"))
+    index_file = source / ARTIFACT_DIR / "ann.index"
+    original = index_file.read_bytes()
+    try:
+        index_file.write_bytes(original[:-10])
+        with pytest.raises(ModelChecksumMismatch, match=r"ann\.index"):
+            lifecycle.load_version_artifacts(registry, "movielens", lifecycle.CHAMPION,
+                                             ARTIFACT_DIR, tmp_path / "tampered")
+    finally:
+        index_file.write_bytes(original)
