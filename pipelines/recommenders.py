@@ -8,6 +8,7 @@ builds); popularity reads only events strictly before each entity's own cut-off.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +126,9 @@ def fit_ials(matrix: sp.csr_matrix, factors: int, regularization: float, alpha: 
     model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
                                     iterations=iterations, random_state=seed, num_threads=2,
                                     calculate_training_loss=False)
-    with threadpool_limits(1, "blas"):
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        # implicit warns when OpenBLAS *could* use threads: the limit above already stops it
+        warnings.filterwarnings("ignore", message="OpenBLAS is configured", category=RuntimeWarning)
         model.fit(matrix.astype(np.float32).tocsr(), show_progress=False)
     return FactorModel(np.asarray(model.user_factors, dtype=np.float32),
                        np.asarray(model.item_factors, dtype=np.float32))

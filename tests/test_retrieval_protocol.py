@@ -111,3 +111,43 @@ def test_coverage_and_diversity() -> None:
 def test_a_user_without_relevant_items_is_refused() -> None:
     with pytest.raises(ValueError, match="not evaluated"):
         user_list_metrics([1], set(), 10, 100)
+
+
+def _movielens_raw() -> dict:
+    import yaml
+
+    from feastflow.settings import FEATURE_REPO
+
+    return yaml.safe_load((FEATURE_REPO / "movielens" / "model.yaml").read_text())
+
+
+def test_the_spec_names_a_catalogue_that_is_not_a_reference_table() -> None:
+    from feastflow.spec import ModelSpec
+
+    raw = _movielens_raw()
+    raw["retrieval"]["catalog"]["table"] = "films"
+    with pytest.raises(ValueError, match=r"retrieval\.catalog\.table 'films'"):
+        ModelSpec(**raw)
+
+
+def test_the_spec_refuses_a_retrieval_shape_on_a_per_event_task() -> None:
+    from feastflow.spec import ModelSpec
+
+    raw = _movielens_raw()
+    raw.update(task="regression", event_log={**raw["event_log"], "label": "rating"},
+               features={**raw["features"], "service": "movielens_ranker_v1"})
+    with pytest.raises(ValueError, match="retrieval is a ranking shape"):
+        ModelSpec(**raw)
+
+
+def test_the_spec_refuses_an_unknown_generator_kind_and_a_metric_of_another_shape() -> None:
+    from feastflow.spec import ModelSpec
+
+    raw = _movielens_raw()
+    raw["retrieval"]["generators"]["random"] = {"kind": "random"}
+    with pytest.raises(ValueError, match=r"retrieval.generators.random.kind"):
+        ModelSpec(**raw)
+    raw = _movielens_raw()
+    raw["metrics"] = ["top4"]
+    with pytest.raises(ValueError, match="metric 'top4' does not apply"):
+        ModelSpec(**raw)
