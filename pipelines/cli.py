@@ -233,19 +233,29 @@ def generate(
 @app.command()
 def ingest(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="CSV or Parquet in the use case's raw event schema")],
+    path: Annotated[Path | None, typer.Argument(
+        help="CSV or Parquet in the use case's raw event schema (default: what the spec's "
+             "`loader` reads from the data folder)")] = None,
     use_case: UseCase = None,
     strict: Annotated[bool, typer.Option(help="reject the whole file if any row is bad")] = False,
     max_errors: Annotated[int, typer.Option(help="errors to print")] = 20,
 ) -> None:
     """Validate against the use case's data contract, hash its personal columns, append to its
     event log; exit 1 if any row was rejected."""
-    from pipelines.ingest import ingest_file
+    from feastflow.plugins import use_case_function
+    from pipelines.ingest import ingest_file, ingest_frame
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    report = ingest_file(path, spec.event_log, settings.events_dir(spec.name),
-                         settings.user_hash_secret, strict=strict)
+    if path is None:
+        if spec.loader is None:
+            raise InputError(f"{spec.name} declares no `loader`: give the file to ingest")
+        raw = use_case_function(spec, spec.loader.module, spec.loader.function)(settings.data_dir)
+        report = ingest_frame(raw, spec.event_log, settings.events_dir(spec.name),
+                              settings.user_hash_secret, strict=strict)
+    else:
+        report = ingest_file(path, spec.event_log, settings.events_dir(spec.name),
+                             settings.user_hash_secret, strict=strict)
     for error in report.errors[:max_errors]:
         console.print(f"[yellow]rejected[/yellow] {error}")
     if len(report.errors) > max_errors:

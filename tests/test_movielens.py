@@ -72,20 +72,20 @@ def _small_repo(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def small_movielens(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, pd.DataFrame]:
     """Ingested, features computed, Feast applied (embedded profile)."""
-    from feastflow.plugins import use_case_function
     from feastflow.store import apply_repo
+    from pipelines.cli import app
     from pipelines.features import compute_feature_tables
-    from pipelines.ingest import ingest_frame
 
     root = tmp_path_factory.mktemp("movielens")
     ratings = _write_data(root / "data")
     settings = Settings(home=root / "var", feature_repo=_small_repo(root), data_dir=root / "data",
                         user_hash_secret="movielens-test")
     spec = load_spec("movielens", settings.feature_repo)
-    raw = use_case_function(spec, "data", "raw_events")(settings.data_dir)
-    report = ingest_frame(raw, spec.event_log, settings.events_dir(spec.name),
-                          settings.user_hash_secret)
-    assert report.rows_written == len(ratings) and not report.errors
+    # `feastflow ingest -u movielens` without a file: the spec's loader over the data folder
+    result = CliRunner().invoke(app, ["--home", str(settings.home), "ingest", "-u", "movielens"],
+                                env=settings.as_env(), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(ratings):,} into" in result.output
     compute_feature_tables(settings, spec)
     apply_repo(settings, spec.name)
     return settings, ratings
