@@ -163,6 +163,11 @@ def test_champion_loads_its_own_index_and_a_rollback_rolls_both_back(
         "embedding": shape.embedding.model_copy(update={"seed": 99})})})
     registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
     first = train_use_case(settings, spec, progress=lambda _: None)
+    # the spec's gate judges the first version against every baseline on ndcg@10 (whether this
+    # tiny world's model wins is not the point: the reasons show the names round-trip)
+    decision = registry.promote(spec.name, spec.gate_rules(), lower_is_better, first.version)
+    assert sorted(r.split(" ")[0] for r in decision.reasons) == ["ndcg@10", "ndcg@10"]
+    assert {r.split(" ")[-2] for r in decision.reasons} == {"top_pop", "ease"}
     registry.set_alias(spec.name, lifecycle.CHAMPION, first.version)
     # the gate reads back `ndcg@10` (stored as MLflow accepts it) and each baseline's
     assert "ndcg@10" in registry.version_metrics(spec.name, first.version)
