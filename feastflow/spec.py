@@ -254,7 +254,7 @@ class ModelAlgoSpec(_Strict):
     )
     exclude_features: list[str] = Field(
         default_factory=list, description="features of the service that are not model inputs "
-        "(inputs of on-demand views, such as absolute times)")
+        "(inputs of on-demand views, such as absolute times); shell patterns (`*_unix`) match")
 
 
 class SplitSpec(_Strict):
@@ -431,6 +431,96 @@ class RetrainSpec(_Strict):
     train_days: int = Field(default=28, ge=7)
 
 
+class GeneratorSpec(_Strict):
+    """One stage-1 candidate generator of the retrieval shape, as of each entity's cut-off:
+    `popularity` (ratings in the last `window_days`), `covisitation` (items rated within
+    `window_hours` of the entity's recent items, by anyone, before the cut-off), `embedding` (the
+    nearest items to the entity's embedding in the ANN index), `ease` (EASE^R item weights)."""
+
+    kind: Literal["popularity", "covisitation", "embedding", "ease"]
+    n: int = Field(default=100, ge=1, description="candidates it gives")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AnnIndexSpec(_Strict):
+    """The approximate nearest neighbour index over item embeddings (inner product)."""
+
+    library: Literal["exact", "hnswlib", "usearch", "faiss"] = "hnswlib"
+    params: dict[str, Any] = Field(default_factory=dict, description="build and search settings")
+
+
+class EmbeddingSpec(_Strict):
+    """Entity and item embeddings: implicit-feedback ALS factors (iALS), searched by an index."""
+
+    factors: int = Field(default=64, ge=2)
+    regularization: float = Field(default=0.05, ge=0)
+    alpha: float = Field(default=1.0, gt=0, description="confidence of an observed item")
+    iterations: int = Field(default=15, ge=1)
+    seed: int = 13
+    index: AnnIndexSpec = AnnIndexSpec()
+
+
+class RerankSpec(_Strict):
+    """Stage 3: what the ranked list goes through before it is answered."""
+
+    drop_rated: bool = Field(default=True, description="never answer an item the entity rated")
+    mmr_weight: float = Field(default=0.0, ge=0, le=1, description="maximal marginal relevance: "
+                              "0 ranks by score alone, 1 by attribute novelty alone")
+    mmr_depth: int = Field(default=50, ge=1, description="the top items the MMR re-orders")
+
+
+class CatalogSpec(_Strict):
+    """The items' reference table: id, title and a multi-valued attribute (diversity)."""
+
+    table: str = Field(description="one of features.reference_tables")
+    key: str
+    title: str
+    attribute: str = Field(description="a column of values joined by `separator`, e.g. genres")
+    separator: str = "|"
+
+
+class RecommenderBaselineSpec(_Strict):
+    """A recommender run beside ours in the same protocol; `grid` is tuned on the validation
+    split carved from the training period (never on the test)."""
+
+    kind: Literal["top_popular", "item_knn", "ease", "ials"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class RetrievalSpec(_Strict):
+    """The ranking shape "retrieval then rank": a temporal per-entity holdout, stage-1
+    generators, a stage-2 ranker over their union, stage-3 re-ranking.
+
+    Protocol: each entity's events sorted by (timestamp, item); the last max(1, floor(
+    `test_fraction` * n)) are its test; the first test event's time is its cut-off; every
+    feature is as of strictly before it. Relevant: test items with `rating` >= `relevant_min`.
+    The same rule inside the training events carves the validation split (tuning, ranker).
+    """
+
+    rating: str = Field(description="the event column of explicit feedback")
+    relevant_min: float
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    k: int = Field(default=10, ge=1, description="metrics at k")
+    retrieval_k: int = Field(default=100, ge=1, description="recall of the first k (retrieval)")
+    catalog: CatalogSpec
+    generators: dict[str, GeneratorSpec] = Field(min_length=1)
+    max_candidates: int = Field(default=200, ge=1)
+    ranker_folds: int = Field(default=1, ge=1, description="folds the ranker learns from: the "
+                              "validation split, then the same rule again inside its training "
+                              "events, ... (more users' lists to learn from, none from the test)")
+    embedding: EmbeddingSpec = EmbeddingSpec()
+    rerank: RerankSpec = RerankSpec()
+    baselines: dict[str, RecommenderBaselineSpec] = Field(default_factory=dict)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Every metric of the shape, in report order."""
+        k = self.k
+        return [f"ndcg@{k}", f"recall@{k}", f"map@{k}", f"hit_rate@{k}",
+                f"recall@{self.retrieval_k}", f"coverage@{k}", f"diversity@{k}"]
+
+
 RANKING_METRICS = frozenset({"top1", "candidate_recall"})  # and top<k>, ndcg<k>, recall<k>
 CLASSIFICATION_METRICS = frozenset({"roc_auc", "average_precision", "log_loss", "brier",
                                     "precision_at_threshold", "recall_at_threshold",
@@ -455,6 +545,8 @@ class ModelSpec(_Strict):
     generator: LoaderSpec | None = None
     features: FeatureSpec
     candidates: CandidateSpec | None = None
+    retrieval: RetrievalSpec | None = Field(
+        default=None, description="ranking: the retrieval-then-rank shape (per-entity holdout)")
     realtime: RealtimeSpec | None = None
     model: ModelAlgoSpec
     split: SplitSpec = SplitSpec()
@@ -478,13 +570,21 @@ class ModelSpec(_Strict):
     def _fits_its_task(self) -> ModelSpec:
         log, features = self.event_log, self.features
         if self.task == "ranking":
-            missing = [n for n, v in (("event_log.item", log.item), ("candidates", self.candidates),
-                                      ("features.entity_service", features.entity_service),
-                                      ("features.ranking_service", features.ranking_service))
-                       if v is None]
+            needed: tuple[tuple[str, Any], ...] = (
+                ("event_log.item", log.item), ("features.ranking_service", features.ranking_service))
+            if self.retrieval is None:
+                needed += (("candidates", self.candidates),
+                           ("features.entity_service", features.entity_service))
+            missing = [n for n, v in needed if v is None]
             if missing:
                 raise ValueError(f"task ranking needs {', '.join(missing)}")
+            if self.retrieval is not None and \
+                    self.retrieval.catalog.table not in features.reference_tables:
+                raise ValueError(f"retrieval.catalog.table {self.retrieval.catalog.table!r} is not "
+                                 "one of features.reference_tables")
         else:
+            if self.retrieval is not None:
+                raise ValueError(f"retrieval is a ranking shape; task {self.task} does not rank")
             missing = [n for n, v in (("event_log.label", log.label),
                                       ("features.service", features.service)) if v is None]
             if missing:
@@ -509,6 +609,8 @@ class ModelSpec(_Strict):
     @property
     def known_metrics(self) -> set[str]:
         """The metric names this task computes."""
+        if self.retrieval is not None:
+            return set(self.retrieval.metric_names)
         if self.task == "ranking":
             k = self.top_k
             return set(RANKING_METRICS) | {f"top{k}", f"ndcg{k}", f"recall{k}"}
@@ -521,6 +623,8 @@ class ModelSpec(_Strict):
         """The metric the first model must win on: declared, else the task's usual one."""
         if self.primary_metric:
             return self.primary_metric
+        if self.retrieval is not None:
+            return f"ndcg@{self.retrieval.k}"
         return {"ranking": f"top{self.top_k}", "binary_classification": "roc_auc",
                 "regression": "mae"}[self.task]
 

@@ -241,19 +241,29 @@ def generate(
 @app.command()
 def ingest(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="CSV or Parquet in the use case's raw event schema")],
+    path: Annotated[Path | None, typer.Argument(
+        help="CSV or Parquet in the use case's raw event schema (default: what the spec's "
+             "`loader` reads from the data folder)")] = None,
     use_case: UseCase = None,
     strict: Annotated[bool, typer.Option(help="reject the whole file if any row is bad")] = False,
     max_errors: Annotated[int, typer.Option(help="errors to print")] = 20,
 ) -> None:
     """Validate against the use case's data contract, hash its personal columns, append to its
     event log; exit 1 if any row was rejected."""
-    from pipelines.ingest import ingest_file
+    from feastflow.plugins import use_case_function
+    from pipelines.ingest import ingest_file, ingest_frame
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
-    report = ingest_file(path, spec.event_log, settings.events_dir(spec.name),
-                         settings.user_hash_secret, strict=strict)
+    if path is None:
+        if spec.loader is None:
+            raise InputError(f"{spec.name} declares no `loader`: give the file to ingest")
+        raw = use_case_function(spec, spec.loader.module, spec.loader.function)(settings.data_dir)
+        report = ingest_frame(raw, spec.event_log, settings.events_dir(spec.name),
+                              settings.user_hash_secret, strict=strict)
+    else:
+        report = ingest_file(path, spec.event_log, settings.events_dir(spec.name),
+                             settings.user_hash_secret, strict=strict)
     for error in report.errors[:max_errors]:
         console.print(f"[yellow]rejected[/yellow] {error}")
     if len(report.errors) > max_errors:
@@ -329,17 +339,21 @@ def evaluate(
     validation: Annotated[bool, typer.Option(
         "--validation", help="with --protocol: its validation folds, not its test folds")] = False,
     predictions: Annotated[Path | None, typer.Option(
-        help="with --protocol: write every test prediction to this CSV")] = None,
+        help="with --protocol, or for a retrieval use case: write every test prediction to this "
+             "CSV")] = None,
 ) -> None:
     """Evaluate the aliased model on the holdout against the baselines, or run a protocol."""
     from pipelines.training import evaluate_alias
 
     settings = _settings(ctx)
-    if protocol is not None:
-        _evaluate_protocol(settings, _spec(settings, use_case), protocol, validation, predictions,
-                           as_json)
+    spec = _spec(settings, use_case)
+    if spec.retrieval is not None:
+        _evaluate_retrieval(settings, spec, predictions, as_json)
         return
-    report = evaluate_alias(settings, _spec(settings, use_case), alias,
+    if protocol is not None:
+        _evaluate_protocol(settings, spec, protocol, validation, predictions, as_json)
+        return
+    report = evaluate_alias(settings, spec, alias,
                             progress=lambda m: console.print(m))
     if as_json:
         typer.echo(json.dumps(report))
@@ -367,6 +381,27 @@ def _evaluate_protocol(settings: Settings, spec: ModelSpec, name: str, validatio
         table.add_column(metric)
     for model_name, values in {"model": report["model"], **report["baselines"]}.items():
         table.add_row(model_name, *(f"{values[m]:.4f}" for m in metric_names))
+    console.print(table)
+
+
+def _evaluate_retrieval(settings: Settings, spec: ModelSpec, predictions: Path | None,
+                        as_json: bool) -> None:
+    from pipelines.retrieval import evaluate_retrieval, write_predictions_csv
+
+    report, lists = evaluate_retrieval(settings, spec, progress=lambda m: console.print(m))
+    if predictions is not None:
+        write_predictions_csv(lists, predictions)
+        console.print(f"{len(lists):,} ranked items written to {predictions}")
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    metric_names = list(report["model"])
+    table = Table(title=f"{spec.name}: test fold, {report['n_users']} users with relevant items")
+    table.add_column("")
+    for metric in metric_names:
+        table.add_column(metric)
+    for name, values in {"model": report["model"], **report["baselines"]}.items():
+        table.add_row(name, *(f"{values[m]:.4f}" for m in metric_names))
     console.print(table)
 
 

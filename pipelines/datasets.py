@@ -11,6 +11,7 @@ per event, its label as it is: classification and regression).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -135,9 +136,10 @@ def model_feature_names(store: FeatureStore, spec: ModelSpec) -> list[str]:
     then the spec's extra columns."""
     service_name = spec.features.service if spec.per_event else spec.features.ranking_service
     service = store.get_feature_service(service_name)
-    excluded = set(spec.model.exclude_features)
+    excluded = spec.model.exclude_features
     names = [f.name for projection in service.feature_view_projections
-             for f in projection.features if f.name not in excluded]
+             for f in projection.features
+             if not any(fnmatch.fnmatchcase(f.name, pattern) for pattern in excluded)]
     return names + [n for n in spec.model.extra_features if n not in names]
 
 

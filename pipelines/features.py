@@ -82,14 +82,21 @@ def use_case_connection(settings: Settings, spec: ModelSpec) -> duckdb.DuckDBPyC
     secret = settings.user_hash_secret
     con.create_function("hash_entity", lambda raw: None if raw is None else hash_user_id(raw, secret),
                         [sqltypes.VARCHAR], sqltypes.VARCHAR, null_handling="special")
-    for name, template in spec.features.reference_tables.items():
-        path = Template(template).safe_substitute(data=str(settings.data_dir))
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"reference table {name!r} of {spec.name}: no file {path} "
-                                    "(set FEASTFLOW_DATA_DIR to the shared data folder)")
+    for name in spec.features.reference_tables:
+        path = str(reference_table_path(settings, spec, name))
         reader = "read_parquet" if path.endswith(".parquet") else "read_csv_auto"
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {reader}({sql_string(path)})')
     return con
+
+
+def reference_table_path(settings: Settings, spec: ModelSpec, name: str) -> Path:
+    """The file of one of the spec's reference tables (`${data}` is the shared data folder)."""
+    template = spec.features.reference_tables[name]
+    path = Path(Template(template).safe_substitute(data=str(settings.data_dir)))
+    if not path.is_file():
+        raise FileNotFoundError(f"reference table {name!r} of {spec.name}: no file {path} "
+                                "(set FEASTFLOW_DATA_DIR to the shared data folder)")
+    return path
 
 
 def compute_feature_tables(

@@ -100,3 +100,51 @@ def event_metrics(spec: ModelSpec, labels: np.ndarray, scores: np.ndarray,
     else:
         found = regression_metrics(labels, scores)
     return {m: found[m] for m in dict.fromkeys([spec.primary, *spec.metrics])}
+
+
+def user_list_metrics(ranked: list[object], relevant: set[object], k: int, retrieval_k: int
+                      ) -> dict[str, float]:
+    """One entity's binary-relevance metrics of its ranked list: NDCG@k (IDCG over
+    min(|relevant|, k)), recall@k (hits / |relevant|), MAP@k (precision at each hit, over
+    min(|relevant|, k)), hit rate@k, recall@retrieval_k."""
+    if not relevant:
+        raise ValueError("an entity without relevant items is not evaluated")
+    top = ranked[:k]
+    hits = np.array([item in relevant for item in top], dtype=float)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = discounts[: min(len(relevant), k)].sum()
+    precision_at_hit = np.cumsum(hits) / np.arange(1, len(hits) + 1) * hits
+    return {
+        f"ndcg@{k}": float((hits * discounts[: len(hits)]).sum() / ideal),
+        f"recall@{k}": float(hits.sum() / len(relevant)),
+        f"map@{k}": float(precision_at_hit.sum() / min(len(relevant), k)),
+        f"hit_rate@{k}": float(hits.any()),
+        f"recall@{retrieval_k}": float(len(relevant.intersection(ranked[:retrieval_k]))
+                                       / len(relevant)),
+    }
+
+
+def intra_list_diversity(items: list[object], attributes: dict[object, frozenset[str]]) -> float:
+    """Mean over the list's pairs of 1 - Jaccard(attributes): 0 all alike, 1 nothing shared."""
+    sets = [attributes.get(item, frozenset()) for item in items]
+    distances = [1.0 - len(a & b) / len(a | b) if a | b else 0.0
+                 for i, a in enumerate(sets) for b in sets[i + 1:]]
+    return float(np.mean(distances)) if distances else 0.0
+
+
+def recommendation_metrics(lists: dict[object, list[object]], relevant: dict[object, set[object]],
+                           k: int, retrieval_k: int, attributes: dict[object, frozenset[str]],
+                           catalogue_size: int) -> dict[str, float]:
+    """The retrieval shape's metrics, averaged over the entities with relevant items: those of
+    `user_list_metrics`, catalogue coverage@k (distinct items of all top-k lists / catalogue)
+    and intra-list attribute diversity@k."""
+    if not relevant:
+        raise ValueError("no entity has a relevant item: nothing to evaluate")
+    per_user = [user_list_metrics(lists.get(user, []), items, k, retrieval_k)
+                for user, items in relevant.items()]
+    out = {name: float(np.mean([m[name] for m in per_user])) for name in per_user[0]}
+    shown = {item for user in relevant for item in lists.get(user, [])[:k]}
+    out[f"coverage@{k}"] = len(shown) / catalogue_size
+    out[f"diversity@{k}"] = float(np.mean([intra_list_diversity(lists.get(user, [])[:k], attributes)
+                                           for user in relevant]))
+    return out

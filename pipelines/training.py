@@ -356,6 +356,10 @@ class TrainResult:
 def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = print
                    ) -> TrainResult:
     """Build the sets, fit, evaluate on the holdout, log one MLflow run, register a challenger."""
+    if spec.retrieval is not None:  # the retrieval-then-rank shape runs its own protocol
+        from pipelines.retrieval import train_retrieval
+
+        return train_retrieval(settings, spec, progress)  # type: ignore[no-any-return]
     data = build_datasets(settings, spec, progress)
     store = open_store(settings, spec.name)
     features = model_feature_names(store, spec)

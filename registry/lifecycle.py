@@ -155,9 +155,15 @@ def gate(challenger: dict[str, float], champion: dict[str, float] | None, rules:
     return GateDecision(passed, reasons)
 
 
+def mlflow_name(metric: str) -> str:
+    """A metric name as MLflow accepts it: `@` (ndcg@10) is not allowed, `:` is and no metric
+    name uses it, so `ndcg@10` is stored as `ndcg:10` and read back as `ndcg@10`."""
+    return metric.replace("@", ":")
+
+
 def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
     """Metrics as the version tags the gate reads back (`metric.<name>`)."""
-    return {f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()}
+    return {f"metric.{mlflow_name(k)}": f"{v:.6f}" for k, v in metrics.items()}
 
 
 class Lifecycle:
@@ -183,7 +189,7 @@ class Lifecycle:
     def version_metrics(self, model_name: str, version: str) -> dict[str, float]:
         """The holdout metrics recorded on a version at registration."""
         tags = self.version_tags(model_name, version)
-        return {k.removeprefix("metric."): float(v) for k, v in tags.items()
+        return {k.removeprefix("metric.").replace(":", "@"): float(v) for k, v in tags.items()
                 if k.startswith("metric.")}
 
     def promote(self, model_name: str, rules: Any, lower_is_better: Callable[[str], bool],
@@ -430,6 +436,40 @@ class Registry(Lifecycle):
         warn_on_version_mismatch(tags)
         return LoadedModel(booster, version, mv.run_id, tags,
                            model_file if local_dir else None, sha256)
+
+
+ARTIFACT_SHA256_TAG = "artifact.{name}.sha256"  # a version's extra file, checked at load
+
+
+def artifact_tags(folder: Path, prefix: str) -> dict[str, str]:
+    """The sha256 of every file of an artifact folder as version tags (`artifact.<prefix>/<file>
+    .sha256`): what `load_version_artifacts` checks."""
+    return {ARTIFACT_SHA256_TAG.format(name=f"{prefix}/{path.relative_to(folder).as_posix()}"):
+            file_sha256(path) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def load_version_artifacts(registry: Registry, model_name: str, alias: str, prefix: str,
+                           dst: Path) -> tuple[str, Path]:
+    """Download the run artifacts under `prefix` of the aliased version (files logged beside its
+    model: embeddings, an index), each checked against the sha256 tagged at registration; the
+    version and the local folder. The alias moves them with the model: a rollback rolls back
+    both."""
+    mv = registry._version_by_alias(model_name, alias)
+    if mv is None:
+        raise RegistryError(f"{model_name}@{alias} does not exist: train and promote first")
+    version, tags = str(mv.version), dict(mv.tags)
+    try:
+        folder = registry.download_run_artifacts(mv.run_id, prefix, dst)
+    except Exception as e:
+        raise RegistryUnreachable(f"{model_name} v{version}: its {prefix} artifacts could not be "
+                                  f"downloaded: {e}") from e
+    expected = {k: v for k, v in tags.items() if k.startswith(f"artifact.{prefix}/")}
+    if not expected:
+        raise RegistryError(f"{model_name} v{version} registered no {prefix} artifacts")
+    for key, sha256 in expected.items():
+        name = key.removeprefix("artifact.").removesuffix(".sha256")
+        verify_model_file(folder.parent / name, sha256, f"{model_name} v{version} {name}")
+    return version, folder
 
 
 def _checked_sha256(model_file: Path, tags: dict[str, str], what: str) -> str:
