@@ -434,6 +434,8 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
         mlflow.log_params({
             **{f"lgb.{k}": v for k, v in spec.model.params.items()},
             "num_boost_round": spec.model.num_boost_round,
+            **({"blend": json.dumps([m.model_dump() for m in spec.model.blend])}
+               if spec.model.blend else {}),
             "n_train_events": len(data.train_requests),
             "n_train_rows": len(data.train_rows),
             "n_features": len(features),
