@@ -241,6 +241,14 @@ class RealtimeSpec(_Strict):
         default=None, description="one row per (entity, item): f(the item's last event time)")
 
 
+class BlendMemberSpec(_Strict):
+    """One learner of a blend: the model's `params` updated by its own, and its weight."""
+
+    weight: float = Field(gt=0, description="its share of the blend (weights are normalised)")
+    params: dict[str, Any] = Field(default_factory=dict, description="updates of model.params")
+    num_boost_round: int | None = Field(default=None, ge=1, description="default: the model's")
+
+
 class ModelAlgoSpec(_Strict):
     """The learner and its parameters: LightGBM, its objective in `params` (binary, regression,
     regression_l1, huber, lambdarank, ...)."""
@@ -255,6 +263,15 @@ class ModelAlgoSpec(_Strict):
     exclude_features: list[str] = Field(
         default_factory=list, description="features of the service that are not model inputs "
         "(inputs of on-demand views, such as absolute times); shell patterns (`*_unix`) match")
+    blend: list[BlendMemberSpec] = Field(
+        default_factory=list, description="several learners fitted on the same rows, their raw "
+        "scores (log-odds for binary) averaged with these weights into one LightGBM model")
+
+    @model_validator(mode="after")
+    def _blend_of_several(self) -> ModelAlgoSpec:
+        if len(self.blend) == 1:
+            raise ValueError("blend: declare two learners or more (one is model.params)")
+        return self
 
 
 class SplitSpec(_Strict):

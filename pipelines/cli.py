@@ -375,7 +375,7 @@ def _evaluate_protocol(settings: Settings, spec: ModelSpec, name: str, validatio
         return
     metric_names = [m for m in report["model"] if m != "folds"]
     table = Table(title=f"{spec.name}: protocol {name}, mean over "
-                  f"{len(report['model']['folds'])} {report['folds_kind']} folds")
+                  f"{len(report['model']['folds'])} {report.get('folds_kind', 'test')} folds")
     table.add_column("")
     for metric in metric_names:
         table.add_column(metric)

@@ -31,7 +31,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from feastflow.ranking import LABEL, REQUEST_ID
 from feastflow.settings import Settings
-from feastflow.spec import ModelSpec, ProtocolBaselineSpec, ProtocolSpec
+from feastflow.spec import ModelAlgoSpec, ModelSpec, ProtocolBaselineSpec, ProtocolSpec
 from feastflow.store import open_store
 from pipelines.datasets import SplitWindow, build_event_set, data_fingerprint, model_feature_names
 from pipelines.features import event_log_connection
@@ -135,7 +135,11 @@ def protocol_rows(settings: Settings, spec: ModelSpec, protocol: ProtocolSpec,
     first, end = min(f.train_start for f in spans), max(f.test_end for f in spans)
     events_dir = settings.events_dir(spec.name)
     features_dir = settings.feature_tables_dir(spec.name)
-    fingerprint = data_fingerprint(events_dir, features_dir, SplitWindow(first, first, end), spec)
+    # keyed by what the rows hold: choosing the learner's parameters reuses the join
+    joined = spec.model_copy(update={
+        "model": ModelAlgoSpec(extra_features=spec.model.extra_features), "protocols": {}})
+    fingerprint = data_fingerprint(events_dir, features_dir, SplitWindow(first, first, end),
+                                   joined)
     cache = settings.home / "datasets" / spec.name / f"protocol-{fingerprint}.parquet"
 
     def build() -> pd.DataFrame:
@@ -203,11 +207,12 @@ def run_protocol(settings: Settings, spec: ModelSpec, name: str, validation: boo
                 "folds": folds_of}
 
     report = {
-        "use_case": spec.name, "task": spec.task, "protocol": name,
-        "folds_kind": "validation" if validation else "test", "primary_metric": "ap",
+        "use_case": spec.name, "task": spec.task, "protocol": name, "primary_metric": "ap",
         "model": summary(per_model.pop("model")),
         "baselines": {n: summary(f) for n, f in per_model.items()},
     }
+    if validation:  # the test folds' report has exactly the shape the protocol's readers expect
+        report["folds_kind"] = "validation"
     return report, pd.concat(predictions, ignore_index=True)
 
 

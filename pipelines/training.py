@@ -130,10 +130,59 @@ def fit_model(rows: pd.DataFrame, features: list[str], spec: ModelSpec) -> lgb.B
         rows = rows[has_answer]  # a group without the right answer teaches a ranker nothing
     rows = rows[rows[LABEL].notna()]
     group = rows.groupby(REQUEST_ID, sort=False).size().to_numpy() if not spec.per_event else None
-    train_set = lgb.Dataset(model_matrix(rows, features, spec.model.categorical),
-                            label=rows[LABEL], group=group,
-                            categorical_feature=spec.model.categorical or "auto")
-    return lgb.train(spec.model.params, train_set, num_boost_round=spec.model.num_boost_round)
+    matrix = model_matrix(rows, features, spec.model.categorical)
+    model = spec.model
+    learners = [(model.params, model.num_boost_round, 1.0)] if not model.blend else [
+        ({**model.params, **m.params}, m.num_boost_round or model.num_boost_round, m.weight)
+        for m in model.blend]
+    boosters = []
+    for params, rounds, _ in learners:  # a Dataset per learner: its binning follows its params
+        train_set = lgb.Dataset(matrix, label=rows[LABEL], group=group,
+                                categorical_feature=model.categorical or "auto")
+        boosters.append(lgb.train(params, train_set, num_boost_round=rounds))
+    if len(boosters) == 1:
+        return boosters[0]
+    return blend_boosters(boosters, [weight for _, _, weight in learners])
+
+
+def blend_boosters(boosters: list[lgb.Booster], weights: list[float]) -> lgb.Booster:
+    """One LightGBM model whose raw score is the weighted mean of the boosters' raw scores
+    (log-odds for a binary objective): their trees, each leaf value scaled by its booster's
+    weight. Being one native model, the blend is registered, checksummed and served as any.
+
+    The boosters must share their inputs and objective, and grow one tree per iteration with
+    constant leaves (no multiclass, random-forest averaging or linear trees).
+    """
+    texts = [booster.model_to_string() for booster in boosters]
+    heads = [text[:text.index("\nTree=")] for text in texts]
+    signature = [[line for line in head.splitlines() if line.startswith(
+        ("feature_names=", "objective=", "num_tree_per_iteration="))] for head in heads]
+    if any(s != signature[0] for s in signature):
+        raise ValueError("blend: the learners differ in inputs or objective")
+    if "num_tree_per_iteration=1" not in signature[0] or any(
+            "average_output" in head for head in heads):
+        raise ValueError("blend: only learners of one boosted tree per iteration")
+    total = sum(weights)
+    trees: list[str] = []
+    for text, weight in zip(texts, weights, strict=True):
+        body = text[text.index("\nTree=") + 1:text.index("\nend of trees")]
+        for tree in body.split("\n\n\n"):
+            if not tree.strip():
+                continue
+            if "is_linear=1" in tree:
+                raise ValueError("blend: linear trees cannot be scaled")
+            lines = tree.strip("\n").splitlines()
+            lines[0] = f"Tree={len(trees)}"
+            for i, line in enumerate(lines):
+                key, _, values = line.partition("=")
+                if key in ("leaf_value", "internal_value"):
+                    lines[i] = key + "=" + " ".join(
+                        repr(float(v) * weight / total) for v in values.split())
+            trees.append("\n".join(lines))
+    head = "\n".join(line for line in heads[0].splitlines()
+                     if not line.startswith("tree_sizes="))  # sizes of the members' trees
+    tail = texts[0][texts[0].index("\nend of trees"):]
+    return lgb.Booster(model_str=head + "\n\n" + "\n\n\n".join(trees) + "\n\n" + tail)
 
 
 def score(booster: lgb.Booster, rows: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
@@ -389,6 +438,8 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
         mlflow.log_params({
             **{f"lgb.{k}": v for k, v in spec.model.params.items()},
             "num_boost_round": spec.model.num_boost_round,
+            **({"blend": json.dumps([m.model_dump() for m in spec.model.blend])}
+               if spec.model.blend else {}),
             "n_train_events": len(data.train_requests),
             "n_train_rows": len(data.train_rows),
             "n_features": len(features),

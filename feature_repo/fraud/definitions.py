@@ -39,7 +39,8 @@ payment = RequestSource(
 )
 
 # --- feature views --------------------------------------------------------------------------
-# The card's payments before this one over 1 h, 1, 7 and 30 days, and when it last paid.
+# The card's payments before this one over 1 h, 1, 7 and 30 days, when it last paid, and its
+# payments known to be genuine (labels 7 days late) over all its history.
 customer_spending_fv = FeatureView(
     name="customer_spending_fv",
     entities=[customer],
@@ -49,11 +50,15 @@ customer_spending_fv = FeatureView(
           for w in CUSTOMER_WINDOWS for kind in ("tx", "amount")],
         Field(name="customer_amount_sq_30d", dtype=Float64),
         Field(name="customer_last_tx_unix", dtype=Int64),
+        # its usual spending: its payments known to be genuine, over all its history
+        Field(name="customer_genuine_tx", dtype=Int64),
+        Field(name="customer_genuine_amount", dtype=Float64),
+        Field(name="customer_genuine_amount_sq", dtype=Float64),
     ],
     source=customer_spending_source,
 )
 # The book's terminal risk: payments and fraud share in (t-7-n, t-7] days, labels delayed 7 days;
-# and ours: the terminal's last known fraud and latest known label.
+# and ours: the terminal's last known fraud, latest known label, and its run of known frauds.
 terminal_risk_fv = FeatureView(
     name="terminal_risk_fv",
     entities=[terminal],
@@ -65,6 +70,7 @@ terminal_risk_fv = FeatureView(
         Field(name="terminal_last_fraud_unix", dtype=Int64),  # when its last known fraud was
         Field(name="terminal_last_label", dtype=Int64),  # its latest known payment a fraud?
         Field(name="terminal_fraud_run", dtype=Int64),  # known frauds in a row, the latest last
+        Field(name="terminal_run_start_unix", dtype=Int64),  # when that run's first fraud was
     ],
     source=terminal_risk_source,
 )
@@ -85,6 +91,12 @@ terminal_risk_fv = FeatureView(
         Field(name="amount_to_mean_1d", dtype=Float64),
         Field(name="amount_to_mean_7d", dtype=Float64),
         Field(name="seconds_since_terminal_fraud", dtype=Float64),
+        Field(name="seconds_since_terminal_run_start", dtype=Float64),
+        Field(name="usual_amount", dtype=Float64),
+        Field(name="amount_to_usual", dtype=Float64),
+        Field(name="amount_zscore_usual", dtype=Float64),
+        Field(name="mean_1d_to_usual", dtype=Float64),
+        Field(name="mean_7d_to_usual", dtype=Float64),
     ],
     mode="python",
 )
@@ -93,7 +105,8 @@ def payment_odfv(inputs: dict[str, list]) -> dict[str, list]:
     and 30 days counting this payment), and ours: payments in the last hour, seconds since the
     card's previous payment, the amount against the card's usual (ratio to its 30-day and 1-day
     means before this payment, z-score over 30 days), seconds since the terminal's last known
-    fraud.
+    fraud and since the start of its run of known frauds, and the amount (and the card's 1- and
+    7-day means) against its usual spending, the payments known to be genuine.
 
     Python mode on lists (a missing input is None: no payment before): Feast calls it on the
     joined training set, and the prediction server calls this same function on the rows it
@@ -109,7 +122,10 @@ def payment_odfv(inputs: dict[str, list]) -> dict[str, list]:
                             "customer_tx_in_1h": [], "seconds_since_last_tx": [],
                             "amount_to_mean_30d": [], "amount_zscore_30d": [],
                             "amount_to_mean_1d": [], "amount_to_mean_7d": [],
-                            "seconds_since_terminal_fraud": []}
+                            "seconds_since_terminal_fraud": [],
+                            "seconds_since_terminal_run_start": [], "usual_amount": [],
+                            "amount_to_usual": [], "amount_zscore_usual": [],
+                            "mean_1d_to_usual": [], "mean_7d_to_usual": []}
     for window in ("1day", "7day", "30day"):
         out[f"customer_id_nb_tx_{window}_window"] = []
         out[f"customer_id_avg_amount_{window}_window"] = []
@@ -126,7 +142,8 @@ def payment_odfv(inputs: dict[str, list]) -> dict[str, list]:
             out[f"customer_id_avg_amount_{days}day_window"].append(total / count)
         out["customer_tx_in_1h"].append(int(num(inputs["customer_tx_1h"][i])) + 1)
         for name, at in (("seconds_since_last_tx", "customer_last_tx_unix"),
-                         ("seconds_since_terminal_fraud", "terminal_last_fraud_unix")):
+                         ("seconds_since_terminal_fraud", "terminal_last_fraud_unix"),
+                         ("seconds_since_terminal_run_start", "terminal_run_start_unix")):
             last = inputs[at][i]
             out[name].append(None if last is None or (isinstance(last, float) and math.isnan(last))
                              else float(seconds - last))
@@ -144,6 +161,21 @@ def payment_odfv(inputs: dict[str, list]) -> dict[str, list]:
             n = num(inputs[f"customer_tx_{window}"][i])
             mean = num(inputs[f"customer_amount_{window}"][i]) / n if n > 0 else 0.0
             out[f"amount_to_mean_{window}"].append(amount / mean if mean > 0 else None)
+        genuine = num(inputs["customer_genuine_tx"][i])
+        usual = num(inputs["customer_genuine_amount"][i]) / genuine if genuine > 0 else 0.0
+        if usual > 0:
+            var = max(num(inputs["customer_genuine_amount_sq"][i]) / genuine - usual * usual, 0.0)
+            out["usual_amount"].append(usual)
+            out["amount_to_usual"].append(amount / usual)
+            out["amount_zscore_usual"].append((amount - usual) / max(math.sqrt(var), 1.0))
+            for window in ("1d", "7d"):
+                n = num(inputs[f"customer_tx_{window}"][i])
+                out[f"mean_{window}_to_usual"].append(
+                    num(inputs[f"customer_amount_{window}"][i]) / n / usual if n > 0 else None)
+        else:
+            for name in ("usual_amount", "amount_to_usual", "amount_zscore_usual",
+                         "mean_1d_to_usual", "mean_7d_to_usual"):
+                out[name].append(None)
     return out
 
 
