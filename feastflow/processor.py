@@ -520,7 +520,7 @@ def online_rows_writer(settings: Settings, realtime: RealtimeFeatures, store: Fe
                        ) -> RowWriter:
     """The shared Redis writer (one pipelined round trip per batch) where the online store is
     one Redis server; Feast's own online write elsewhere (SQLite, Redis Cluster or Sentinel)."""
-    if settings.profile == "redis":
+    if settings.online_redis:
         try:
             return RedisRowWriter.for_store(realtime, store, settings.redis_url)
         except InputError as e:
@@ -552,8 +552,8 @@ def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | N
         stream = open_event_stream(settings, spec.name)
     if states is None:
         states = (RedisStateStore(redis.Redis.from_url(settings.redis_url), spec.name)
-                  if settings.profile == "redis" else MemoryStateStore())
-    redis_profile = settings.profile == "redis"
+                  if settings.online_redis else MemoryStateStore())
+    redis_profile = settings.online_redis
     return StreamProcessor(realtime, stream, states, rows_writer.write,
                            settings.events_dir(spec.name),
                            batch_events=settings.stream_batch_events,

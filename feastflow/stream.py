@@ -435,7 +435,7 @@ class MemoryEventStream:
 
 def open_event_stream(settings: Settings, use_case: str) -> EventStream:
     """The profile's stream: a Redis Stream in the Redis profile, in-process in the embedded one."""
-    if settings.profile == "redis":
+    if settings.online_redis:
         return RedisEventStream(settings.redis_url, settings.event_stream_key(use_case),
                                 consumer=settings.stream_consumer,
                                 dedupe_ttl_seconds=settings.stream_dedupe_ttl_seconds,
