@@ -468,19 +468,19 @@ def serve(
 
     With several workers each process holds its own models and caches; each polls the registry,
     and POST /admin/reload reaches the one process that answers it. Their metrics go through
-    PROMETHEUS_MULTIPROC_DIR (default $FEASTFLOW_HOME/prometheus/<port>, emptied at start), so
+    FEASTFLOW_METRICS_MULTIPROC_DIR (default $FEASTFLOW_HOME/prometheus/<port>, emptied at start), so
     any worker's /metrics counts every worker's requests.
     """
     import uvicorn
 
     from registry.lifecycle import Registry
-    from serving.metrics import start_multiprocess_dir
+    from serving.metrics import MULTIPROCESS_DIR_VARIABLE, start_multiprocess_dir
     from serving.server import uvicorn_options
     from serving.settings import ServingSettings
 
     settings = _settings(ctx)
     if workers > 1:
-        start_multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        start_multiprocess_dir(os.environ.get(MULTIPROCESS_DIR_VARIABLE)
                                or str(settings.home / "prometheus" / str(port)))
     if settings.mlflow_tracking_uri is not None:  # the server refuses it too; say it plainly here
         Registry(settings.tracking_uri).require_database()

@@ -27,11 +27,12 @@ in a label named `code`:
 Besides, the registry holds prometheus_client's process_* (CPU, memory, open files), python_gc_*
 and python_info collectors, as the default registry would.
 
-Several workers (`feastflow serve --workers N`): the CLI points PROMETHEUS_MULTIPROC_DIR at an
-emptied folder before the workers start, prometheus_client then keeps every value in per-process
-files there, and any worker's /metrics renders all of them (`MultiProcessCollector`): counters
-and histograms sum over workers, gauges follow their `multiprocess_mode` (below), and the
-per-process collectors are left out (they would describe one random worker).
+Several workers (`feastflow serve --workers N`): the CLI points FEASTFLOW_METRICS_MULTIPROC_DIR
+and PROMETHEUS_MULTIPROC_DIR at an emptied folder before the workers start, prometheus_client
+then keeps every value in per-process files there, and any worker's /metrics renders all of
+them (`MultiProcessCollector`): counters and histograms sum over workers, gauges follow their
+`multiprocess_mode` (below), and the per-process collectors are left out (they would describe
+one random worker).
 
 Label values must come from code, never from the request (each new value is a new time series).
 """
@@ -252,9 +253,16 @@ class ServingMetrics:
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+MULTIPROCESS_DIR_VARIABLE: Final = "FEASTFLOW_METRICS_MULTIPROC_DIR"
+
+
 def multiprocess_dir() -> str | None:
-    """prometheus_client's multiprocess folder when set (several workers), else None."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    """The workers' metrics folder when `serve --workers N` set one, else None.
+
+    Not PROMETHEUS_MULTIPROC_DIR itself: importing `feast.metrics` sets that variable to a
+    temporary folder of its own in every process, which would make one server read another's.
+    """
+    return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
 
 
 def start_multiprocess_dir(folder: str) -> None:
@@ -263,7 +271,8 @@ def start_multiprocess_dir(folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
     for path in glob.glob(os.path.join(folder, "*.db")):
         os.remove(path)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # where prometheus_client keeps values
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = folder
 
 
 def forget_dead_workers(path: str) -> None:

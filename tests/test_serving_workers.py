@@ -65,7 +65,8 @@ def test_two_workers_one_scrape_counts_every_workers_requests(tmp_path: Path, re
     stale.write_value(mmap_key(REQUESTS, f"{REQUESTS}_total", LABELS, ["next_app", "predict", "200"],
                                "stale"), 1000.0, 0.0)
     stale.close()
-    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PROMETHEUS_MULTIPROC_DIR", "FEASTFLOW_METRICS_MULTIPROC_DIR")}
     env.update({"FEASTFLOW_HOME": str(home), "FEASTFLOW_PROFILE": "redis", "REDIS_URL": redis_url,
                 "FEASTFLOW_REGISTRY_POLL_SECONDS": "0", "FEASTFLOW_REQUEST_LOG_SAMPLE": "0",
                 "FEASTFLOW_USER_HASH_SECRET": "workers-secret", "FEASTFLOW_USE_CASES": "next_app"})
