@@ -13,7 +13,8 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # requirements.lock pins what runs in production; requirements-dev.lock adds the dev extra (tests,
-# lint) at the same pins. `make setup` (development, CI) installs both; `make install` only the first.
+# lint) and the spark extra at the same pins. `make setup` (development, CI) installs both; `make install`
+# only the first.
 $(BIN)/uv:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
 		{ echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
@@ -34,7 +35,7 @@ install: | $(BIN)/uv ## production: a fresh .venv with the runtime pins only, fe
 
 lock: | $(BIN)/uv ## re-resolve both locks after editing pyproject.toml (keeps the pins it can)
 	$(BIN)/uv pip compile -q --python $(BIN)/python pyproject.toml -o requirements.lock
-	$(BIN)/uv pip compile -q --python $(BIN)/python pyproject.toml --extra dev \
+	$(BIN)/uv pip compile -q --python $(BIN)/python pyproject.toml --extra dev --extra spark \
 		-c requirements.lock -o requirements-dev.lock
 
 demo: setup ## run the flagship job end to end (PROFILE=redis for the Redis online store)

@@ -1,6 +1,8 @@
-"""Point-in-time join benchmark: Feast's stock DuckDB offline store against AsofDuckDBOfflineStore.
+"""Point-in-time join benchmark: Feast's stock DuckDB offline store against AsofDuckDBOfflineStore
+(and, with --engine spark, Feast's Spark offline store in local mode, on the same files).
 
     python bench/pit_join.py --rows 1000000 --views 3 [--ours-only] [--rows-per-user 150]
+    python bench/pit_join.py --rows 1000000 --engine spark [--spark-master local[2]]
 
 The parent generates flagship-shaped data once into a temporary folder and applies the views to
 a SQLite registry: entity rows are (user_id, app, hour_of_day, event_timestamp) requests, 150
@@ -14,6 +16,11 @@ peak RSS is its own; the child times `get_historical_features(...).to_arrow()` o
 the result to Parquet, and the parent checks that both results are identical. Each store runs
 --repeat times (interleaved, each in a fresh process): the JSON has the best time and the
 highest peak.
+
+--engine spark adds a third store: the same views with SparkSource over the same Parquet files
+(a second registry), Feast's Spark offline store, one Spark session started before the clock
+(spark.master from --spark-master, local[2] by default). Its peak RSS is the Python driver's
+and, apart, the JVM's (VmHWM of the Java process); its result is checked equal to ours.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ START = np.datetime64("2026-01-01T00:00:00", "us")
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
 DAILY, EVENT_TTL = timedelta(days=1), timedelta(days=90)  # as in feature_repo/next_app
-STORES = {"feast": "duckdb", "ours": "feastflow.offline_store.AsofDuckDBOfflineStore"}
+STORES = {"feast": "duckdb", "ours": "feastflow.offline_store.AsofDuckDBOfflineStore",
+          "spark": "spark"}
 
 
 @dataclass(frozen=True)
@@ -154,8 +162,10 @@ def entity_table(rows: int, world: World, rng: np.random.Generator) -> pa.Table:
     })
 
 
-def write_inputs(folder: Path, rows: int, views: int, rows_per_user: int, seed: int) -> list[str]:
-    """Generate every table into folder, apply the views; return the feature references."""
+def write_inputs(folder: Path, rows: int, views: int, rows_per_user: int, seed: int,
+                 spark: bool = False) -> list[str]:
+    """Generate every table into folder, apply the views (and, for spark, the same views over
+    SparkSource to a second registry); return the feature references."""
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Array, Float64, Int64, String
 
@@ -169,6 +179,7 @@ def write_inputs(folder: Path, rows: int, views: int, rows_per_user: int, seed: 
     }
     dtypes = {"int": Int64, "float": Float64, "string": String, "strings": Array(String)}
     objects: list[object] = list(entities.values())
+    spark_objects: list[object] = list(entities.values())
     refs = []
     for v in range(views):
         kind = KINDS[v % len(KINDS)]
@@ -177,34 +188,93 @@ def write_inputs(folder: Path, rows: int, views: int, rows_per_user: int, seed: 
         pq.write_table(table, folder / f"{name}.parquet")
         source = FileSource(name=f"{name}_source", path=str(folder / f"{name}.parquet"),
                             timestamp_field="event_timestamp", created_timestamp_column="created_timestamp")
-        objects.append(FeatureView(
-            name=name, entities=[entities[k] for k in kind.keys], ttl=kind.ttl, source=source,
-            schema=[Field(name=f, dtype=dtypes[t]) for f, t in kind.features.items()]))
+        schema = [Field(name=f, dtype=dtypes[t]) for f, t in kind.features.items()]
+        objects.append(FeatureView(name=name, entities=[entities[k] for k in kind.keys],
+                                   ttl=kind.ttl, source=source, schema=schema))
+        if spark:
+            spark_objects.append(FeatureView(name=name, entities=[entities[k] for k in kind.keys],
+                                             ttl=kind.ttl, source=spark_source(source),
+                                             schema=schema))
         refs += [f"{name}:{f}" for f in kind.features]
     open_store(folder, "duckdb").apply(objects)
+    if spark:
+        open_store(folder, "spark").apply(spark_objects)
     return refs
+
+
+def spark_source(source: object) -> object:
+    """The same Parquet file as a SparkSource (Feast's Spark store reads only its own kind)."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+    return SparkSource(name=source.name, path=source.path, file_format="parquet",  # type: ignore[attr-defined]
+                       timestamp_field="event_timestamp", created_timestamp_column="created_timestamp")
 
 
 # --- one run (child) --------------------------------------------------------------------------
 
 
+SPARK_MASTER = "local[2]"  # --spark-master sets it in the child
+
+
 def open_store(folder: Path, offline_type: str):  # -> FeatureStore (imported lazily)
-    """A FeatureStore over the folder's registry with the given offline store type."""
+    """A FeatureStore over the folder's registry with the given offline store type (spark: its
+    own registry, whose sources are SparkSource)."""
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
+    registry = "registry_spark.db" if offline_type == "spark" else "registry.db"
+    offline: dict[str, object] = {"type": offline_type}
+    if offline_type == "spark":
+        offline["spark_conf"] = spark_conf()
     return FeatureStore(config=RepoConfig(
         project="bench", provider="local", repo_path=str(folder), entity_key_serialization_version=3,
-        registry={"registry_type": "sql", "path": f"sqlite:///{folder / 'registry.db'}"},
-        offline_store={"type": offline_type},
+        registry={"registry_type": "sql", "path": f"sqlite:///{folder / registry}"},
+        offline_store=offline,
         online_store={"type": "sqlite", "path": str(folder / "online.db")},
     ))
+
+
+def spark_conf() -> dict[str, str]:
+    """The session the Spark store gets: feature_store.spark.yaml's settings, this master."""
+    import os
+
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "feature_repo" / "feature_store.spark.yaml"
+    conf = {k: str(v) for k, v in yaml.safe_load(path.read_text())["offline_store"]["spark_conf"].items()}
+    conf.update({"spark.master": SPARK_MASTER, "spark.driver.memory": "6g",
+                 "spark.pyspark.python": sys.executable})
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return conf
+
+
+def start_spark() -> object:
+    """The Spark session, started before the clock (the store reuses the active session)."""
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.builder.config(conf=SparkConf().setAll(list(spark_conf().items()))).getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def jvm_peak_rss_mb(session: object) -> float | None:
+    """Peak resident memory of the Spark JVM (its VmHWM), None where /proc cannot tell."""
+    try:
+        pid = session.sparkContext._gateway.proc.pid  # type: ignore[attr-defined]
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (AttributeError, OSError, ValueError):
+        return None
+    return None
 
 
 def run_child(folder: Path, store_name: str, refs: list[str]) -> dict[str, float]:
     """Time one store's join, write its result, report seconds and this process's peak RSS."""
     import pandas as pd
 
+    session = start_spark() if store_name == "spark" else None
     store = open_store(folder, STORES[store_name])
     store.list_feature_views()  # connect to the registry before the clock starts
     entity_df = pd.read_parquet(folder / "entity.parquet")
@@ -214,13 +284,17 @@ def run_child(folder: Path, store_name: str, refs: list[str]) -> dict[str, float
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
     pq.write_table(result, folder / f"out_{store_name}.parquet")  # after the peak: not the store's
-    return {"seconds": seconds, "peak_rss_mb": peak_mb}
+    report = {"seconds": seconds, "peak_rss_mb": peak_mb}
+    if session is not None:
+        report["jvm_peak_rss_mb"] = jvm_peak_rss_mb(session)
+    return report
 
 
 def run_in_subprocess(folder: Path, store_name: str, refs: list[str]) -> dict[str, float]:
     """Run one store in a fresh interpreter; its last stdout line is its JSON report."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", store_name, "--data", str(folder), "--refs", ",".join(refs)],
+        [sys.executable, __file__, "--child", store_name, "--data", str(folder), "--refs", ",".join(refs),
+         "--spark-master", SPARK_MASTER],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -233,21 +307,23 @@ def run_stores(folder: Path, names: list[str], refs: list[str], repeat: int) -> 
     for _ in range(repeat):
         for name in names:
             runs[name].append(run_in_subprocess(folder, name, refs))
-    return {name: {"seconds": min(r["seconds"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
+    return {name: {"seconds": min(r["seconds"] for r in rs),
+                   **{k: max(r[k] or 0 for r in rs) for k in rs[0] if k != "seconds"}}
             for name, rs in runs.items()}
 
 
-def identical(folder: Path) -> bool:
-    """Both results hold the same rows and values, compared in request order."""
+def identical(folder: Path, other: str = "feast") -> bool:
+    """Ours and the other store's result hold the same rows and values, compared in request
+    order (spark: its own column order and Arrow types, so compared by name and value)."""
     import pandas as pd
 
-    frames = []
-    for name in STORES:
-        df = pd.read_parquet(folder / f"out_{name}.parquet")
-        frames.append(df.sort_values("request_id", ignore_index=True))
+    ours = pd.read_parquet(folder / "out_ours.parquet").sort_values("request_id", ignore_index=True)
+    theirs = pd.read_parquet(folder / f"out_{other}.parquet").sort_values("request_id", ignore_index=True)
     try:
-        pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
-    except AssertionError as e:
+        if other == "spark":
+            theirs = theirs[list(ours.columns)]
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=True, check_dtype=other != "spark")
+    except (AssertionError, KeyError) as e:
         print(str(e)[:2000], file=sys.stderr)
         return False
     return True
@@ -263,20 +339,30 @@ def main() -> None:
                         help="entity rows per user; each user has 0.72 times as many events")
     parser.add_argument("--repeat", type=int, default=3, help="runs per store: best time, highest peak")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
+                        help="spark: also Feast's Spark offline store on the same files")
+    parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--child", choices=sorted(STORES), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--refs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SPARK_MASTER
+    SPARK_MASTER = args.spark_master
     if args.child:
         print(json.dumps(run_child(args.data, args.child, args.refs.split(","))))
         return
     with tempfile.TemporaryDirectory(prefix="pit_join_") as tmp:
         folder = Path(tmp)
-        refs = write_inputs(folder, args.rows, args.views, args.rows_per_user, args.seed)
-        results = run_stores(folder, ["ours"] if args.ours_only else ["ours", "feast"], refs, args.repeat)
+        spark = args.engine == "spark"
+        refs = write_inputs(folder, args.rows, args.views, args.rows_per_user, args.seed, spark)
+        names = ["ours"] if args.ours_only else ["ours", "feast"]
+        results = run_stores(folder, names + (["spark"] if spark else []), refs, args.repeat)
         ours, feast = results["ours"], results.get("feast")
         same = None if feast is None else identical(folder)
-        print(json.dumps(report(args.rows, args.views, feast, ours, same)))
+        line = report(args.rows, args.views, feast, ours, same)
+        if spark:
+            line.update(spark_report(results["spark"], ours, identical(folder, "spark")))
+        print(json.dumps(line))
 
 
 def report(rows: int, views: int, feast: dict[str, float] | None, ours: dict[str, float],
@@ -292,6 +378,17 @@ def report(rows: int, views: int, feast: dict[str, float] | None, ours: dict[str
         "feast_s": feast_s, "ours_s": round(ours["seconds"], 2), "speedup": ratio(feast_s, ours["seconds"]),
         "feast_peak_rss_mb": feast_mb, "ours_peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "memory_ratio": ratio(feast_mb, ours["peak_rss_mb"]), "identical": same,
+    }
+
+
+def spark_report(spark: dict[str, float], ours: dict[str, float], same: bool) -> dict[str, object]:
+    """The Spark store's figures beside ours: time, driver and JVM peaks, how much slower."""
+    return {
+        "spark_master": SPARK_MASTER, "spark_s": round(spark["seconds"], 2),
+        "spark_vs_ours": round(spark["seconds"] / ours["seconds"], 2),
+        "spark_driver_peak_rss_mb": round(spark["peak_rss_mb"], 1),
+        "spark_jvm_peak_rss_mb": round(spark.get("jvm_peak_rss_mb") or 0, 1) or None,
+        "spark_identical": same,
     }
 
 

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     home: Path = Field(default_factory=default_home, description="Root of all generated state.")
     profile: Literal["embedded", "redis", "production"] = "embedded"
+    offline_engine: Literal["duckdb", "spark"] = Field(
+        default="duckdb", description="what computes feature tables, training sets and "
+        "materialization: DuckDB on this machine, or Spark (feature_store.spark.yaml)")
+    spark_master: str | None = Field(default=None, description="overrides spark.master of "
+                                     "feature_store.spark.yaml (local[2], spark://host:7077, yarn)")
     redis_url: str = Field(default="redis://localhost:6379/0", validation_alias="REDIS_URL")
     # The Redis online store beyond one server, in the terms of Feast's RedisOnlineStoreConfig
     # (see feastflow/redis_config.py); TLS and ACL credentials may also come in REDIS_URL.
@@ -99,6 +104,7 @@ class Settings(BaseSettings):
             "FEASTFLOW_ENV": self.env,
             "FEASTFLOW_HOME": str(self.home),
             "FEASTFLOW_PROFILE": self.profile,
+            "FEASTFLOW_OFFLINE_ENGINE": self.offline_engine,
             "REDIS_URL": self.redis_url,
             "FEASTFLOW_USER_HASH_SECRET": self.user_hash_secret,
             "FEASTFLOW_FEATURE_REPO": str(self.feature_repo),
@@ -116,6 +122,8 @@ class Settings(BaseSettings):
                 env[f"FEASTFLOW_{name.upper()}"] = str(getattr(self, name))
         if self.api_key:
             env["FEASTFLOW_API_KEY"] = self.api_key
+        if self.spark_master:
+            env["FEASTFLOW_SPARK_MASTER"] = self.spark_master
         return env
 
     @property

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 from feast import FeatureStore, FileSource
+from feast.data_source import DataSource
 from feast.repo_config import RepoConfig
 
 from feastflow.redis_config import parse_redis
@@ -21,9 +22,10 @@ from feastflow.settings import Settings
 
 PROFILE_YAML = {"embedded": "feature_store.yaml", "redis": "feature_store.redis.yaml",
                 "production": "feature_store.production.yaml"}
+SPARK_YAML = "feature_store.spark.yaml"  # merged over the profile's when offline_engine is spark
 
 
-def feature_table_source(definitions_file: str, table: str) -> FileSource:
+def feature_table_source(definitions_file: str, table: str) -> DataSource:
     """The Feast source of a use case's batch feature table, called from its definitions.py as
     `feature_table_source(__file__, "<table>")`: `<table>.parquet` where `compute_feature_tables`
     writes it, $FEASTFLOW_HOME/features/<use case folder>/, the home defaulting to the `var/`
@@ -33,15 +35,21 @@ def feature_table_source(definitions_file: str, table: str) -> FileSource:
     An absolute path: Feast's DuckDB store reads FileSource paths relative to the working
     directory, not to the repo. Read from the environment, not Settings: Feast imports the
     definitions that call this, and that import must not validate secrets.
+
+    With FEASTFLOW_OFFLINE_ENGINE=spark the same file is a SparkSource: Feast's Spark offline
+    store and compute engine read only their own source type.
     """
     folder = Path(definitions_file).resolve().parent
     home = Path(os.environ.get("FEASTFLOW_HOME") or folder.parents[1] / "var")
-    return FileSource(
-        name=f"{table}_source",
-        path=str(home.expanduser().resolve() / "features" / folder.name / f"{table}.parquet"),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
-    )
+    path = str(home.expanduser().resolve() / "features" / folder.name / f"{table}.parquet")
+    if os.environ.get("FEASTFLOW_OFFLINE_ENGINE") == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(name=f"{table}_source", path=path, file_format="parquet",
+                           timestamp_field="event_timestamp",
+                           created_timestamp_column="created_timestamp")
+    return FileSource(name=f"{table}_source", path=path, timestamp_field="event_timestamp",
+                      created_timestamp_column="created_timestamp")
 
 
 def redis_connection_string(redis_url: str) -> str:
@@ -67,7 +75,25 @@ def repo_config(settings: Settings, use_case: str) -> RepoConfig:
         raw["online_store"]["path"] = str(feast_dir / "online.db")
     if isinstance(raw.get("batch_engine"), dict) and "state_dir" in raw["batch_engine"]:
         raw["batch_engine"]["state_dir"] = str(feast_dir / "materialized")
+    if settings.offline_engine == "spark":
+        raw.update(spark_overlay(settings))
     return RepoConfig(repo_path=settings.feature_repo, **raw)
+
+
+def spark_overlay(settings: Settings) -> dict[str, dict]:
+    """The Spark offline store and compute engine sections of feature_store.spark.yaml, with
+    spark.master from settings when set, and Python workers on this interpreter unless the file
+    names one (Feast's materialization and the feature SQL's functions run Python on executors)."""
+    raw = yaml.safe_load((settings.feature_repo / SPARK_YAML).read_text())
+    for section in ("offline_store", "batch_engine"):
+        conf = {"spark.pyspark.python": sys.executable, **(raw[section].get("spark_conf") or {})}
+        if settings.spark_master:
+            conf["spark.master"] = settings.spark_master
+        raw[section] = {**raw[section], "spark_conf": {k: str(v) for k, v in conf.items()}}
+    # PySpark starts local Python workers with $PYSPARK_PYTHON, not the conf: set it before
+    # whichever of feastflow or Feast starts the session.
+    os.environ.setdefault("PYSPARK_PYTHON", raw["offline_store"]["spark_conf"]["spark.pyspark.python"])
+    return {"offline_store": raw["offline_store"], "batch_engine": raw["batch_engine"]}
 
 
 @contextlib.contextmanager
@@ -75,7 +101,9 @@ def _feast_environment(settings: Settings) -> Iterator[None]:
     # Definitions read FEASTFLOW_HOME at import to place their tables; Feast imports repo
     # modules relative to the working directory, and rehydrates on-demand UDFs from source.
     old_cwd, old_home = os.getcwd(), os.environ.get("FEASTFLOW_HOME")
+    old_engine = os.environ.get("FEASTFLOW_OFFLINE_ENGINE")
     os.environ["FEASTFLOW_HOME"] = str(settings.home)
+    os.environ["FEASTFLOW_OFFLINE_ENGINE"] = settings.offline_engine
     os.chdir(settings.feature_repo)
     sys.path.insert(0, str(settings.feature_repo))
     try:
@@ -83,10 +111,11 @@ def _feast_environment(settings: Settings) -> Iterator[None]:
     finally:
         sys.path.remove(str(settings.feature_repo))
         os.chdir(old_cwd)
-        if old_home is None:
-            os.environ.pop("FEASTFLOW_HOME", None)
-        else:
-            os.environ["FEASTFLOW_HOME"] = old_home
+        for name, old in (("FEASTFLOW_HOME", old_home), ("FEASTFLOW_OFFLINE_ENGINE", old_engine)):
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 def open_store(settings: Settings, use_case: str) -> FeatureStore:

@@ -82,11 +82,16 @@ def use_case_connection(settings: Settings, spec: ModelSpec) -> duckdb.DuckDBPyC
     secret = settings.user_hash_secret
     con.create_function("hash_entity", lambda raw: None if raw is None else hash_user_id(raw, secret),
                         [sqltypes.VARCHAR], sqltypes.VARCHAR, null_handling="special")
-    for name in spec.features.reference_tables:
-        path = str(reference_table_path(settings, spec, name))
+    for name, path in reference_table_paths(settings, spec).items():
         reader = "read_parquet" if path.endswith(".parquet") else "read_csv_auto"
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {reader}({sql_string(path)})')
     return con
+
+
+def reference_table_paths(settings: Settings, spec: ModelSpec) -> dict[str, str]:
+    """The spec's reference tables: view name -> file (`${data}` resolved); each must exist."""
+    return {name: str(reference_table_path(settings, spec, name))
+            for name in spec.features.reference_tables}
 
 
 def reference_table_path(settings: Settings, spec: ModelSpec, name: str) -> Path:
@@ -104,7 +109,12 @@ def compute_feature_tables(
     spec: ModelSpec,
     on_table: Callable[[str, int], None] | None = None,
 ) -> dict[str, int]:
-    """Write one Parquet table per SQL file and per real-time table (each atomically replaced)."""
+    """Write one Parquet table per SQL file and per real-time table (each atomically replaced),
+    with DuckDB or, when `settings.offline_engine` is spark, Spark (pipelines/spark_features.py)."""
+    if settings.offline_engine == "spark":
+        from pipelines.spark_features import compute_feature_tables_on_spark
+
+        return compute_feature_tables_on_spark(settings, spec, on_table)
     out_dir = settings.feature_tables_dir(spec.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     con = use_case_connection(settings, spec)
@@ -123,19 +133,29 @@ def compute_feature_tables(
         rows[name] = con.execute(f"SELECT count(*) FROM {sql_string(final)}").fetchone()[0]
         if on_table is not None:
             on_table(name, rows[name])
-    if spec.realtime is not None:
-        realtime = RealtimeFeatures(spec)
-        columns = [realtime.entity_key, realtime.item_key, realtime.event_id_key,
-                   realtime.timestamp_key]
-        quoted = ", ".join(f'"{c}"' for c in columns)
-        log = con.execute(f"SELECT {quoted} FROM all_events").df()
-        for name, frame in realtime.batch_tables(log).items():
-            final = out_dir / f"{name}.parquet"
-            tmp = out_dir / f".{name}.parquet.tmp"
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp,
-                           compression="zstd")
-            os.replace(tmp, final)
-            rows[name] = len(frame)
-            if on_table is not None:
-                on_table(name, rows[name])
+    rows.update(write_realtime_tables(con, spec, out_dir, on_table))
+    return rows
+
+
+def write_realtime_tables(con: duckdb.DuckDBPyConnection, spec: ModelSpec, out_dir: Path,
+                          on_table: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    """Fold the event log (`all_events` of con) through the use case's real-time functions into
+    its real-time tables (none when the spec has no `realtime`)."""
+    rows: dict[str, int] = {}
+    if spec.realtime is None:
+        return rows
+    realtime = RealtimeFeatures(spec)
+    columns = [realtime.entity_key, realtime.item_key, realtime.event_id_key,
+               realtime.timestamp_key]
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    log = con.execute(f"SELECT {quoted} FROM all_events").df()
+    for name, frame in realtime.batch_tables(log).items():
+        final = out_dir / f"{name}.parquet"
+        tmp = out_dir / f".{name}.parquet.tmp"
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp,
+                       compression="zstd")
+        os.replace(tmp, final)
+        rows[name] = len(frame)
+        if on_table is not None:
+            on_table(name, rows[name])
     return rows
