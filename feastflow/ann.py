@@ -158,9 +158,16 @@ def build_index(vectors: np.ndarray, spec: AnnIndexSpec) -> AnnIndex:
         return ExactIndex(vectors)
     builders = {"hnswlib": HnswlibIndex.build, "usearch": UsearchIndex.build,
                 "faiss": FaissIndex.build}
-    return builders[spec.library](vectors, spec.params)  # type: ignore[return-value]
+    try:
+        return builders[spec.library](vectors, spec.params)  # type: ignore[return-value]
+    except ModuleNotFoundError as e:  # usearch and faiss are not installed by default
+        raise ModuleNotFoundError(
+            f"retrieval.embedding.index.library is {spec.library!r} but {e.name!r} is not "
+            f"installed: pip install {OPTIONAL_LIBRARIES.get(spec.library, spec.library)}, or "
+            "declare library: hnswlib") from e
 
 
+OPTIONAL_LIBRARIES = {"usearch": "usearch", "faiss": "faiss-cpu"}  # import name -> distribution
 INDEX_FILE = "ann.index"  # the index's file in an artifact folder
 
 
