@@ -52,10 +52,16 @@ from feast.repo_config import FeastConfigBaseModel
 from feast.utils import _convert_arrow_to_proto, _get_column_names
 from pydantic import StrictBool, StrictInt, StrictStr
 
+from feastflow.errors import InputError
 from feastflow.offline_store import _names, _q, _reads_directly, latest_rows_sql
 from feastflow.online_writer import RedisOnlineWriter, WriteLayout, WriteResult
 
-__all__ = ["FeastflowComputeEngine", "FeastflowComputeEngineConfig", "MaterializeRun"]
+__all__ = ["ENGINE_KEY_PREFIX", "FeastflowComputeEngine", "FeastflowComputeEngineConfig",
+           "MaterializeRun"]
+
+# The engine's own bookkeeping keys in the online Redis (which run's record is current), outside
+# Feast's layout: Feast never scans, but a dump of "every feature hash" must leave them out.
+ENGINE_KEY_PREFIX = b"feastflow:materialized:"
 
 log = logging.getLogger(__name__)
 KEY_HASH, ROW_HASH = "__key_hash", "__row_hash"
@@ -173,9 +179,13 @@ class FeastflowComputeEngine(ComputeEngine):
         if type(config).__name__ != "RedisOnlineStoreConfig" or str(
                 getattr(config.redis_type, "value", config.redis_type)) != "redis":
             return None
-        return RedisOnlineWriter.from_repo_config(
-            self.repo_config, atomic=self.atomic, connections=self.connections,
-            batch_rows=self.batch_rows)
+        try:
+            return RedisOnlineWriter.from_repo_config(
+                self.repo_config, atomic=self.atomic, connections=self.connections,
+                batch_rows=self.batch_rows)
+        except InputError as e:  # TLS: the store's own writer (Feast's), fed the latest rows
+            log.info("materializing through the online store's own writer: %s", e)
+            return None
 
     def _write_through_store(self, view: FeatureView, entities: list[Entity],
                              batches: Iterator[pa.RecordBatch]) -> WriteResult:
@@ -216,7 +226,7 @@ class _State:
     def __init__(self, state_dir: Path, project: str, view: str) -> None:
         self.folder = state_dir / project
         self.view = view
-        self.token_key = f"feastflow:materialized:{project}:{view}".encode()
+        self.token_key = ENGINE_KEY_PREFIX + f"{project}:{view}".encode()
         self.previous: Path | None = None
 
     def changed(self, con: duckdb.DuckDBPyConnection, query: str, keys: list[str],

@@ -665,9 +665,12 @@ class RedisOnlineWriter:
         if str(getattr(store.redis_type, "value", store.redis_type)) != "redis":
             raise InputError(f"redis_type {store.redis_type!r}: only a single Redis server is "
                              "written directly; Feast's own writer handles Cluster and Sentinel")
-        return cls(RedisTarget.from_connection_string(store.connection_string), config.project,
-                   key_ttl_seconds=store.key_ttl_seconds, skip_dedup=bool(store.skip_dedup),
-                   **options)
+        target = RedisTarget.from_connection_string(store.connection_string)
+        if target.ssl:  # the CA and client certificate files live in Feast's connection options
+            raise InputError("a TLS Redis is written by Feast's own writer, which carries its "
+                             "certificate settings")
+        return cls(target, config.project, key_ttl_seconds=store.key_ttl_seconds,
+                   skip_dedup=bool(store.skip_dedup), **options)
 
     def __enter__(self) -> RedisOnlineWriter:
         return self

@@ -125,3 +125,11 @@ def raw_events(spec: ModelSpec, settings: Settings, **world: int) -> pd.DataFram
     if spec.generator is not None:
         return use_case_function(spec, spec.generator.module, spec.generator.function)(**world)
     return use_case_function(spec, spec.loader.module, spec.loader.function)(settings.data_dir)
+
+
+def feast_hashes(client: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
+    """Every hash of Feast's online layout in a Redis database (the engine's own keys left out)."""
+    from feastflow.engine import ENGINE_KEY_PREFIX
+
+    return {key: client.hgetall(key) for key in client.scan_iter(count=1000)
+            if not key.startswith(ENGINE_KEY_PREFIX)}

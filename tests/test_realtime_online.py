@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import redis
+from conftest import feast_hashes
 from feast.data_source import PushMode
 from test_streaming import SECRET, StreamWorld, as_payload, drain, make_world
 
@@ -55,8 +56,7 @@ def run_processor(world: StreamWorld, events_dir: Path, write_online: object) ->
 
 
 def pushed_hashes(url: str) -> dict[bytes, dict[bytes, bytes]]:
-    client = redis.Redis.from_url(url)
-    return {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
+    return feast_hashes(redis.Redis.from_url(url))
 
 
 def test_processor_rows_equal_feast_push_byte_for_byte_and_through_feast(

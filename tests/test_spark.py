@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import redis
-from conftest import REDIS_TEST_URL
+from conftest import REDIS_TEST_URL, feast_hashes
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.message import DecodeError
 
@@ -144,7 +144,7 @@ def test_online_store_holds_the_same_keys_fields_and_values(twins: Twins) -> Non
     dumps = {}
     for engine, settings in (("duckdb", twins.duckdb), ("spark", twins.spark)):
         client = redis.Redis.from_url(settings.redis_url)
-        dumps[engine] = {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
+        dumps[engine] = feast_hashes(client)
     assert len(dumps["duckdb"]) > 0
     assert dumps["spark"].keys() == dumps["duckdb"].keys()
     different = [(key, field) for key, fields in dumps["duckdb"].items()

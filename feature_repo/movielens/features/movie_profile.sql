@@ -8,7 +8,7 @@ WITH movies_parsed AS (
 SELECT movieId, TIMESTAMP '1990-01-01 00:00:00+00' AS event_timestamp,
     TIMESTAMP '1990-01-01 00:00:00+00' AS created_timestamp,
     release_year AS movie_release_year,
-    len(list_filter(genre_list, lambda g: g <> '(no genres listed)'))::BIGINT AS movie_genres,
+    array_length(list_filter(genre_list, lambda g: g <> '(no genres listed)'))::BIGINT AS movie_genres,
     list_contains(genre_list, 'Action')::BIGINT AS movie_genre_action,
     list_contains(genre_list, 'Adventure')::BIGINT AS movie_genre_adventure,
     list_contains(genre_list, 'Animation')::BIGINT AS movie_genre_animation,
