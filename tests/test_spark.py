@@ -21,10 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from conftest import REDIS_TEST_URL, feast_hashes
+from feast import FeatureStore
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.message import DecodeError
 
 from feastflow.plugins import use_case_function
+from feastflow.ranking import EVENT_TIMESTAMP, as_of, frame_columns
 from feastflow.settings import FEATURE_REPO, Settings
 from feastflow.spec import ModelSpec, load_spec
 from feastflow.store import open_store
@@ -32,6 +34,7 @@ from pipelines.datasets import build_set, sample_requests
 from pipelines.feast_ops import apply_repo, materialize
 from pipelines.features import compute_feature_tables, event_log_connection, feature_table_names
 from pipelines.ingest import ingest_frame
+from pipelines.ranker import with_features
 from pipelines.spark_features import spark_session
 from pipelines.spark_sql import SparkSqlError, to_spark_sql
 
@@ -134,10 +137,20 @@ def test_every_feature_table_equals_duckdbs(twins: Twins) -> None:
 def test_training_set_equals_duckdbs(twins: Twins) -> None:
     rows = {}
     for engine, settings in (("duckdb", twins.duckdb), ("spark", twins.spark)):
-        rows[engine] = build_set(open_store(settings, twins.spec.name), twins.requests, twins.spec)
+        rows[engine] = training_rows(open_store(settings, twins.spec.name), twins)
     assert len(rows["duckdb"]) >= len(twins.requests)
     assert set(rows["spark"].columns) == set(rows["duckdb"].columns)
     assert_same_values(rows["spark"][list(rows["duckdb"].columns)], rows["duckdb"], "training set")
+
+
+def training_rows(store: FeatureStore, twins: Twins) -> pd.DataFrame:
+    """The spec's training rows of the sampled requests; for the retrieval shape, its stage-2
+    rows (each (user, item) request joined point in time with the ranking service)."""
+    if twins.spec.retrieval is None:
+        return build_set(store, twins.requests, twins.spec)
+    frame = pd.DataFrame(frame_columns(dict(twins.requests.items()), twins.spec))
+    frame[EVENT_TIMESTAMP] = as_of(twins.requests[twins.spec.event_log.timestamp]).to_numpy()
+    return with_features(store, twins.spec, frame)
 
 
 def test_online_store_holds_the_same_keys_fields_and_values(twins: Twins) -> None:
