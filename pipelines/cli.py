@@ -373,15 +373,10 @@ def _evaluate_protocol(settings: Settings, spec: ModelSpec, name: str, validatio
     if as_json:
         typer.echo(json.dumps(report))
         return
-    metric_names = [m for m in report["model"] if m != "folds"]
-    table = Table(title=f"{spec.name}: protocol {name}, mean over "
-                  f"{len(report['model']['folds'])} {report.get('folds_kind', 'test')} folds")
-    table.add_column("")
-    for metric in metric_names:
-        table.add_column(metric)
-    for model_name, values in {"model": report["model"], **report["baselines"]}.items():
-        table.add_row(model_name, *(f"{values[m]:.4f}" for m in metric_names))
-    console.print(table)
+    console.print(_model_and_baselines_table(
+        f"{spec.name}: protocol {name}, mean over {len(report['model']['folds'])} "
+        f"{report.get('folds_kind', 'test')} folds", report,
+        [m for m in report["model"] if m != "folds"]))
 
 
 def _evaluate_retrieval(settings: Settings, spec: ModelSpec, predictions: Path | None,
@@ -395,14 +390,20 @@ def _evaluate_retrieval(settings: Settings, spec: ModelSpec, predictions: Path |
     if as_json:
         typer.echo(json.dumps(report))
         return
-    metric_names = list(report["model"])
-    table = Table(title=f"{spec.name}: test fold, {report['n_users']} users with relevant items")
+    console.print(_model_and_baselines_table(
+        f"{spec.name}: test fold, {report['n_users']} users with relevant items", report,
+        list(report["model"])))
+
+
+def _model_and_baselines_table(title: str, report: dict, metric_names: list[str]) -> Table:
+    """One row for the model and one per baseline, a column per metric."""
+    table = Table(title=title)
     table.add_column("")
     for metric in metric_names:
         table.add_column(metric)
-    for name, values in {"model": report["model"], **report["baselines"]}.items():
-        table.add_row(name, *(f"{values[m]:.4f}" for m in metric_names))
-    console.print(table)
+    for row_name, values in {"model": report["model"], **report["baselines"]}.items():
+        table.add_row(row_name, *(f"{values[m]:.4f}" for m in metric_names))
+    return table
 
 
 def metrics_table(report: dict) -> Table:
