@@ -11,7 +11,9 @@ process, into its own Redis database; the child reports its seconds and its peak
 checks that both databases hold the same keys with byte-identical hashes (all keys up to 300 k,
 a random sample of 20 k beyond), and while each engine runs it reads random keys from Redis
 (HMGET of one view, one at a time over its own connection) to report the read latency p99 under
-the write load next to the idle figure. One JSON object per size on stdout.
+the write load next to the idle figure. An engine whose RSS passes --memory-cap-gb (18 of the
+machine's 24) is killed and reported as `feast_failed` (Feast's #6307) rather than swapping the
+machine to a halt. One JSON object per size on stdout.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -145,21 +148,51 @@ class ReadProbe:
         return round(float(np.percentile(self.latencies, 99)), 3) if self.latencies else None
 
 
-def run_engine(folder: Path, features: int, entities: int, redis_port: int, engine: str
-               ) -> dict[str, float]:
+def run_engine(folder: Path, features: int, entities: int, redis_port: int, engine: str,
+               memory_cap_mb: int) -> dict[str, Any]:
     """One engine in a fresh interpreter, probed by reads; its last stdout line is its report."""
-    with ReadProbe(redis_port, DATABASES[engine], features, entities) as probe:
-        options = [f"--option={k}={json.dumps(v)}" for k, v in ENGINES["ours"].items()  # type: ignore[union-attr]
-                   if k != "type"]
-        out = subprocess.run([sys.executable, __file__, "--child", engine, "--data", str(folder),
-                              "--features", str(features), "--redis-port", str(redis_port),
-                              *options],
-                             capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"the {engine} engine failed:\n{out.stderr[-3000:]}")
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    options = [f"--option={k}={json.dumps(v)}" for k, v in ENGINES["ours"].items()  # type: ignore[union-attr]
+               if k != "type"]
+    cmd = [sys.executable, __file__, "--child", engine, "--data", str(folder),
+           "--features", str(features), "--redis-port", str(redis_port), *options]
+    with ReadProbe(redis_port, DATABASES[engine], features, entities) as probe, \
+            tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        peak_mb = watch_memory(child, memory_cap_mb)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if peak_mb > memory_cap_mb:
+        # Feast's #6307: the local engine holds the whole range in memory; report, don't swap
+        return {"seconds": None, "peak_rss_mb": peak_mb, "read_p99_ms": probe.p99_ms(),
+                "failed": f"killed at {peak_mb:.0f} MB RSS (cap {memory_cap_mb} MB) "
+                          f"after {seconds:.0f} s"}
+    if child.returncode:
+        raise RuntimeError(f"the {engine} engine failed:\n{stderr[-3000:]}")
+    report = json.loads(stdout.strip().splitlines()[-1])
     report["read_p99_ms"] = probe.p99_ms()
     return report
+
+
+def watch_memory(child: subprocess.Popen[str], cap_mb: int) -> float:
+    """Wait for the child; kill it once its RSS passes cap_mb. Its peak RSS seen (MB)."""
+    peak = 0.0
+    status = Path(f"/proc/{child.pid}/status")
+    while child.poll() is None:
+        try:
+            rss_kb = next(int(line.split()[1]) for line in status.read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            rss_kb = 0
+        peak = max(peak, rss_kb / 1024)
+        if peak > cap_mb:
+            child.kill()
+            child.wait()
+            break
+        time.sleep(0.2)
+    return peak
 
 
 def idle_p99(redis_port: int, features: int, entities: int, seconds: float = 5.0) -> float | None:
@@ -218,6 +251,8 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--ours-only", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--memory-cap-gb", type=int, default=18,
+                        help="kill an engine whose RSS passes this and report it (the machine has 24)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
                         help="an option of our engine, e.g. --option memory_limit='\"256MB\"'")
     parser.add_argument("--child", choices=sorted(ENGINES))
@@ -236,13 +271,13 @@ def main() -> None:
         try:
             for entities in args.entities:
                 print(json.dumps(bench_size(work, port, entities, args.features, args.ours_only,
-                                            args.seed)), flush=True)
+                                            args.seed, args.memory_cap_gb * 1024)), flush=True)
         finally:
             server.stop()
 
 
 def bench_size(work: Path, port: int, entities: int, features: int, ours_only: bool,
-               seed: int) -> dict[str, object]:
+               seed: int, memory_cap_mb: int) -> dict[str, object]:
     import redis
 
     folder = work / f"size_{entities}"
@@ -257,7 +292,7 @@ def bench_size(work: Path, port: int, entities: int, features: int, ours_only: b
     runs = {}
     for engine in engines:
         log(f"{engine}: materializing")
-        runs[engine] = run_engine(folder, features, entities, port, engine)
+        runs[engine] = run_engine(folder, features, entities, port, engine, memory_cap_mb)
         log(f"{engine}: {runs[engine]}")
     ours = runs["ours"]
     if ours_only:
@@ -266,11 +301,15 @@ def bench_size(work: Path, port: int, entities: int, features: int, ours_only: b
                 "ours_peak_rss_mb": round(ours["peak_rss_mb"]),
                 "read_p99_ms": {"idle": idle, "during_ours": ours["read_p99_ms"]}}
     feast = runs["feast"]
-    return {"entities": entities, "features": features, "feast_s": round(feast["seconds"], 2),
-            "ours_s": round(ours["seconds"], 2), "speedup": round(feast["seconds"] / ours["seconds"], 1),
+    failed = "failed" in feast
+    return {"entities": entities, "features": features,
+            "feast_s": None if failed else round(feast["seconds"], 2),
+            "ours_s": round(ours["seconds"], 2),
+            "speedup": None if failed else round(feast["seconds"] / ours["seconds"], 1),
             "feast_peak_rss_mb": round(feast["peak_rss_mb"]),
             "ours_peak_rss_mb": round(ours["peak_rss_mb"]),
-            "identical": identical(port, entities),
+            **({"feast_failed": feast["failed"]} if failed else {}),
+            "identical": None if failed else identical(port, entities),
             "read_p99_ms": {"idle": idle, "during_feast": feast["read_p99_ms"],
                             "during_ours": ours["read_p99_ms"]}}
 
