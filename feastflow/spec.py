@@ -224,6 +224,16 @@ class RealtimeTableSpec(_Strict):
     push_source: str = Field(description="Feast push source the stream processor writes to")
 
 
+class AtRequestSpec(_Strict):
+    """Online, `function(entity row, request unix us)` gives these features of `view` at the
+    request's own time: a windowed count falls when a payment leaves its window, with no event
+    to push it. The function is the one the tests hold equal to the view's batch rows."""
+
+    function: str = Field(description="name of the function in the use case's realtime module")
+    view: str = Field(description="the batch feature view whose features it gives (those the "
+                                  "function returns; the view's others stay as read)")
+
+
 class RealtimeSpec(_Strict):
     """Features updated at every event, from ONE implementation in `<use case>/<module>.py`.
 
@@ -239,6 +249,19 @@ class RealtimeSpec(_Strict):
         "seconds: replays and the demo read it to know when an event is online")
     item_table: RealtimeTableSpec | None = Field(
         default=None, description="one row per (entity, item): f(the item's last event time)")
+    value: str | None = Field(
+        default=None, description="the event column each window event carries (default: "
+        "event_log.item)")
+    window_seconds: int | None = Field(
+        default=None, gt=0, description="events this much older than the entity's newest leave "
+        "its window (beside `window_events`)")
+    entity_history: bool = Field(
+        default=True, description="false: the entity table's batch file keeps each entity's "
+        "latest row only (a view read online only, never in training: its rows may be large)")
+    at_request: AtRequestSpec | None = Field(
+        default=None, description="features evaluated at the request's time from the entity "
+        "table's row, online, in place of a batch view's (windowed counts that fall as time "
+        "passes)")
 
 
 class BlendMemberSpec(_Strict):

@@ -46,6 +46,7 @@ class ReplayStats:
     variants: Counter[str] = field(default_factory=Counter)
     visible_ms: list[float] = field(default_factory=list)  # per round: POST -> online
     seconds: float = 0.0
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # event id -> the answer
 
 
 def rounds(events: pd.DataFrame, entity: str, timestamp: str, max_size: int = MAX_ROUND
@@ -80,11 +81,12 @@ def event_body(row: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
 
 
 def predict_body(row: dict[str, Any], spec: ModelSpec, k: int) -> dict[str, Any]:
-    """The prediction request a client would send at this event."""
+    """The prediction request a client would send at this event (`k` for a ranking only)."""
     log = spec.event_log
     context = {name: _jsonable(row[name]) for name in log.context}
-    return {log.entity: row[log.entity], "timestamp": _jsonable(row[log.timestamp]),
-            "context": {n: v for n, v in context.items() if v is not None}, "k": k}
+    body = {log.entity: _jsonable(row[log.entity]), "timestamp": _jsonable(row[log.timestamp]),
+            "context": {n: v for n, v in context.items() if v is not None}}
+    return body if spec.per_event else {**body, "k": k}
 
 
 def daily_job(settings: Settings, spec: ModelSpec, since: pd.Timestamp) -> None:
@@ -160,7 +162,8 @@ async def _post(client: httpx.AsyncClient, limit: asyncio.Semaphore, path: str,
 async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec,
                   events: pd.DataFrame, api_key: str, predict_share: float, seed: int,
                   on_day: Callable[[pd.Timestamp], None] | None, progress: Progress | None,
-                  k: int) -> ReplayStats:
+                  k: int, max_round: int, before_round: Callable[[pd.Timestamp], None] | None,
+                  keep_answers: bool) -> ReplayStats:
     stats = ReplayStats()
     started = time.perf_counter()
     limit = asyncio.Semaphore(CONCURRENT_PREDICTIONS)
@@ -170,7 +173,7 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
     ts = spec.event_log.timestamp
     day: pd.Timestamp | None = None
     day_ids: list[str] = []
-    for round_ in rounds(events, spec.event_log.entity, ts):
+    for round_ in rounds(events, spec.event_log.entity, ts, max_round):
         round_day = round_[ts].iloc[0].floor("D")
         if day is not None and round_day > day:
             # the daily job runs once the log holds the whole finished day
@@ -180,16 +183,20 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
             stats.days += 1
             day_ids = []
         day = round_day
+        if before_round is not None:
+            await asyncio.to_thread(before_round, round_[ts].iloc[0])
         rows = round_.to_dict("records")
         asked = [r for r in rows if draw.random() < predict_share]
         answers = await asyncio.gather(*(
             _post(client, limit, f"/v1/{spec.name}/predict", predict_body(r, spec, k))
             for r in asked))
-        for response in answers:
+        for row, response in zip(asked, answers, strict=True):
             if response.status_code != 200:
                 raise RuntimeError(f"/v1/{spec.name}/predict answered {response.status_code}: "
                                    f"{response.text[:300]}")
             body = response.json()
+            if keep_answers:
+                stats.answers[str(row[spec.event_log.event_id])] = body
             stats.fallbacks[body.get("fallback") or "model"] += 1
             stats.variants[body.get("variant", "?")] += 1
         sent = time.perf_counter()
@@ -213,8 +220,13 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
 def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
                   events: pd.DataFrame, predict_share: float = 1.0, seed: int = 0,
                   on_day: Callable[[pd.Timestamp], None] | None = None,
-                  progress: Progress | None = None, k: int = 4) -> ReplayStats:
-    """Replay raw events (raw user ids) through the server at `url` in time order; see above."""
+                  progress: Progress | None = None, k: int = 4, max_round: int = MAX_ROUND,
+                  before_round: Callable[[pd.Timestamp], None] | None = None,
+                  keep_answers: bool = False) -> ReplayStats:
+    """Replay raw events (raw user ids) through the server at `url` in time order; see above.
+
+    `before_round(t)` runs before each round's predictions (t: its first event's time);
+    `keep_answers` keeps every answer by event id (online metrics, skew against offline)."""
     if not 0.0 <= predict_share <= 1.0:
         raise ValueError(f"predict_share must be in [0, 1], got {predict_share}")
     ts = spec.event_log.timestamp
@@ -225,6 +237,6 @@ def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
         limits = httpx.Limits(max_connections=16)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
             return await _replay(client, settings, spec, events, api_key, predict_share, seed,
-                                 on_day, progress, k)
+                                 on_day, progress, k, max_round, before_round, keep_answers)
 
     return asyncio.run(run())
