@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from feastflow.privacy import hash_user_id
@@ -240,3 +241,63 @@ def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
                                  on_day, progress, k, max_round, before_round, keep_answers)
 
     return asyncio.run(run())
+
+
+def online_beside_offline(settings: Settings, spec: ModelSpec, stats: ReplayStats,
+                          top_k: int = 100) -> dict[str, Any]:
+    """A classifier's replay: the served scores beside the same model's scores on Feast's
+    point-in-time rows of the same events (feature tables recomputed from the log the processor
+    wrote first: `compute_feature_tables`), with average precision and card precision@k per
+    day of each, and how far the scores differ.
+
+    The model is the champion, which must be the version that answered (else ValueError).
+    """
+    from sklearn import metrics as skm
+
+    from feastflow.ranking import REQUEST_ID
+    from feastflow.store import open_store
+    from pipelines.datasets import build_event_set
+    from pipelines.features import event_log_connection
+    from pipelines.protocols import precision_at_k_per_day
+    from pipelines.training import score
+    from registry import lifecycle
+
+    log = spec.event_log
+    versions = {body.get("model_version") for body in stats.answers.values()}
+    if len(versions) != 1 or None in versions:
+        raise ValueError(f"the replay was answered by model versions {sorted(map(str, versions))}"
+                         ": compare one version at a time")
+    version = str(versions.pop())
+    con = event_log_connection(settings.events_dir(spec.name), log.timestamp)
+    con.register("answered", pd.DataFrame({"id": list(stats.answers)}))
+    events = con.execute(f'SELECT * FROM all_events WHERE "{log.event_id}" IN '
+                         f'(SELECT id FROM answered) ORDER BY "{log.timestamp}", '
+                         f'"{log.event_id}"').df()
+    events[log.timestamp] = pd.to_datetime(events[log.timestamp], utc=True).astype(
+        "datetime64[us, UTC]")
+    events.insert(0, REQUEST_ID, range(len(events)))
+    rows = build_event_set(open_store(settings, spec.name), events, spec)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    loaded = registry.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+    if loaded.version != version:
+        raise ValueError(f"the replay was answered by v{version}, the champion is now "
+                         f"v{loaded.version}")
+    booster = loaded.booster
+    offline = score(booster, rows, spec.model.categorical)["score"].to_numpy()
+    ordered = events.set_index(REQUEST_ID).loc[rows[REQUEST_ID]]
+    online = np.array([stats.answers[str(e)]["score"] for e in ordered[log.event_id]])
+    labels = ordered[log.label_column].to_numpy()
+    cards = ordered[log.entity].to_numpy()
+    days = ordered[log.timestamp].dt.floor("D").to_numpy()
+
+    def figures(scores: np.ndarray) -> dict[str, float]:
+        return {"ap": round(float(skm.average_precision_score(labels, scores)), 6),
+                f"cp{top_k}": round(precision_at_k_per_day(cards, days, labels, scores, top_k),
+                                    6)}
+
+    gap = np.abs(online - offline)
+    return {"use_case": spec.name, "model_version": version, "events": len(rows),
+            "start": str(ordered[log.timestamp].min()), "end": str(ordered[log.timestamp].max()),
+            "online": figures(online), "offline": figures(offline),
+            "max_abs_score_difference": float(gap.max()),
+            "share_over_1e-6": round(float((gap > 1e-6).mean()), 6)}
