@@ -218,7 +218,7 @@ class StreamProcessor:
         seeded = 0
         if has_events(self.events_dir):
             rt = self.realtime
-            frame = read_events(self.events_dir, [rt.entity_key, rt.item_key, rt.event_id_key,
+            frame = read_events(self.events_dir, [rt.entity_key, rt.value_key, rt.event_id_key,
                                                   rt.timestamp_key])
             if restore:
                 self._restore_online(frame)
@@ -332,7 +332,7 @@ class StreamProcessor:
             if entry.payload is None:
                 raise ValueError("the entry has no 'e' field (the event's JSON payload)")
         frame = decode_events([e.payload for e in entries if e.payload is not None], rt.contract)
-        keys = [rt.entity_key, rt.item_key, rt.event_id_key, rt.timestamp_key]
+        keys = [rt.entity_key, rt.value_key, rt.event_id_key, rt.timestamp_key]
         missing = [k for k in keys if frame[k].isna().any()]
         if missing:
             raise ValueError(f"empty {', '.join(missing)}: the fold needs every key")
@@ -389,7 +389,7 @@ class StreamProcessor:
         unix_us = frame[rt.timestamp_key].astype("int64").tolist()
         rows = []
         for entry, entity, event_id, item, us in zip(
-                entries, entity_ids, frame[rt.event_id_key].tolist(), frame[rt.item_key].tolist(),
+                entries, entity_ids, frame[rt.event_id_key].tolist(), frame[rt.value_key].tolist(),
                 unix_us, strict=True):
             state = states[entity]
             applied = state.applied

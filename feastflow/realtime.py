@@ -26,7 +26,7 @@ import pyarrow as pa
 from feastflow.plugins import use_case_module
 from feastflow.spec import ModelSpec, RealtimeSpec
 
-WindowEvent = tuple[int, str, str]  # (unix microseconds, event id, item), ordered by time then id
+WindowEvent = tuple[int, str, Any]  # (unix microseconds, event id, value), by time then id
 
 
 class EntityState(msgspec.Struct, array_like=True):
@@ -72,11 +72,16 @@ class RealtimeFeatures:
         self.contract = spec.event_log
         self.entity_key = spec.event_log.entity
         self.item_key = spec.event_log.item or ""
+        # what each window event carries: the item chosen, or another column (an amount)
+        self.value_key = self.spec.value or self.item_key
         self.event_id_key = spec.event_log.event_id
         self.timestamp_key = spec.event_log.timestamp
-        if not self.item_key:
-            raise ValueError(f"use case {spec.name!r}: real-time features fold items: declare "
-                             "event_log.item")
+        if not self.value_key or self.value_key not in spec.event_log.columns:
+            raise ValueError(f"use case {spec.name!r}: real-time features fold a value per event: "
+                             "declare realtime.value (an event_log column) or event_log.item")
+        if self.spec.item_table is not None and not self.item_key:
+            raise ValueError(f"use case {spec.name!r}: realtime.item_table needs event_log.item")
+        self.window_us = (self.spec.window_seconds or 0) * 1_000_000
         module = use_case_module(spec, self.spec.module)
         self.entity_table = self.spec.entity_table.table
         self._entity_fn: Callable[[list[WindowEvent]], dict[str, Any]] = _function(
@@ -95,9 +100,10 @@ class RealtimeFeatures:
         tables = [self.spec.item_table, self.spec.entity_table]
         return {t.table: t.push_source for t in tables if t is not None}
 
-    def apply(self, state: EntityState, entity: str, seq: int, event_id: str, item: str,
+    def apply(self, state: EntityState, entity: str, seq: int, event_id: str, item: Any,
               unix_us: int) -> list[Row]:
-        """Fold one event into `state` (in place); return the rows whose values changed."""
+        """Fold one event (`item`: its value, `realtime.value`) into `state` (in place); return
+        the rows whose values changed."""
         if seq <= state.last_seq:
             return []  # delivered again after a crash: already applied
         state.last_seq = seq
@@ -113,6 +119,10 @@ class RealtimeFeatures:
         state.applied += 1
         if len(window) > self.spec.window_events:
             del window[0]
+        if self.window_us:  # the newest event always stays: it is what the entity did last
+            oldest = window[-1][0] - self.window_us
+            while window[0][0] <= oldest:
+                del window[0]
         rows = []
         features = self._entity_fn(window)
         if features != state.features:
@@ -132,7 +142,8 @@ class RealtimeFeatures:
         return self.frames(self.batch_rows(events))
 
     def batch_rows(self, events: pd.DataFrame) -> list[Row]:
-        """The rows of `batch_tables`, in fold order (per key, oldest first)."""
+        """The rows of `batch_tables`, in fold order (per key, oldest first); with
+        `entity_history: false`, the entity table's latest row per entity only."""
         return self._fold(events)[0]
 
     def frames(self, rows: Iterable[Row]) -> dict[str, pd.DataFrame]:
@@ -150,20 +161,26 @@ class RealtimeFeatures:
         ordered = events.sort_values([self.entity_key, self.timestamp_key, self.event_id_key],
                                      kind="stable")
         entities = ordered[self.entity_key].to_numpy(dtype=object)
-        items = ordered[self.item_key].to_numpy(dtype=object)
+        items = ordered[self.value_key].to_numpy(dtype=object)
         event_ids = ordered[self.event_id_key].to_numpy(dtype=object)
         unix_us = _unix_us(ordered[self.timestamp_key])
         rows: list[Row] = []
         states: dict[str, EntityState] = {}
+        history = self.spec.entity_history
         state, current = EntityState(), None
         for entity, item, event_id, us in zip(entities, items, event_ids, unix_us.tolist(),
                                               strict=True):
             if entity != current:
                 state, current = EntityState(), entity
                 states[entity] = state
-            rows.extend(self.apply(state, entity, state.last_seq + 1, event_id, item, us))
-        for state in states.values():
+            applied = self.apply(state, entity, state.last_seq + 1, event_id, item, us)
+            rows.extend(applied if history else
+                        [r for r in applied if r.table != self.entity_table])
+        for entity, state in states.items():
             state.last_seq = -1  # positions were the log's; the stream's start afresh
+            if not history and state.features is not None:
+                rows.append(Row(self.entity_table, state.stamped_us,
+                                {self.entity_key: entity, **state.features}))
         return rows, states
 
     def rows_frame(self, rows: Iterable[Row], table: str) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from feast import FeatureStore
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 from feastflow.online import OnlineReader, Row, ViewLayout, view_layouts
+from feastflow.plugins import use_case_module
 from feastflow.ranking import (
     frame_columns,
     generate_candidates,
@@ -69,12 +70,60 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class AtRequest:
+    """Features of a batch view evaluated at each request's time from a real-time view's row
+    (the spec's `realtime.at_request`): `function(row, unix_us)` -> {feature: value}."""
+
+    source: ViewLayout  # the real-time entity view the stream processor pushes
+    function: Callable[[Mapping[str, Any], int], Mapping[str, Any]]
+    view: str  # the batch view whose features it gives
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, spec: ModelSpec, layouts: Mapping[str, ViewLayout]
+                   ) -> AtRequest | None:
+        """The spec's at-request features, or None when it declares none."""
+        realtime = spec.realtime
+        if realtime is None or realtime.at_request is None:
+            return None
+        push_source = realtime.entity_table.push_source
+        fed = [v.name for v in store.list_feature_views()
+               if v.stream_source is not None and v.stream_source.name == push_source]
+        if len(fed) != 1:
+            raise ValueError(f"{spec.name}: realtime.at_request reads the view fed by "
+                             f"{push_source!r}; the registry has {len(fed)} such views")
+        if realtime.at_request.view not in layouts:
+            raise ValueError(f"{spec.name}: realtime.at_request.view "
+                             f"{realtime.at_request.view!r} is not a feature view")
+        function = getattr(use_case_module(spec, realtime.module), realtime.at_request.function,
+                           None)
+        if not callable(function):
+            raise AttributeError(f"{spec.name}: {realtime.module}.py has no function "
+                                 f"{realtime.at_request.function!r} (realtime.at_request)")
+        return cls(layouts[fed[0]], function, realtime.at_request.view)
+
+    def apply(self, columns: dict[str, Any], unix_us: Sequence[int]) -> None:
+        """Replace the view's features, row by row, by the function's at each row's time; a row
+        whose real-time view is not online keeps the batch view's values as read."""
+        names = self.source.features
+        sources = [columns[name] for name in names]
+        for i, at_us in enumerate(unix_us):
+            values = [source[i] for source in sources]
+            if all(v is None for v in values):
+                continue
+            for name, value in self.function(dict(zip(names, values, strict=True)),
+                                             at_us).items():
+                columns[name][i] = value
+
+
+@dataclass(frozen=True)
 class FeaturePlan:
-    """What to read for a use case: stage-1 views (entity keys only), stage-2 views, ODFVs."""
+    """What to read for a use case: stage-1 views (entity keys only), stage-2 views, ODFVs,
+    and features evaluated at the request's time from a real-time view (`at_request`)."""
 
     stage1: tuple[ViewLayout, ...]
     stage2: tuple[ViewLayout, ...]
     odfvs: tuple[OnDemandFeatureView, ...]
+    at_request: AtRequest | None = None
 
     @classmethod
     def from_store(cls, store: FeatureStore, spec: ModelSpec) -> FeaturePlan:
@@ -93,11 +142,15 @@ class FeaturePlan:
                     odfvs.append(odfv)
                     names += [p.name for p in odfv.source_feature_view_projections.values()]
         stage1_keys = set(spec.features.entity_join_keys) if not spec.per_event else set()
+        at_request = AtRequest.from_store(store, spec, layouts)
+        if at_request is not None:
+            names.append(at_request.source.name)  # read with the others, in the same trip
         unique = [layouts[n] for n in dict.fromkeys(names)]
         return cls(
             stage1=tuple(v for v in unique if set(v.join_keys) <= stage1_keys),
             stage2=tuple(v for v in unique if not set(v.join_keys) <= stage1_keys),
             odfvs=tuple(dict((o.name, o) for o in odfvs).values()),
+            at_request=at_request,
         )
 
 
@@ -150,6 +203,8 @@ class _Scorer:
             columns.update(zip(view.features, map(list, zip(*per_row, strict=True)), strict=True))
         for name, values in frame.items():
             columns[name] = values.tolist()
+        if self.plan.at_request is not None:
+            self.plan.at_request.apply(columns, expanded[log.timestamp])
         for odfv in self.plan.odfvs:
             columns.update(_run_odfv(odfv, columns))
         started = time.perf_counter()

@@ -5,6 +5,7 @@ Pipelines read the spec and never name a use case; adding one means adding a fol
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -224,6 +225,16 @@ class RealtimeTableSpec(_Strict):
     push_source: str = Field(description="Feast push source the stream processor writes to")
 
 
+class AtRequestSpec(_Strict):
+    """Online, `function(entity row, request unix us)` gives these features of `view` at the
+    request's own time: a windowed count falls when a payment leaves its window, with no event
+    to push it. The function is the one the tests hold equal to the view's batch rows."""
+
+    function: str = Field(description="name of the function in the use case's realtime module")
+    view: str = Field(description="the batch feature view whose features it gives (those the "
+                                  "function returns; the view's others stay as read)")
+
+
 class RealtimeSpec(_Strict):
     """Features updated at every event, from ONE implementation in `<use case>/<module>.py`.
 
@@ -239,6 +250,19 @@ class RealtimeSpec(_Strict):
         "seconds: replays and the demo read it to know when an event is online")
     item_table: RealtimeTableSpec | None = Field(
         default=None, description="one row per (entity, item): f(the item's last event time)")
+    value: str | None = Field(
+        default=None, description="the event column each window event carries (default: "
+        "event_log.item)")
+    window_seconds: int | None = Field(
+        default=None, gt=0, description="events this much older than the entity's newest leave "
+        "its window (beside `window_events`)")
+    entity_history: bool = Field(
+        default=True, description="false: the entity table's batch file keeps each entity's "
+        "latest row only (a view read online only, never in training: its rows may be large)")
+    at_request: AtRequestSpec | None = Field(
+        default=None, description="features evaluated at the request's time from the entity "
+        "table's row, online, in place of a batch view's (windowed counts that fall as time "
+        "passes)")
 
 
 class BlendMemberSpec(_Strict):
@@ -383,6 +407,40 @@ class DecisionSpec(_Strict):
         default=None, description="scores in [low, high) answer `review`")
     costs: DecisionCostSpec | None = Field(
         default=None, description="derive threshold and review band from these costs")
+    review_budget_per_day: float | None = Field(
+        default=None, gt=0, description="reviews a day the team can take: training raises the "
+        "review band's low end until the holdout's reviews per day fit (recorded on the model "
+        "version, tag `decision.review_from`)")
+
+    def budget_review_from(self, scores: list[float], days: float) -> tuple[float, float] | None:
+        """The review band's low end with the daily budget kept on these scores (`days` of
+        them), and the reviews a day it gives; None without a band or a budget.
+
+        The cheapest answer of a score in the band is a review; past the budget the next best is
+        to approve, so the band keeps its highest scores: those strictly above the one that
+        would exceed the budget (ties at the boundary approved, never a review too many).
+        """
+        if self.review_band is None or self.review_budget_per_day is None:
+            return None
+        if days <= 0:
+            raise ValueError(f"budget_review_from: days must be positive, got {days}")
+        low, high = self.review_band
+        in_band = sorted((s for s in scores if low <= s < high), reverse=True)
+        allowed = int(self.review_budget_per_day * days)
+        if len(in_band) <= allowed:
+            return low, len(in_band) / days
+        review_from = math.nextafter(in_band[allowed], math.inf)
+        return review_from, sum(1 for s in in_band if s >= review_from) / days
+
+    def answer(self, score: float, review_from: float | None = None) -> str:
+        """The answer in words: `review` inside the review band (from `review_from` when the
+        model version set one for the budget), else `above` at or over the threshold."""
+        band = self.review_band
+        if band is not None:
+            low = band[0] if review_from is None else max(band[0], review_from)
+            if low <= score < band[1]:
+                return "review"
+        return self.above if score >= self.threshold else self.below
 
     @model_validator(mode="before")
     @classmethod

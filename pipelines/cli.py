@@ -571,41 +571,72 @@ def precompute(
 @app.command()
 def replay(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="raw events (CSV or Parquet), e.g. from generate")],
+    path: Annotated[Path | None, typer.Argument(
+        help="raw events (CSV or Parquet), e.g. from generate; default: the use case's loader")]
+    = None,
     url: Annotated[str, typer.Option(help="the running server")] = "http://127.0.0.1:8000",
     predict_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of events "
                                                  "that ask for a prediction first")] = 1.0,
     since: Annotated[datetime | None, typer.Option(help="replay events from this time (UTC)")]
     = None,
+    days: Annotated[int | None, typer.Option(min=1, help="replay this many days from --since")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="a classifier: print its online "
+                                          "figures beside the offline ones as one JSON object")]
+    = False,
     use_case: UseCase = None,
 ) -> None:
     """Replay events through a running server in time order: predict at each event, then post it.
 
     At each midnight the daily job runs (feature tables, materialize). Serve with
-    FEASTFLOW_REQUEST_LOG_SAMPLE=1 so that `feastflow monitor` sees every prediction.
+    FEASTFLOW_REQUEST_LOG_SAMPLE=1 so that `feastflow monitor` sees every prediction. A
+    classifier's replay ends with its online AP and CP@100 beside the same model's offline
+    figures on the same events (the log the processor wrote folded into the feature tables).
     """
     import pandas as pd
 
-    from pipelines.replay import daily_job, replay_events
+    from pipelines.replay import daily_job, online_beside_offline, replay_events, wait_for_log
 
     settings = _settings(ctx)
     spec = _spec(settings, use_case)
     if not settings.api_key:
         raise InputError("set FEASTFLOW_API_KEY to the server's key: POST /v1/events needs it")
-    events = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-    events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
+    if path is not None:
+        events = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    elif spec.loader is not None:
+        from feastflow.plugins import use_case_function
+
+        events = use_case_function(spec, spec.loader.module, spec.loader.function)(
+            settings.data_dir)
+    else:
+        raise InputError(f"{spec.name} has no loader: give the events' PATH")
+    ts = spec.event_log.timestamp
+    events[ts] = pd.to_datetime(events[ts], utc=True)
     if since is not None:  # typer gives a naive datetime: UTC, as the help says
-        events = events[events["timestamp"] >= pd.Timestamp(since, tz="UTC")]
+        events = events[events[ts] >= pd.Timestamp(since, tz="UTC")]
+    if days is not None:
+        if since is None:
+            raise InputError("--days needs --since")
+        events = events[events[ts] < pd.Timestamp(since, tz="UTC") + pd.Timedelta(days=days)]
+    compare = spec.task == "binary_classification"
 
     with _bar() as bar:
         task = bar.add_task("replaying events", total=len(events))
         stats = replay_events(url, settings.api_key, settings, spec, events, predict_share,
                               on_day=lambda day: daily_job(settings, spec,
                                                            day - pd.Timedelta(days=1)),
-                              progress=lambda n: bar.advance(task, n))
+                              progress=lambda n: bar.advance(task, n), keep_answers=compare)
     console.print(f"{stats.events:,} events and {stats.predictions:,} predictions in "
                   f"{stats.seconds:.0f} s ({stats.days} daily jobs); answers: "
                   f"{dict(stats.fallbacks)}")
+    if compare and stats.answers:
+        from pipelines.features import compute_feature_tables
+
+        wait_for_log(settings, spec, events[spec.event_log.event_id].astype(str).tolist())
+        compute_feature_tables(settings, spec)
+        report = online_beside_offline(settings, spec, stats)
+        report["replay_seconds"] = round(stats.seconds, 1)
+        print(json.dumps(report) if as_json else report)
 
 
 @app.command()

@@ -145,7 +145,7 @@ def write_realtime_tables(con: duckdb.DuckDBPyConnection, spec: ModelSpec, out_d
     if spec.realtime is None:
         return rows
     realtime = RealtimeFeatures(spec)
-    columns = [realtime.entity_key, realtime.item_key, realtime.event_id_key,
+    columns = [realtime.entity_key, realtime.value_key, realtime.event_id_key,
                realtime.timestamp_key]
     quoted = ", ".join(f'"{c}"' for c in columns)
     log = con.execute(f"SELECT {quoted} FROM all_events").df()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from feastflow.privacy import hash_user_id
@@ -46,6 +47,7 @@ class ReplayStats:
     variants: Counter[str] = field(default_factory=Counter)
     visible_ms: list[float] = field(default_factory=list)  # per round: POST -> online
     seconds: float = 0.0
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # event id -> the answer
 
 
 def rounds(events: pd.DataFrame, entity: str, timestamp: str, max_size: int = MAX_ROUND
@@ -80,11 +82,12 @@ def event_body(row: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
 
 
 def predict_body(row: dict[str, Any], spec: ModelSpec, k: int) -> dict[str, Any]:
-    """The prediction request a client would send at this event."""
+    """The prediction request a client would send at this event (`k` for a ranking only)."""
     log = spec.event_log
     context = {name: _jsonable(row[name]) for name in log.context}
-    return {log.entity: row[log.entity], "timestamp": _jsonable(row[log.timestamp]),
-            "context": {n: v for n, v in context.items() if v is not None}, "k": k}
+    body = {log.entity: _jsonable(row[log.entity]), "timestamp": _jsonable(row[log.timestamp]),
+            "context": {n: v for n, v in context.items() if v is not None}}
+    return body if spec.per_event else {**body, "k": k}
 
 
 def daily_job(settings: Settings, spec: ModelSpec, since: pd.Timestamp) -> None:
@@ -160,7 +163,8 @@ async def _post(client: httpx.AsyncClient, limit: asyncio.Semaphore, path: str,
 async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec,
                   events: pd.DataFrame, api_key: str, predict_share: float, seed: int,
                   on_day: Callable[[pd.Timestamp], None] | None, progress: Progress | None,
-                  k: int) -> ReplayStats:
+                  k: int, max_round: int, before_round: Callable[[pd.Timestamp], None] | None,
+                  keep_answers: bool) -> ReplayStats:
     stats = ReplayStats()
     started = time.perf_counter()
     limit = asyncio.Semaphore(CONCURRENT_PREDICTIONS)
@@ -170,7 +174,7 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
     ts = spec.event_log.timestamp
     day: pd.Timestamp | None = None
     day_ids: list[str] = []
-    for round_ in rounds(events, spec.event_log.entity, ts):
+    for round_ in rounds(events, spec.event_log.entity, ts, max_round):
         round_day = round_[ts].iloc[0].floor("D")
         if day is not None and round_day > day:
             # the daily job runs once the log holds the whole finished day
@@ -180,16 +184,20 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
             stats.days += 1
             day_ids = []
         day = round_day
+        if before_round is not None:
+            await asyncio.to_thread(before_round, round_[ts].iloc[0])
         rows = round_.to_dict("records")
         asked = [r for r in rows if draw.random() < predict_share]
         answers = await asyncio.gather(*(
             _post(client, limit, f"/v1/{spec.name}/predict", predict_body(r, spec, k))
             for r in asked))
-        for response in answers:
+        for row, response in zip(asked, answers, strict=True):
             if response.status_code != 200:
                 raise RuntimeError(f"/v1/{spec.name}/predict answered {response.status_code}: "
                                    f"{response.text[:300]}")
             body = response.json()
+            if keep_answers:
+                stats.answers[str(row[spec.event_log.event_id])] = body
             stats.fallbacks[body.get("fallback") or "model"] += 1
             stats.variants[body.get("variant", "?")] += 1
         sent = time.perf_counter()
@@ -213,8 +221,13 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
 def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
                   events: pd.DataFrame, predict_share: float = 1.0, seed: int = 0,
                   on_day: Callable[[pd.Timestamp], None] | None = None,
-                  progress: Progress | None = None, k: int = 4) -> ReplayStats:
-    """Replay raw events (raw user ids) through the server at `url` in time order; see above."""
+                  progress: Progress | None = None, k: int = 4, max_round: int = MAX_ROUND,
+                  before_round: Callable[[pd.Timestamp], None] | None = None,
+                  keep_answers: bool = False) -> ReplayStats:
+    """Replay raw events (raw user ids) through the server at `url` in time order; see above.
+
+    `before_round(t)` runs before each round's predictions (t: its first event's time);
+    `keep_answers` keeps every answer by event id (online metrics, skew against offline)."""
     if not 0.0 <= predict_share <= 1.0:
         raise ValueError(f"predict_share must be in [0, 1], got {predict_share}")
     ts = spec.event_log.timestamp
@@ -225,6 +238,66 @@ def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
         limits = httpx.Limits(max_connections=16)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
             return await _replay(client, settings, spec, events, api_key, predict_share, seed,
-                                 on_day, progress, k)
+                                 on_day, progress, k, max_round, before_round, keep_answers)
 
     return asyncio.run(run())
+
+
+def online_beside_offline(settings: Settings, spec: ModelSpec, stats: ReplayStats,
+                          top_k: int = 100) -> dict[str, Any]:
+    """A classifier's replay: the served scores beside the same model's scores on Feast's
+    point-in-time rows of the same events (feature tables recomputed from the log the processor
+    wrote first: `compute_feature_tables`), with average precision and card precision@k per
+    day of each, and how far the scores differ.
+
+    The model is the champion, which must be the version that answered (else ValueError).
+    """
+    from sklearn import metrics as skm
+
+    from feastflow.ranking import REQUEST_ID
+    from feastflow.store import open_store
+    from pipelines.datasets import build_event_set
+    from pipelines.features import event_log_connection
+    from pipelines.protocols import precision_at_k_per_day
+    from pipelines.training import score
+    from registry import lifecycle
+
+    log = spec.event_log
+    versions = {body.get("model_version") for body in stats.answers.values()}
+    if len(versions) != 1 or None in versions:
+        raise ValueError(f"the replay was answered by model versions {sorted(map(str, versions))}"
+                         ": compare one version at a time")
+    version = str(versions.pop())
+    con = event_log_connection(settings.events_dir(spec.name), log.timestamp)
+    con.register("answered", pd.DataFrame({"id": list(stats.answers)}))
+    events = con.execute(f'SELECT * FROM all_events WHERE "{log.event_id}" IN '
+                         f'(SELECT id FROM answered) ORDER BY "{log.timestamp}", '
+                         f'"{log.event_id}"').df()
+    events[log.timestamp] = pd.to_datetime(events[log.timestamp], utc=True).astype(
+        "datetime64[us, UTC]")
+    events.insert(0, REQUEST_ID, range(len(events)))
+    rows = build_event_set(open_store(settings, spec.name), events, spec)
+    registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
+    loaded = registry.load_by_alias(spec.registered_model_name, lifecycle.CHAMPION)
+    if loaded.version != version:
+        raise ValueError(f"the replay was answered by v{version}, the champion is now "
+                         f"v{loaded.version}")
+    booster = loaded.booster
+    offline = score(booster, rows, spec.model.categorical)["score"].to_numpy()
+    ordered = events.set_index(REQUEST_ID).loc[rows[REQUEST_ID]]
+    online = np.array([stats.answers[str(e)]["score"] for e in ordered[log.event_id]])
+    labels = ordered[log.label_column].to_numpy()
+    cards = ordered[log.entity].to_numpy()
+    days = ordered[log.timestamp].dt.floor("D").to_numpy()
+
+    def figures(scores: np.ndarray) -> dict[str, float]:
+        return {"ap": round(float(skm.average_precision_score(labels, scores)), 6),
+                f"cp{top_k}": round(precision_at_k_per_day(cards, days, labels, scores, top_k),
+                                    6)}
+
+    gap = np.abs(online - offline)
+    return {"use_case": spec.name, "model_version": version, "events": len(rows),
+            "start": str(ordered[log.timestamp].min()), "end": str(ordered[log.timestamp].max()),
+            "online": figures(online), "offline": figures(offline),
+            "max_abs_score_difference": float(gap.max()),
+            "share_over_1e-6": round(float((gap > 1e-6).mean()), 6)}

@@ -432,6 +432,8 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
         "lib.lightgbm": lgb.__version__,
         "lib.feast": feast.__version__,
     }
+    predictions = holdout_predictions(booster, data, spec)
+    tags.update(review_budget_tags(spec, predictions["model"].tolist(), data.window))
     with registry.run(spec.name, f"{spec.name}-{data.fingerprint}") as run:
         mlflow.set_tags(tags)
         log_lineage(settings, spec, data)
@@ -447,7 +449,6 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
         })
         mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as tmp:
-            predictions = holdout_predictions(booster, data, spec)
             for plot in [_importance_plot(booster, Path(tmp)), _comparison_plot(report, Path(tmp)),
                          *_task_plots(predictions, spec, Path(tmp))]:
                 mlflow.log_artifact(str(plot), "plots")
@@ -470,6 +471,21 @@ def train_use_case(settings: Settings, spec: ModelSpec, progress: Progress = pri
     )
     return TrainResult(registered.version, run_id, report, data.fingerprint,
                        len(data.train_requests), len(data.train_rows))
+
+
+def review_budget_tags(spec: ModelSpec, scores: list[float], window: SplitWindow
+                       ) -> dict[str, str]:
+    """The version's review band start for the spec's daily review budget, chosen on its
+    holdout scores, and the reviews a day it gave there (none without a budget)."""
+    rule = spec.serving.decision
+    days = (window.holdout_end - window.holdout_start).total_seconds() / 86_400
+    chosen = rule.budget_review_from(scores, days) if rule is not None and scores else None
+    if chosen is None:
+        return {}
+    review_from, per_day = chosen
+    return {lifecycle.REVIEW_FROM_TAG: repr(review_from),
+            "decision.reviews_per_day_holdout": f"{per_day:.2f}",
+            "decision.review_budget_per_day": str(rule.review_budget_per_day)}
 
 
 def model_signature(features: list[str], categorical: list[str]) -> ModelSignature:

@@ -38,6 +38,7 @@ from feastflow.errors import (
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 SHA256_TAG = "model.sha256"  # the native model file's checksum, recorded at registration
+REVIEW_FROM_TAG = "decision.review_from"  # the review band's start for the daily budget
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model or alias
 log = logging.getLogger(__name__)
 

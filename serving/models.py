@@ -26,7 +26,13 @@ import lightgbm as lgb
 from feastflow.scoring import EventScorer, FeaturePlan, Ranker, scorer_for
 from feastflow.spec import ModelSpec
 from registry import lifecycle
-from registry.lifecycle import ModelChecksumMismatch, ModelRegistry, Registry, verify_model_file
+from registry.lifecycle import (
+    REVIEW_FROM_TAG,
+    ModelChecksumMismatch,
+    ModelRegistry,
+    Registry,
+    verify_model_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ class ServedModel:
     scorer: Ranker | EventScorer
     source: str  # registry | disk
     loaded_at: float
+    review_from: float | None = None  # the version's review band start for the daily budget
 
     @property
     def ranker(self) -> Ranker:
@@ -144,8 +151,11 @@ class ModelHolder:
             loaded = self.registry.load_by_alias(name, alias, local_dir=Path(tmp))
             if loaded.model_file is None or loaded.sha256 is None:
                 raise lifecycle.RegistryError(f"{name}@{alias}: the registry kept no model file")
-            model = self._build(variant, loaded.version, loaded.run_id, loaded.booster, "registry")
-            self._save(variant, loaded.model_file, loaded.version, loaded.run_id, loaded.sha256)
+            review_from = _review_from(loaded.tags)
+            model = self._build(variant, loaded.version, loaded.run_id, loaded.booster, "registry",
+                                review_from)
+            self._save(variant, loaded.model_file, loaded.version, loaded.run_id, loaded.sha256,
+                       review_from)
         self.refused.pop(variant, None)  # a verified copy replaced whatever was refused
         return model
 
@@ -164,21 +174,23 @@ class ModelHolder:
             return None
         booster = lgb.Booster(model_file=str(folder / "model.lgb"))
         log.warning("registry unreachable: serving %s v%s from %s", variant, meta["version"], folder)
-        return self._build(variant, meta["version"], meta["run_id"], booster, "disk")
+        return self._build(variant, meta["version"], meta["run_id"], booster, "disk",
+                           meta.get("review_from"))
 
-    def _build(self, variant: str, version: str, run_id: str, booster: Any, source: str
-               ) -> ServedModel:
+    def _build(self, variant: str, version: str, run_id: str, booster: Any, source: str,
+               review_from: float | None = None) -> ServedModel:
         scorer = scorer_for(self.spec, self.plan, booster)
-        return ServedModel(variant, version, run_id, scorer, source, time.time())
+        return ServedModel(variant, version, run_id, scorer, source, time.time(), review_from)
 
-    def _save(self, variant: str, model_file: Path, version: str, run_id: str, sha256: str
-              ) -> None:
+    def _save(self, variant: str, model_file: Path, version: str, run_id: str, sha256: str,
+              review_from: float | None = None) -> None:
         # Write a complete folder next to the old one, then swap names: never a half copy.
         target = self.models_dir / self.aliases[variant]
         staging = Path(tempfile.mkdtemp(dir=self._ensure_dir(), prefix=".staging-"))
         shutil.copyfile(model_file, staging / "model.lgb")
         (staging / "meta.json").write_text(json.dumps(
-            {"version": version, "run_id": run_id, "sha256": sha256, "saved_at": time.time()}))
+            {"version": version, "run_id": run_id, "sha256": sha256, "saved_at": time.time(),
+             "review_from": review_from}))
         old = target.with_name(f".old-{target.name}")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -189,6 +201,12 @@ class ModelHolder:
     def _ensure_dir(self) -> Path:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         return self.models_dir
+
+
+def _review_from(tags: dict[str, str]) -> float | None:
+    # set by training when the spec has a daily review budget (pipelines/training.py)
+    value = tags.get(REVIEW_FROM_TAG)
+    return None if value is None else float(value)
 
 
 def serving_registry(tracking_uri: str, artifacts_uri: str, explicit: bool) -> Registry:

@@ -521,14 +521,11 @@ class EventService(PredictionService):
             prediction = default.get("prediction")
             self.default = ([] if prediction is None else [float(prediction)], None)
 
-    def decide(self, score: float) -> str:
-        """The classifier's answer in words: `review` inside the review band, else `above` at or
-        over the threshold, `below` under it."""
-        rule = self.decision_rule
-        band = rule.review_band
-        if band is not None and band[0] <= score < band[1]:
-            return "review"
-        return rule.above if score >= rule.threshold else rule.below
+    def decide(self, score: float, model: ServedModel | None = None) -> str:
+        """The classifier's answer in words: `review` inside the review band (narrowed to the
+        model version's daily review budget), else `above` at or over the threshold, `below`
+        under it."""
+        return self.decision_rule.answer(score, model.review_from if model else None)
 
     async def predict(self, user_hash: Any, unix_us: int, context: Mapping[str, Any], k: int,
                       request_id: str) -> Answer:
@@ -580,7 +577,8 @@ class EventService(PredictionService):
         self.warmed.add(model.version)  # a warm-up that failed at start is done now
         value = round(float(scored.scores[0]), 6)
         answer = Answer([], [value], model.variant, model.version, scored.known, None,
-                        scored=scored, decision=self.decide(value) if self.classifier else None)
+                        scored=scored,
+                        decision=self.decide(value, model) if self.classifier else None)
         if cache_key is not None:
             self.l1.put(cache_key, answer)
         return answer
@@ -601,7 +599,8 @@ class EventService(PredictionService):
     def _shadow_answer(self, challenger: ServedModel, scored: Scored) -> Answer:
         value = float(scored.scores[0])
         return Answer([], [value], "challenger", challenger.version, scored.known, None,
-                      scored=scored, decision=self.decide(value) if self.classifier else None)
+                      scored=scored,
+                      decision=self.decide(value, challenger) if self.classifier else None)
 
     async def bundle(self, user_hash: str, start_us: int, k: int
                      ) -> tuple[Answer, list[list[str]]]:

@@ -9,11 +9,12 @@ from feast import (
     FeatureService,
     FeatureView,
     Field,
+    PushSource,
     RequestSource,
     ValueType,
 )
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64
+from feast.types import Array, Float64, Int64
 
 from feastflow.store import feature_table_source
 
@@ -32,6 +33,11 @@ terminal = Entity(name="terminal", join_keys=["terminal_id"], value_type=ValueTy
 # --- sources --------------------------------------------------------------------------------
 customer_spending_source = feature_table_source(__file__, "customer_spending")
 terminal_risk_source = feature_table_source(__file__, "terminal_risk")
+# The card's recent payments, pushed by the stream processor at every payment (realtime.py).
+customer_payments_push = PushSource(
+    name="customer_payments_push",
+    batch_source=feature_table_source(__file__, "customer_payments"),
+)
 # The payment being scored (taken from each event in training).
 payment = RequestSource(
     name="payment",
@@ -73,6 +79,22 @@ terminal_risk_fv = FeatureView(
         Field(name="terminal_run_start_unix", dtype=Int64),  # when that run's first fraud was
     ],
     source=terminal_risk_source,
+)
+
+
+# The card's payments of the 30 days up to its latest, online within a second of each payment:
+# the server evaluates customer_spending_fv's windows from them at the request's own time
+# (model.yaml `realtime.at_request`). Read online only, never in training.
+customer_payments_fv = FeatureView(
+    name="customer_payments_fv",
+    entities=[customer],
+    ttl=WINDOW_TTL,
+    schema=[
+        Field(name="payments_unix_us", dtype=Array(Int64)),
+        Field(name="payments_amount", dtype=Array(Float64)),
+        Field(name="last_payment_unix", dtype=Int64),  # when the card last paid
+    ],
+    source=customer_payments_push,
 )
 
 
