@@ -271,17 +271,20 @@ class RedisEventStream:
         if not events:
             return []
         try:
-            self._ensure_group(self.writer)
-            deadline_ms = int(self._redis_now_ms() + self.append_timeout_s * 1000)
-            args: list[str | bytes | int] = [self.dedupe_ttl_seconds, self._id_prefix,
-                                             deadline_ms]
-            for event_id, payload in events:
-                args += [event_id, payload]
-            flags = self._append_once(keys=[self.stream], args=args)
+            flags = self._append_once(keys=[self.stream], args=self.append_args(events))
         except redis.RedisError as e:
             self._clock_offset_ms = None  # a fresh connection measures again
             raise StreamUnavailable(f"event stream {self.stream} unavailable: {e}") from e
         return [bool(f) for f in flags]
+
+    def append_args(self, events: list[tuple[str, bytes]]) -> list[str | bytes | int]:
+        """The append script's arguments for these events, its deadline from now."""
+        self._ensure_group(self.writer)
+        deadline_ms = int(self._redis_now_ms() + self.append_timeout_s * 1000)
+        args: list[str | bytes | int] = [self.dedupe_ttl_seconds, self._id_prefix, deadline_ms]
+        for event_id, payload in events:
+            args += [event_id, payload]
+        return args
 
     def _redis_now_ms(self) -> float:
         # Redis's clock, estimated from ours: the script compares its deadline with TIME.
@@ -630,19 +633,44 @@ class PartitionedEventStream:
 
     def append(self, events: list[tuple[str, bytes]], partition_keys: list[str] | None = None
                ) -> list[bool]:
-        """Append each event to its partition, one script call per partition of the batch; on
-        StreamUnavailable some partitions may hold their events (a retry reports duplicates)."""
+        """Append each event to its partition, one script call per partition of the batch, all
+        in one round trip on one server; on StreamUnavailable some partitions may hold their
+        events (a retry reports them as duplicates)."""
         if partition_keys is None or len(partition_keys) != len(events):
             raise ValueError("a partitioned stream needs each event's partition key (its user)")
         n = len(self.partitions)
         groups: dict[int, list[int]] = {}
         for index, key in enumerate(partition_keys):
             groups.setdefault(partition_of(key, n), []).append(index)
+        if self._per_partition_reads:  # a cluster: each partition's call to its node
+            replies = [self.partitions[p].append([events[i] for i in indices])
+                       for p, indices in groups.items()]
+        else:  # one server: every partition's script call in one round trip
+            first = self.partitions[0]
+
+            def send() -> list[Any]:  # (redis-py's Script in a pipeline asks SCRIPT EXISTS
+                pipe = first.writer.pipeline(transaction=False)  # first: a round trip more)
+                for p, indices in groups.items():
+                    stream = self.partitions[p]
+                    pipe.evalsha(stream._append_once.sha, 1, stream.stream,
+                                 *stream.append_args([events[i] for i in indices]))
+                return cast(list[Any], pipe.execute())
+
+            try:
+                try:
+                    replies = send()
+                except redis.exceptions.NoScriptError:  # not loaded: every call refused
+                    first.writer.script_load(_APPEND_ONCE)
+                    replies = send()
+            except redis.RedisError as e:
+                for stream in self.partitions:
+                    stream._clock_offset_ms = None
+                raise StreamUnavailable(f"event stream {first.stream} and its partitions "
+                                        f"unavailable: {e}") from e
         flags = [False] * len(events)
-        for partition, indices in groups.items():
-            appended = self.partitions[partition].append([events[i] for i in indices])
+        for indices, appended in zip(groups.values(), replies, strict=True):
             for index, flag in zip(indices, appended, strict=True):
-                flags[index] = flag
+                flags[index] = bool(flag)
         return flags
 
     def rebalance(self) -> Rebalance:
