@@ -422,7 +422,7 @@ def start_ours(work: Path, partitions: int) -> tuple[RedisServer, Settings, str,
                           work / f"stream{i}.log", env=env, cwd=PROJECT_ROOT).start()
                   for i in range(partitions)]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded 2-core machine took more than 120 s
     while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:

@@ -199,6 +199,7 @@ class StreamProcessor:
         # Redis profile); None where the online store outlives the states (embedded).
         self.restore_online = restore_online
         self._seeded = False  # this processor seeded or found seeded states
+        self._recovery_due = False  # partitions taken whose pending entries are not yet redone
         self._next_reset_check = 0.0
         self.stats = ProcessorStats()
         self._unlogged: list[pd.DataFrame] = []
@@ -415,6 +416,9 @@ class StreamProcessor:
         # and acknowledged first, and a partition taken is recovered before it is read.
         change = self.stream.rebalance()
         if not change:
+            if self._recovery_due:  # a recovery that failed is retried before reading on
+                self.recover()
+                self._recovery_due = False
             return
         if change.lost:
             log.warning("stream processor: partitions %s are held by another processor now "
@@ -425,7 +429,9 @@ class StreamProcessor:
             log.info("stream processor: gave partitions %s up", sorted(change.to_release))
         if change.acquired:
             log.info("stream processor: took partitions %s", sorted(change.acquired))
+            self._recovery_due = True
             self.recover()
+            self._recovery_due = False
 
     def handle(self, entries: list[StreamEntry], frame: pd.DataFrame,
                already_logged: set[str] | frozenset[str] = frozenset()) -> None:
