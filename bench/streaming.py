@@ -4,6 +4,7 @@ Feast push -> Redis, measuring each event's freshness through Feast's own online
     python bench/streaming.py [--rate 2000] [--duration 30] [--warmup 5] [--batch 100]
                               [--users 4000] [--work DIR]
     python bench/streaming.py --rates 2000,3000,5000,8000 [--duration 15] ...
+    python bench/streaming.py --partitions 1,2 [--rates 2000,5000] ...
 
 Setup: a private redis-server on a free port; a Redis-profile home with a small generated history
 (ingest, features, apply: the Feast registry and push sources); `feastflow serve` (the API) and
@@ -39,6 +40,11 @@ and processor (each rate its own users and event ids), and prints one JSON line 
 {"rate", "events_per_s", "freshness_p50_ms", "freshness_p99_ms", "post_p50_ms", "post_p99_ms",
 "lost", "double_applied", "sustained"}, then {"highest_sustained_rate", "rates"}: sustained means
 at least 95 % of the offered rate achieved, freshness p99 <= 1 s and nothing lost or doubled.
+
+`--partitions 1,2` runs the sweep (or the one --rate) once per partition count, each on a fresh
+Redis and home, with the stream over that many Redis Streams and as many `feastflow stream`
+processes (each takes one partition's lease); every line carries its "partitions", and the last
+gives the highest sustained rate per count. `processor_cpu_us_per_event` sums the processors.
 """
 
 from __future__ import annotations
@@ -310,7 +316,7 @@ def cpu_seconds(process: Process) -> float:
 
 def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str, request: Any,
              headers: dict[str, str], rate: float | None = None,
-             processes: dict[str, Process] | None = None
+             processes: dict[str, list[Process]] | None = None
              ) -> tuple[Tracker, dict[str, Any], dict[str, str]]:
     """Drive one server and poll Feast until every acknowledged event is visible (or 30 s)."""
     rate = rate or args.rate
@@ -326,13 +332,13 @@ def run_load(url: str, args: argparse.Namespace, settings: Settings, prefix: str
         raise RuntimeError("the poller did not start")
     log(f"{prefix}: driving {rate:.0f} events/s for {args.warmup:.0f} + {args.duration:.0f} s")
     processes = processes or {}
-    cpu_before = {name: cpu_seconds(p) for name, p in processes.items()}
+    cpu_before = {name: sum(map(cpu_seconds, group)) for name, group in processes.items()}
     load = asyncio.run(drive(url, args, rate, acks, prefix, request, hashed_of, headers))
     acks.put(None)
     tracker: Tracker = results.get(timeout=drain_seconds + 120)
     poller.join(30)
-    for name, process in processes.items():  # CPU per event, whatever else loads the machine
-        used = cpu_seconds(process) - cpu_before[name]
+    for name, group in processes.items():  # CPU per event, whatever else loads the machine
+        used = sum(map(cpu_seconds, group)) - cpu_before[name]
         load[f"{name}_cpu_us_per_event"] = round(used / max(tracker.accepted, 1) * 1e6, 1)
     return tracker, load, hashed_of
 
@@ -398,11 +404,66 @@ def sweep_line(rate: float, ours: dict[str, Any]) -> dict[str, Any]:
         "processor_cpu_us_per_event", "redis_cpu_us_per_event")}, "sustained": sustained}
 
 
+def start_ours(work: Path, partitions: int) -> tuple[RedisServer, Settings, str,
+                                                     dict[str, list[Process]]]:
+    """A private Redis, a home, `feastflow serve` and one `feastflow stream` per partition."""
+    redis_server = RedisServer(free_port(), work / "redis", work / "redis.log")
+    redis_server.start()
+    log(f"building the home under {work}")
+    settings = build_home(work / "home", redis_server.url)
+    env = {**home_env(settings.home, redis_server.url), "FEASTFLOW_API_KEY": API_KEY,
+           "FEASTFLOW_USER_HASH_SECRET": SECRET, "FEASTFLOW_REGISTRY_POLL_SECONDS": "0",
+           "FEASTFLOW_LOG_JSON": "false", "FEASTFLOW_STREAM_PARTITIONS": str(partitions)}
+    port = free_port()
+    server = Process("serve", [*feastflow_cmd(), "serve", "--port", str(port)],
+                     work / "serve.log", env=env, cwd=PROJECT_ROOT).start()
+    processors = [Process(f"stream{i}", [*feastflow_cmd(), "stream", "--consumer",
+                                         f"processor-{i + 1}"],
+                          work / f"stream{i}.log", env=env, cwd=PROJECT_ROOT).start()
+                  for i in range(partitions)]
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300  # a loaded 2-core machine took more than 120 s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if not server.running() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start:\n{server.tail()}")
+        time.sleep(0.2)
+    return redis_server, settings, url, {"server": [server], "processor": processors,
+                                         "redis": [redis_server.process]}
+
+
+def run_ours(work: Path, args: argparse.Namespace, partitions: int, processes: list[Process]
+             ) -> tuple[Settings, RedisServer, list[tuple[float, dict[str, Any]]]]:
+    """Each rate in turn on one server and `partitions` processors; checked after their stop."""
+    redis_server, settings, url, children = start_ours(work, partitions)
+    processes += [p for group in children.values() for p in group if p is not
+                  redis_server.process]
+    runs = []
+    for rate in args.rates or [args.rate]:
+        prefix = f"ours{rate:.0f}" if args.rates else "ours"
+        tracker, load, hashed_of = run_load(url, args, settings, prefix, ours_request,
+                                            {"x-api-key": API_KEY}, rate, children)
+        runs.append((rate, prefix, tracker, load, hashed_of, tracker.lost()))
+    children["server"][0].stop()
+    for processor in children["processor"]:
+        processor.stop(timeout_s=60)  # SIGTERM: it logs and acknowledges what it holds
+    results = [(rate, ours_result(settings, tracker, load, hashed_of, lost, prefix))
+               for rate, prefix, tracker, load, hashed_of, lost in runs]
+    return settings, redis_server, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="events per second")
     parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")],
                         default=None, help="sweep these rates (comma-separated), ours only")
+    parser.add_argument("--partitions", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[1], help="stream partitions, each with a processor of its "
+                        "own (comma-separated: each count measured in turn, ours only)")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=100, help="events per POST")
@@ -418,60 +479,33 @@ def main() -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / MARKER).touch()
-    redis_server = RedisServer(free_port(), work / "redis", work / "redis.log")
-    redis_server.start()
     processes: list[Process] = []
+    servers: list[RedisServer] = []
     try:
-        log(f"building the home under {work}")
-        settings = build_home(work / "home", redis_server.url)
-        env = {**home_env(settings.home, redis_server.url), "FEASTFLOW_API_KEY": API_KEY,
-               "FEASTFLOW_USER_HASH_SECRET": SECRET, "FEASTFLOW_REGISTRY_POLL_SECONDS": "0",
-               "FEASTFLOW_LOG_JSON": "false"}
-        port = free_port()
-        server = Process("serve", [*feastflow_cmd(), "serve", "--port", str(port)],
-                         work / "serve.log", env=env, cwd=PROJECT_ROOT).start()
-        processor = Process("stream", [*feastflow_cmd(), "stream"], work / "stream.log", env=env,
-                            cwd=PROJECT_ROOT).start()
-        processes += [server, processor]
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if not server.running() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{server.tail()}")
-            time.sleep(0.2)
-
-        runs = []
-        for rate in args.rates or [args.rate]:
-            prefix = f"ours{rate:.0f}" if args.rates else "ours"
-            tracker, load, hashed_of = run_load(url, args, settings, prefix, ours_request,
-                                                {"x-api-key": API_KEY}, rate,
-                                                {"server": server, "processor": processor,
-                                                 "redis": redis_server.process})
-            runs.append((rate, prefix, tracker, load, hashed_of, tracker.lost()))
-        server.stop()
-        processor.stop(timeout_s=60)  # SIGTERM: it logs and acknowledges what it holds
-        results = [(rate, ours_result(settings, tracker, load, hashed_of, lost, prefix))
-                   for rate, prefix, tracker, load, hashed_of, lost in runs]
-        if args.rates:
-            lines = [sweep_line(rate, ours) for rate, ours in results]
-            for line in lines:
-                print(json.dumps(line))
-            held = [line["rate"] for line in lines if line["sustained"]]
-            print(json.dumps({"highest_sustained_rate": max(held, default=None),
-                              "rates": [line["rate"] for line in lines]}))
+        if args.rates or args.partitions != [1]:
+            lines = []
+            for partitions in args.partitions:
+                _, redis_server, results = run_ours(work / f"p{partitions}", args, partitions,
+                                                    processes)
+                servers.append(redis_server)
+                for rate, ours in results:
+                    line = {"partitions": partitions, **sweep_line(rate, ours)}
+                    lines.append(line)
+                    print(json.dumps(line), flush=True)
+                redis_server.stop()
+            held = [(line["partitions"], line["rate"]) for line in lines if line["sustained"]]
+            print(json.dumps({"highest_sustained_rate": {
+                n: max((r for p, r in held if p == n), default=None) for n in args.partitions},
+                "rates": args.rates or [args.rate], "partitions": args.partitions}))
             return
-        ours = results[0][1]
-
-        feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work, "next_app")
+        settings, redis_server, [(_, ours)] = run_ours(work, args, 1, processes)
+        servers.append(redis_server)
+        feast_process, feast_url = start_feast_serve(settings.home, redis_server.url, work,
+                                                     "next_app")
         processes.append(feast_process)
-        feast_tracker, feast_load, _ = run_load(feast_url, args, settings, "feast", feast_push_request,
-                                                {}, processes={"server": feast_process,
-                                                               "redis": redis_server.process})
+        feast_tracker, feast_load, _ = run_load(
+            feast_url, args, settings, "feast", feast_push_request, {},
+            processes={"server": [feast_process], "redis": [redis_server.process]})
         feast_process.stop()
         peer = {**figures(feast_tracker, feast_load), "lost": feast_tracker.lost(), **feast_load}
         print(json.dumps({
@@ -485,7 +519,8 @@ def main() -> None:
     finally:
         for process in processes:
             process.stop()
-        redis_server.stop()
+        for server in servers:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ from feastflow.event_log import existing_event_ids, has_events, read_events, wri
 from feastflow.events import decode_events
 from feastflow.realtime import EntityState, RealtimeFeatures, Row
 from feastflow.realtime_online import FeastRowWriter, RedisRowWriter, RowWriter, Tables
+from feastflow.redis_config import sync_client
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 from feastflow.store import open_store
@@ -80,6 +82,10 @@ class StateStore(Protocol):
 
     def mark_seeded(self) -> None:
         """Remember that states were built from the offline event log."""
+        ...
+
+    def seeding(self) -> AbstractContextManager[object]:
+        """Held while seeding: one processor of several seeds, the others wait, then see it."""
         ...
 
 
@@ -120,6 +126,10 @@ class RedisStateStore:
         self.client.set(self.key + ":seeded", "1")
         self._seen_seeded = True
 
+    def seeding(self) -> AbstractContextManager[object]:
+        """A Redis lock (released after 10 minutes if its holder died seeding)."""
+        return self.client.lock(self.key + ":seeding", timeout=600, sleep=0.1)
+
 
 class MemoryStateStore:
     """States in a dict (embedded profile), stored encoded so callers never share objects."""
@@ -143,6 +153,10 @@ class MemoryStateStore:
     def mark_seeded(self) -> None:
         """Remember the seeding."""
         self._seeded = True
+
+    def seeding(self) -> AbstractContextManager[object]:
+        """One process: nothing to lock."""
+        return nullcontext()
 
 
 @dataclass
@@ -185,6 +199,7 @@ class StreamProcessor:
         # Redis profile); None where the online store outlives the states (embedded).
         self.restore_online = restore_online
         self._seeded = False  # this processor seeded or found seeded states
+        self._recovery_due = False  # partitions taken whose pending entries are not yet redone
         self._next_reset_check = 0.0
         self.stats = ProcessorStats()
         self._unlogged: list[pd.DataFrame] = []
@@ -206,13 +221,19 @@ class StreamProcessor:
         if self.states.is_seeded():
             self._seeded = True
             return 0
-        # (embedded: the states live in memory and are new at every start, the online store not)
-        reset = self.restore_online is not None and (self.events_dir / SEEDED_MARKER).exists()
-        if reset:
-            log.error("stream processor: the state store is empty but a processor seeded it "
-                      "from %s before (Redis restarted with nothing on disk?): rebuilding the "
-                      "states and the online store from the event log", self.events_dir)
-        return self._seed(restore=reset)
+        with self.states.seeding():  # several processors start together: one seeds
+            if self.states.is_seeded():
+                self._seeded = True
+                return 0
+            # (embedded: the states live in memory and are new at every start, the online
+            # store not)
+            reset = (self.restore_online is not None
+                     and (self.events_dir / SEEDED_MARKER).exists())
+            if reset:
+                log.error("stream processor: the state store is empty but a processor seeded "
+                          "it from %s before (Redis restarted with nothing on disk?): rebuilding "
+                          "the states and the online store from the event log", self.events_dir)
+            return self._seed(restore=reset)
 
     def _seed(self, restore: bool) -> int:
         seeded = 0
@@ -265,7 +286,11 @@ class StreamProcessor:
                   "events appended and not yet read before the restart are lost unless Redis "
                   "persists them (appendonly yes)", self.events_dir)
         self.flush_log()  # the log must hold every event applied so far before it is folded
-        self._seed(restore=self.restore_online is not None)
+        with self.states.seeding():
+            if self.states.is_seeded():  # another processor rebuilt them meanwhile
+                self._seeded = True
+                return
+            self._seed(restore=self.restore_online is not None)
 
     def _check_reset(self) -> None:
         # A restarted Redis shows no error while idle: look at the states' marker now and then.
@@ -302,6 +327,11 @@ class StreamProcessor:
             writer.join()
             self._log_in_background = False
             self._retrying(stop, self.flush_log, attempts_after_stop=5)
+            try:  # the other processors take this one's partitions now, not after its leases
+                self.stream.leave()
+            except Exception as e:
+                log.warning("stream processor: could not give its partitions up (%s: %s); the "
+                            "others take them when the leases expire", type(e).__name__, e)
         return self.stats
 
     def _decode(self, entries: list[StreamEntry]) -> tuple[list[StreamEntry], pd.DataFrame]:
@@ -370,6 +400,7 @@ class StreamProcessor:
         """One read, one fold-and-push; append to the log when it is due. Returns events read."""
         self._check_reset()
         if self._in_hand is None:  # a batch that failed is retried before anything new is read
+            self._rebalance()
             self._in_hand = self.stream.read(self.batch_events, self.block_ms)
         entries = self._in_hand
         if entries:
@@ -379,6 +410,28 @@ class StreamProcessor:
         if due and self._unacked and not self._log_in_background:
             self.flush_log()
         return len(entries)
+
+    def _rebalance(self) -> None:
+        # Partitions change hands only with nothing in hand: what was read from them is logged
+        # and acknowledged first, and a partition taken is recovered before it is read.
+        change = self.stream.rebalance()
+        if not change:
+            if self._recovery_due:  # a recovery that failed is retried before reading on
+                self.recover()
+                self._recovery_due = False
+            return
+        if change.lost:
+            log.warning("stream processor: partitions %s are held by another processor now "
+                        "(this one stalled past its lease)", sorted(change.lost))
+        self.flush_log()
+        if change.to_release:
+            self.stream.release(set(change.to_release))
+            log.info("stream processor: gave partitions %s up", sorted(change.to_release))
+        if change.acquired:
+            log.info("stream processor: took partitions %s", sorted(change.acquired))
+            self._recovery_due = True
+            self.recover()
+            self._recovery_due = False
 
     def handle(self, entries: list[StreamEntry], frame: pd.DataFrame,
                already_logged: set[str] | frozenset[str] = frozenset()) -> None:
@@ -522,7 +575,7 @@ def online_rows_writer(settings: Settings, realtime: RealtimeFeatures, store: Fe
     one Redis server; Feast's own online write elsewhere (SQLite, Redis Cluster or Sentinel)."""
     if settings.online_redis:
         try:
-            return RedisRowWriter.for_store(realtime, store, settings.redis_url)
+            return RedisRowWriter.for_store(realtime, store, settings.redis())
         except InputError as e:
             log.info("stream processor: writing online through Feast (%s)", e)
     return FeastRowWriter(realtime, store)
@@ -551,7 +604,7 @@ def build_processor(settings: Settings, spec: ModelSpec, stream: EventStream | N
     if stream is None:
         stream = open_event_stream(settings, spec.name)
     if states is None:
-        states = (RedisStateStore(redis.Redis.from_url(settings.redis_url), spec.name)
+        states = (RedisStateStore(sync_client(settings.redis()), spec.name)
                   if settings.online_redis else MemoryStateStore())
     redis_profile = settings.online_redis
     return StreamProcessor(realtime, stream, states, rows_writer.write,

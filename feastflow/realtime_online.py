@@ -30,6 +30,7 @@ from feast.errors import PushSourceNotFoundException
 from feastflow.errors import InputError, OnlineStoreError
 from feastflow.online_writer import NEWER_WINS_LUA, RedisOnlineWriter, WriteLayout
 from feastflow.realtime import RealtimeFeatures, Row
+from feastflow.redis_config import RedisConfig, parse_redis, sync_client
 
 Tables = dict[str, list[Row]]  # real-time table -> its rows, written in the dict's order
 
@@ -96,12 +97,14 @@ class RedisRowWriter:
         self._layouts_of_read = -1  # the routes' read the layouts were computed from
 
     @classmethod
-    def for_store(cls, realtime: RealtimeFeatures, store: FeatureStore, redis_url: str
-                  ) -> RedisRowWriter:
-        """From the store's Redis config (InputError for Cluster, Sentinel or another store)."""
+    def for_store(cls, realtime: RealtimeFeatures, store: FeatureStore,
+                  connection: str | RedisConfig) -> RedisRowWriter:
+        """From the store's Redis config (InputError for Cluster, Sentinel, TLS or another
+        store); `connection` is REDIS_URL or its parsed form (ACL user included)."""
         writer = RedisOnlineWriter.from_repo_config(store.config, atomic=True)
-        return cls(realtime, writer, PushRoutes(store), redis.Redis.from_url(
-            redis_url, socket_timeout=30, socket_connect_timeout=5))
+        config = parse_redis(connection) if isinstance(connection, str) else connection
+        return cls(realtime, writer, PushRoutes(store),
+                   sync_client(config, socket_timeout=30, socket_connect_timeout=5))
 
     def write(self, tables: Tables) -> int:
         """One round trip for all tables; Feast's newer-wins decides row by row in Redis."""

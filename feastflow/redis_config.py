@@ -19,8 +19,11 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from ssl import CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED, SSLContext, create_default_context
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote
+
+if TYPE_CHECKING:
+    import redis
 
 RedisType = Literal["redis", "redis_cluster", "redis_sentinel"]
 REDIS_TYPES: tuple[str, ...] = ("redis", "redis_cluster", "redis_sentinel")
@@ -87,6 +90,16 @@ class RedisConfig:
         if self.ssl_certfile:
             context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
         return context
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py's keyword arguments for these credentials and TLS settings (not the nodes)."""
+        options: dict[str, Any] = {"username": self.username, "password": self.password}
+        if self.ssl:
+            options.update(ssl=True, ssl_ca_certs=self.ssl_ca_certs, ssl_certfile=self.ssl_certfile,
+                           ssl_keyfile=self.ssl_keyfile, ssl_cert_reqs=self.ssl_cert_reqs,
+                           ssl_check_hostname=self.ssl_check_hostname
+                           and self.ssl_cert_reqs != "none")
+        return options
 
     def feast_connection_string(self) -> str:
         """Feast's `connection_string` for the same servers, credentials and TLS."""
@@ -211,3 +224,23 @@ def _flag(name: str, value: str) -> bool:
 
 def _str(path: Path | None) -> str | None:
     return str(path) if path else None
+
+
+def sync_client(config: RedisConfig, **options: Any) -> redis.Redis:
+    """A redis-py client for `config`, as Feast's Redis store makes its own: `RedisCluster` for a
+    cluster, the master `Sentinel` names for a sentinel deployment, else `Redis`; `options` tune
+    it (timeouts, retry). A `RedisCluster` answers the commands of `Redis` on single-slot keys."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.sentinel import Sentinel
+
+    kwargs = {**config.client_options(), **options}
+    if config.redis_type == "redis_cluster":
+        cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in config.nodes],
+                               **kwargs)
+        return cluster  # type: ignore[return-value]  # same commands, single-slot keys
+    if config.redis_type == "redis_sentinel":
+        sentinel = Sentinel(list(config.nodes), **kwargs)
+        return sentinel.master_for(config.sentinel_master, db=config.db)
+    host, port = config.nodes[0]
+    return redis.Redis(host=host, port=port, db=config.db, **kwargs)

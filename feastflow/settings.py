@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         default=3600, ge=1, description="an event id appended again within this is skipped")
     stream_claim_idle_ms: int = Field(
         default=60_000, ge=0, description="take over a dead processor's entries after this")
+    stream_partitions: int = Field(
+        default=1, ge=1, le=1024, description="Redis Streams a use case's events are spread over "
+        "by hashed user, each read by one processor at a time (1: one stream, as before)")
+    stream_lease_ms: int = Field(
+        default=10_000, ge=300, description="a processor's hold on a partition; a dead "
+        "processor's partitions go to the others after this")
     stream_batch_events: int = Field(default=2000, ge=1)
     stream_block_ms: int = Field(default=50, ge=1)
     stream_log_flush_seconds: float = Field(
@@ -115,6 +121,7 @@ class Settings(BaseSettings):
         if self.mlflow_artifacts_uri:
             env["FEASTFLOW_MLFLOW_ARTIFACTS_URI"] = self.mlflow_artifacts_uri
         env["FEASTFLOW_POSTGRES_URL"] = self.postgres_url
+        env["FEASTFLOW_STREAM_PARTITIONS"] = str(self.stream_partitions)  # API and processors agree
         env["FEASTFLOW_REDIS_TYPE"] = self.redis_type
         env["FEASTFLOW_REDIS_SENTINEL_MASTER"] = self.redis_sentinel_master
         for name in ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile"):
@@ -154,9 +161,10 @@ class Settings(BaseSettings):
         """Feast registry and the embedded online store."""
         return self.home / "feast"
 
-    def event_stream_key(self, use_case: str) -> str:
-        """The Redis key of a use case's event stream."""
-        return f"feastflow:{use_case}:events"
+    def event_stream_key(self, use_case: str, partition: int = 0) -> str:
+        """The Redis key of a use case's event stream (partition 0 keeps the unpartitioned name)."""
+        base = f"feastflow:{use_case}:events"
+        return f"{base}:p{partition}" if partition else base
 
     def served_dir(self, use_case: str) -> Path:
         """Sampled served features and predictions, Parquet by date/hour (the server writes it)."""

@@ -27,6 +27,8 @@ import functools
 import logging
 import threading
 import time
+import uuid
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from feastflow.errors import StreamUnavailable
+from feastflow.redis_config import RedisConfig, parse_redis, sync_client
 from feastflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ class StreamEntry:
     seq: int  # grows with the stream: idempotent application compares it
     payload: bytes | None  # None: the entry has no `e` field (not written by `append`)
     fields: tuple[tuple[bytes, bytes], ...] = ()  # the entry's fields when `payload` is None
+    partition: int = 0  # the partition (stream) it was read from
 
     def describe(self) -> bytes:
         """The entry as stored, for a dead letter: its payload, or its fields as JSON."""
@@ -93,11 +97,40 @@ class StreamStatus:
     dead_letters: int  # entries in the dead-letter stream
 
 
+@dataclass(frozen=True, slots=True)
+class Rebalance:
+    """What `rebalance` changed: partitions taken (recover them first), lost, or to give up."""
+
+    acquired: frozenset[int] = frozenset()
+    lost: frozenset[int] = frozenset()  # another reader holds it now (this one stalled)
+    to_release: frozenset[int] = frozenset()  # more than this reader's share: flush, release
+
+    def __bool__(self) -> bool:
+        return bool(self.acquired or self.lost or self.to_release)
+
+
+NO_CHANGE = Rebalance()
+
+
 class EventStream(Protocol):
     """What the API appends to and the processor reads from."""
 
-    def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
-        """Append (event id, payload) pairs; True where new, False where the id was seen."""
+    def append(self, events: list[tuple[str, bytes]], partition_keys: list[str] | None = None
+               ) -> list[bool]:
+        """Append (event id, payload) pairs; True where new, False where the id was seen.
+        `partition_keys` (each event's hashed user) choose the partition of a partitioned stream."""
+        ...
+
+    def rebalance(self) -> Rebalance:
+        """Keep this reader's share of the partitions (renew, take, give up leases when due)."""
+        ...
+
+    def release(self, partitions: set[int]) -> None:
+        """Give up these partitions (after acknowledging what was read from them)."""
+        ...
+
+    def leave(self) -> None:
+        """This reader stops: give every partition up now, so the others take them at once."""
         ...
 
     def read(self, count: int, block_ms: int) -> list[StreamEntry]:
@@ -138,6 +171,28 @@ class EventStream(Protocol):
         ...
 
 
+def hash_tagged(key: str) -> str:
+    """`key` with a Redis Cluster hash tag: `{key}` hashes to the slot of `key` itself, so keys
+    named `{key}:suffix` live on the node of `key` (a key that has a tag keeps it)."""
+    opening = key.find("{")
+    if opening >= 0 and key.find("}", opening + 2) > opening:
+        return key
+    return "{" + key + "}"
+
+
+def stream_clients(connection: str | RedisConfig, append_timeout_s: float = 2.0
+                   ) -> tuple[redis.Redis, redis.Redis]:
+    """(reader, writer) clients for the stream's Redis, from the online store's settings (TLS,
+    ACL user, Cluster, Sentinel): the writer without retries and with a short timeout."""
+    config = parse_redis(connection) if isinstance(connection, str) else connection
+    reader = sync_client(config, socket_timeout=10, socket_connect_timeout=5)
+    # redis-py retries a timed-out command 3 times by default: a hung Redis then held an
+    # append for 4 x the timeout, and each retry sent the batch again.
+    writer = sync_client(config, socket_timeout=append_timeout_s + _REPLY_MARGIN_S,
+                         socket_connect_timeout=append_timeout_s, retry=Retry(NoBackoff(), 0))
+    return reader, writer
+
+
 def _seq(entry_id: str) -> int:
     ms, _, n = entry_id.partition("-")
     return int(ms) * 1_000_000 + int(n)
@@ -157,23 +212,25 @@ class RedisEventStream:
     event ids: the retried batch reports those events as duplicates.
     """
 
-    def __init__(self, redis_url: str, stream: str, group: str = "feastflow-stream",
-                 consumer: str = "processor-1", dedupe_ttl_seconds: int = 3600,
-                 claim_idle_ms: int = 60_000, append_timeout_s: float = 2.0) -> None:
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=10,
-                                           socket_connect_timeout=5)
-        # redis-py retries a timed-out command 3 times by default: a hung Redis then held an
-        # append for 4 x the timeout, and each retry sent the batch again.
-        self.writer = redis.Redis.from_url(
-            redis_url, socket_timeout=append_timeout_s + _REPLY_MARGIN_S,
-            socket_connect_timeout=append_timeout_s, retry=Retry(NoBackoff(), 0))
+    def __init__(self, connection: str | RedisConfig, stream: str,
+                 group: str = "feastflow-stream", consumer: str = "processor-1",
+                 dedupe_ttl_seconds: int = 3600, claim_idle_ms: int = 60_000,
+                 append_timeout_s: float = 2.0,
+                 clients: tuple[redis.Redis, redis.Redis] | None = None, partition: int = 0
+                 ) -> None:
+        # `clients`: (reader, writer) shared by the partitions of one stream (one pool each)
+        self.client, self.writer = clients or stream_clients(connection, append_timeout_s)
         self.stream, self.group, self.consumer = stream, group, consumer
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
         self.claim_idle_ms = claim_idle_ms
         self.append_timeout_s = append_timeout_s
-        self._id_prefix = f"{stream}:seen:"
-        self.dead_key = f"{stream}:dead"
-        self._dedupe_since_key = f"{stream}:dedupe_since"
+        # Every key of this stream shares its hash slot (Redis Cluster: the append script and
+        # the dead-letter transaction touch several keys, which must live on one node).
+        tag = hash_tagged(stream)
+        self._id_prefix = f"{tag}:seen:"
+        self.dead_key = f"{tag}:dead"
+        self._dedupe_since_key = f"{tag}:dedupe_since"
+        self.partition = partition
         self._append_once = self.writer.register_script(_APPEND_ONCE)
         self._group_ready = False
         self._acks = 0
@@ -207,23 +264,27 @@ class RedisEventStream:
                     "recreated it from the oldest entry the stream holds", self.stream, self.group)
         return command()
 
-    def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
+    def append(self, events: list[tuple[str, bytes]], partition_keys: list[str] | None = None
+               ) -> list[bool]:
         """Append new event ids, atomically skip seen ones; within `append_timeout_s` or
-        StreamUnavailable with nothing appended."""
+        StreamUnavailable with nothing appended (one stream: `partition_keys` are not needed)."""
         if not events:
             return []
         try:
-            self._ensure_group(self.writer)
-            deadline_ms = int(self._redis_now_ms() + self.append_timeout_s * 1000)
-            args: list[str | bytes | int] = [self.dedupe_ttl_seconds, self._id_prefix,
-                                             deadline_ms]
-            for event_id, payload in events:
-                args += [event_id, payload]
-            flags = self._append_once(keys=[self.stream], args=args)
+            flags = self._append_once(keys=[self.stream], args=self.append_args(events))
         except redis.RedisError as e:
             self._clock_offset_ms = None  # a fresh connection measures again
             raise StreamUnavailable(f"event stream {self.stream} unavailable: {e}") from e
         return [bool(f) for f in flags]
+
+    def append_args(self, events: list[tuple[str, bytes]]) -> list[str | bytes | int]:
+        """The append script's arguments for these events, its deadline from now."""
+        self._ensure_group(self.writer)
+        deadline_ms = int(self._redis_now_ms() + self.append_timeout_s * 1000)
+        args: list[str | bytes | int] = [self.dedupe_ttl_seconds, self._id_prefix, deadline_ms]
+        for event_id, payload in events:
+            args += [event_id, payload]
+        return args
 
     def _redis_now_ms(self) -> float:
         # Redis's clock, estimated from ours: the script compares its deadline with TIME.
@@ -242,13 +303,15 @@ class RedisEventStream:
             self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms or None))
         return self._entries(reply)
 
-    def claim_abandoned(self) -> int:
-        """Move entries idle for `claim_idle_ms` on other consumers to this one."""
+    def claim_abandoned(self, min_idle_ms: int | None = None) -> int:
+        """Move entries idle for `min_idle_ms` (default `claim_idle_ms`) on other consumers to
+        this one."""
         claimed, cursor = 0, "0-0"
+        idle = self.claim_idle_ms if min_idle_ms is None else min_idle_ms
         while True:
             cursor, entries, *_ = self._with_group(functools.partial(
                 self.client.xautoclaim, self.stream, self.group, self.consumer,
-                min_idle_time=self.claim_idle_ms, start_id=cursor, count=1000))  # (justid
+                min_idle_time=idle, start_id=cursor, count=1000))  # (justid
             # would drop the cursor in redis-py)
             claimed += len(entries)
             cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
@@ -317,6 +380,16 @@ class RedisEventStream:
         since = float(pipe.execute()[1])
         return time.time() - since >= self.dedupe_ttl_seconds
 
+    def rebalance(self) -> Rebalance:
+        """One stream, no leases: readers share it as consumers of its group."""
+        return NO_CHANGE
+
+    def release(self, partitions: set[int]) -> None:
+        """Nothing to give up."""
+
+    def leave(self) -> None:
+        """Nothing to give up."""
+
     def ping(self) -> bool:
         """The broker answers."""
         try:  # the writer's connection: no retries, a short timeout
@@ -329,17 +402,20 @@ class RedisEventStream:
         self.client.close()
         self.writer.close()
 
-    @staticmethod
-    def _entries(reply: list) -> list[StreamEntry]:
+    def _entries(self, reply: list, partition_of: dict[bytes, int] | None = None
+                 ) -> list[StreamEntry]:
+        # `partition_of`: stream key -> partition, for a read of several partitions' streams
         out = []
-        for _, messages in reply or []:
+        for key, messages in reply or []:
+            partition = partition_of[key] if partition_of else self.partition
             for entry_id, fields in messages:
                 if fields:  # a trimmed entry comes back without fields
                     decoded = entry_id.decode()
                     payload = fields.get(b"e")
-                    out.append(StreamEntry(decoded, _seq(decoded), payload) if payload is not None
+                    out.append(StreamEntry(decoded, _seq(decoded), payload, (), partition)
+                               if payload is not None
                                else StreamEntry(decoded, _seq(decoded), None,
-                                                tuple(fields.items())))
+                                                tuple(fields.items()), partition))
         return out
 
 
@@ -357,8 +433,9 @@ class MemoryEventStream:
         self.dead_letters: list[dict[str, object]] = []
         self._ready = threading.Condition()
 
-    def append(self, events: list[tuple[str, bytes]]) -> list[bool]:
-        """Append new event ids; skip ids seen within the TTL."""
+    def append(self, events: list[tuple[str, bytes]], partition_keys: list[str] | None = None
+               ) -> list[bool]:
+        """Append new event ids; skip ids seen within the TTL (one partition)."""
         now = time.monotonic()
         flags = []
         with self._ready:
@@ -425,6 +502,16 @@ class MemoryEventStream:
         """This process has lived one dedupe TTL (a restart forgets every id)."""
         return time.monotonic() - self._created >= self.dedupe_ttl_seconds
 
+    def rebalance(self) -> Rebalance:
+        """One process, one reader: nothing to balance."""
+        return NO_CHANGE
+
+    def release(self, partitions: set[int]) -> None:
+        """Nothing to give up."""
+
+    def leave(self) -> None:
+        """Nothing to give up."""
+
     def ping(self) -> bool:
         """Always reachable."""
         return True
@@ -433,11 +520,284 @@ class MemoryEventStream:
         """Nothing to close."""
 
 
+# KEYS[1]: a partition's lease; ARGV[1]: this reader's token; ARGV[2]: the lease's new time to
+# live in ms, or 0 to give it up. Only the holder renews or deletes its lease.
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of a partition key (a hashed user id): CRC-32, stable across processes."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+class PartitionLeases:
+    """Which partitions this reader owns: a lease per partition in Redis (`SET NX PX`, renewed
+    every third of its time) and a fair share of the partitions per live reader.
+
+    Readers say they are alive in a sorted set (score: last heartbeat, Unix ms). Sorted by token,
+    the i-th of `live` readers' share is N // live, plus one for the first N % live. A reader under
+    its share takes free partitions; one over it gives the extra ones up (once it acknowledged
+    what it read from them). A dead reader's leases and heartbeat expire after `lease_ms`: the
+    others take its partitions. A reader reads a partition only while its own clock says the
+    lease it last renewed has a fifth of its time left.
+    """
+
+    def __init__(self, client: redis.Redis, lease_keys: list[str], members_key: str,
+                 consumer: str, lease_ms: int, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.client = client
+        self.lease_keys = lease_keys
+        self.members_key = members_key
+        self.token = f"{consumer}:{uuid.uuid4().hex[:12]}"  # a restart is another reader
+        self.lease_ms = lease_ms
+        self.clock = clock
+        self.owned: dict[int, float] = {}  # partition -> when its lease was last renewed
+        self._due = 0.0
+        self._renew = client.register_script(_RENEW_LEASE)
+        self._first = partition_of(consumer, len(lease_keys))  # readers start apart
+
+    def valid(self) -> list[int]:
+        """The partitions owned whose lease, by this reader's clock, has time left."""
+        now, limit = self.clock(), self.lease_ms * 0.8 / 1000
+        return sorted(p for p, renewed in self.owned.items() if now - renewed < limit)
+
+    def maintain(self) -> Rebalance:
+        """Every third of the lease time: heartbeat, renew, then take or give up partitions."""
+        now = self.clock()
+        if now < self._due:
+            return NO_CHANGE
+        self._due = now + self.lease_ms / 3000
+        wall_ms = int(time.time() * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.members_key, {self.token: wall_ms})
+        pipe.zremrangebyscore(self.members_key, "-inf", wall_ms - self.lease_ms)
+        pipe.zrange(self.members_key, 0, -1)
+        members = {m.decode() for m in pipe.execute()[2]} | {self.token}
+        lost = set()
+        for partition in list(self.owned):
+            if self._renew(keys=[self.lease_keys[partition]], args=[self.token, self.lease_ms]):
+                self.owned[partition] = now
+            else:
+                del self.owned[partition]
+                lost.add(partition)
+        ranked, n = sorted(members), len(self.lease_keys)
+        share = n // len(ranked) + (ranked.index(self.token) < n % len(ranked))
+        acquired = set()
+        for step in range(n):
+            partition = (self._first + step) % n
+            if len(self.owned) >= share:
+                break
+            if partition not in self.owned and self.client.set(
+                    self.lease_keys[partition], self.token, nx=True, px=self.lease_ms):
+                self.owned[partition] = now
+                acquired.add(partition)
+        extra = sorted(self.owned, reverse=True)[:max(0, len(self.owned) - share)]
+        return Rebalance(frozenset(acquired), frozenset(lost), frozenset(extra))
+
+    def release(self, partitions: set[int]) -> None:
+        """Delete these leases (if still ours): another reader may take them at once."""
+        for partition in partitions:
+            if self.owned.pop(partition, None) is not None:
+                self._renew(keys=[self.lease_keys[partition]], args=[self.token, 0])
+
+    def leave(self) -> None:
+        """Give every lease up and leave the readers' set."""
+        self.release(set(self.owned))
+        self.client.zrem(self.members_key, self.token)
+        self._due = 0.0
+
+
+class PartitionedEventStream:
+    """A use case's events over N Redis Streams, one consumer group each; a user's events always
+    go to the same partition (CRC-32 of the hashed user id), so they are read in order. This
+    reader reads the partitions whose lease it holds (`PartitionLeases`); on taking one it claims
+    every entry the previous holder read and never acknowledged (`claim_abandoned`, no idle
+    time: the lease, not the entry's idle time, says the holder is gone).
+    """
+
+    def __init__(self, partitions: list[RedisEventStream], leases: PartitionLeases) -> None:
+        if len(partitions) != len(leases.lease_keys):
+            raise ValueError("one lease per partition")
+        self.partitions = partitions
+        self.leases = leases
+        self._partition_of = {p.stream.encode(): i for i, p in enumerate(partitions)}
+        # a cluster holds the partitions on different nodes: one XREADGROUP cannot read them all
+        self._per_partition_reads = hasattr(partitions[0].client, "get_nodes")
+        self._to_claim: set[int] = set()
+        self._pending_at = 0  # position in the owned partitions of `pending`'s cursor
+        self._turn = 0
+
+    def append(self, events: list[tuple[str, bytes]], partition_keys: list[str] | None = None
+               ) -> list[bool]:
+        """Append each event to its partition, one script call per partition of the batch, all
+        in one round trip on one server; on StreamUnavailable some partitions may hold their
+        events (a retry reports them as duplicates)."""
+        if partition_keys is None or len(partition_keys) != len(events):
+            raise ValueError("a partitioned stream needs each event's partition key (its user)")
+        n = len(self.partitions)
+        groups: dict[int, list[int]] = {}
+        for index, key in enumerate(partition_keys):
+            groups.setdefault(partition_of(key, n), []).append(index)
+        if self._per_partition_reads:  # a cluster: each partition's call to its node
+            replies = [self.partitions[p].append([events[i] for i in indices])
+                       for p, indices in groups.items()]
+        else:  # one server: every partition's script call in one round trip
+            first = self.partitions[0]
+
+            def send() -> list[Any]:  # (redis-py's Script in a pipeline asks SCRIPT EXISTS
+                pipe = first.writer.pipeline(transaction=False)  # first: a round trip more)
+                for p, indices in groups.items():
+                    stream = self.partitions[p]
+                    pipe.evalsha(stream._append_once.sha, 1, stream.stream,
+                                 *stream.append_args([events[i] for i in indices]))
+                return cast(list[Any], pipe.execute())
+
+            try:
+                try:
+                    replies = send()
+                except redis.exceptions.NoScriptError:  # not loaded: every call refused
+                    first.writer.script_load(_APPEND_ONCE)
+                    replies = send()
+            except redis.RedisError as e:
+                for stream in self.partitions:
+                    stream._clock_offset_ms = None
+                raise StreamUnavailable(f"event stream {first.stream} and its partitions "
+                                        f"unavailable: {e}") from e
+        flags = [False] * len(events)
+        for indices, appended in zip(groups.values(), replies, strict=True):
+            for index, flag in zip(indices, appended, strict=True):
+                flags[index] = bool(flag)
+        return flags
+
+    def rebalance(self) -> Rebalance:
+        """Renew, take or give up leases when due; taken partitions are claimed at recovery."""
+        change = self.leases.maintain()
+        for partition in change.acquired:
+            self.partitions[partition]._ensure_group()
+        self._to_claim |= change.acquired
+        self._to_claim -= change.lost
+        return change
+
+    def release(self, partitions: set[int]) -> None:
+        """Give these partitions up."""
+        self.leases.release(partitions)
+
+    def leave(self) -> None:
+        """Give every partition up (a graceful stop)."""
+        self.leases.leave()
+
+    def read(self, count: int, block_ms: int) -> list[StreamEntry]:
+        """New entries of the partitions held: one XREADGROUP over their streams (a cluster: one
+        partition at a time, blocking only when none has anything)."""
+        owned = self.leases.valid()
+        if not owned:
+            time.sleep(block_ms / 1000)
+            return []
+        if self._per_partition_reads:
+            entries = [e for p in owned for e in self.partitions[p].read(count, 0)]
+            if entries:
+                return entries
+            self._turn += 1
+            return self.partitions[owned[self._turn % len(owned)]].read(count, block_ms)
+        first = self.partitions[owned[0]]
+        streams = {self.partitions[p].stream: ">" for p in owned}
+
+        def read() -> Any:
+            return first.client.xreadgroup(first.group, first.consumer, streams,  # type: ignore[arg-type]
+                                           count=count, block=block_ms or None)
+
+        try:
+            reply = read()
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            for partition in owned:  # Redis restarted empty: recreate the groups
+                stream = self.partitions[partition]
+                stream._group_ready = False
+                stream._ensure_group()
+                stream.group_resets += 1
+            log.warning("event stream: consumer groups were gone (Redis restarted empty?); "
+                        "recreated them from the oldest entry each partition holds")
+            reply = read()
+        return first._entries(reply, self._partition_of)
+
+    def claim_abandoned(self) -> int:
+        """Claim what earlier holders of the partitions taken since the last call left pending."""
+        claimed = sum(self.partitions[p].claim_abandoned(min_idle_ms=0) for p in
+                      sorted(self._to_claim) if p in self.leases.owned)
+        self._to_claim.clear()
+        return claimed
+
+    def pending(self, count: int, after: str = "0") -> list[StreamEntry]:
+        """This reader's unacknowledged entries, partition after partition (`after` "0" starts
+        again at the first partition held)."""
+        owned = sorted(self.leases.owned)
+        if after == "0":
+            self._pending_at = 0
+        while self._pending_at < len(owned):
+            entries = self.partitions[owned[self._pending_at]].pending(count, after)
+            if entries:
+                return entries
+            self._pending_at += 1
+            after = "0"
+        return []
+
+    def ack(self, entries: list[StreamEntry]) -> None:
+        """Acknowledge each entry in its partition."""
+        by_partition: dict[int, list[StreamEntry]] = {}
+        for entry in entries:
+            by_partition.setdefault(entry.partition, []).append(entry)
+        for partition, its_entries in by_partition.items():
+            self.partitions[partition].ack(its_entries)
+
+    def backlog(self) -> int:
+        """Entries not yet acknowledged, in every partition."""
+        return self.status().backlog
+
+    def dead_letter(self, entry: StreamEntry, error: str) -> None:
+        """Into its partition's dead-letter stream."""
+        self.partitions[entry.partition].dead_letter(entry, error)
+
+    def status(self) -> StreamStatus:
+        """Every partition's backlog and dead letters summed; progress is all of theirs."""
+        statuses = [p.status() for p in self.partitions]
+        progress = tuple(s.progress for s in statuses)
+        return StreamStatus(sum(s.backlog for s in statuses),
+                            None if all(p is None for p in progress) else progress,
+                            sum(s.dead_letters for s in statuses))
+
+    def dedupe_complete(self) -> bool:
+        """Every partition remembers every id appended within the TTL."""
+        return all(p.dedupe_complete() for p in self.partitions)
+
+    def ping(self) -> bool:
+        """The broker answers."""
+        return self.partitions[0].ping()
+
+    def close(self) -> None:
+        """Close the shared connection pools."""
+        self.partitions[0].close()
+
+
 def open_event_stream(settings: Settings, use_case: str) -> EventStream:
     """The profile's stream: a Redis Stream in the Redis profile, in-process in the embedded one."""
-    if settings.online_redis:
-        return RedisEventStream(settings.redis_url, settings.event_stream_key(use_case),
+    if not settings.online_redis:
+        return MemoryEventStream(settings.stream_dedupe_ttl_seconds)
+    config = settings.redis()
+    clients = stream_clients(config)
+    streams = [RedisEventStream(config, settings.event_stream_key(use_case, p),
                                 consumer=settings.stream_consumer,
                                 dedupe_ttl_seconds=settings.stream_dedupe_ttl_seconds,
-                                claim_idle_ms=settings.stream_claim_idle_ms)
-    return MemoryEventStream(settings.stream_dedupe_ttl_seconds)
+                                claim_idle_ms=settings.stream_claim_idle_ms, clients=clients,
+                                partition=p)
+               for p in range(settings.stream_partitions)]
+    if len(streams) == 1:  # one stream, read by the consumers of its group as before
+        return streams[0]
+    leases = PartitionLeases(clients[0], [f"{hash_tagged(s.stream)}:lease" for s in streams],
+                             f"{settings.event_stream_key(use_case)}:readers",
+                             settings.stream_consumer, settings.stream_lease_ms)
+    return PartitionedEventStream(streams, leases)

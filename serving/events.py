@@ -103,8 +103,9 @@ class EventIntake:
                 candidates, now.to_pydatetime() if now is not None else None)
             result.rejected.extend(_error(positions[e.row - 1], e.field, e.reason) for e in errors)
             if good:
-                flags = self.stream.append([self.checker.encode(values, self.secret)
-                                            for _, values in good])
+                encoded = [self.checker.encode(values, self.secret) for _, values in good]
+                entity = self.contract.entity  # hashed by `encode`: a partition's key
+                flags = self.stream.append(encoded, [str(values[entity]) for _, values in good])
                 result.accepted = sum(flags)
                 result.duplicates = len(flags) - result.accepted
         result.rejected.sort(key=lambda e: e["loc"][2])

@@ -57,6 +57,7 @@ from feastflow.stream import (
     MemoryEventStream,
     RedisEventStream,
     StreamUnavailable,
+    hash_tagged,
     open_event_stream,
 )
 from pipelines.demo import free_port
@@ -270,7 +271,8 @@ def test_an_undecodable_entry_goes_to_the_dead_letter_stream_and_processing_goes
 
     assert {"dl-1", "dl-2", "dl-3"} <= set(logged_event_ids(settings))
     assert open_event_stream(settings, spec.name).backlog() == 0
-    dead = {fields[b"id"].decode(): fields for _, fields in client.xrange(key + ":dead")}
+    dead = {fields[b"id"].decode(): fields
+            for _, fields in client.xrange(hash_tagged(key) + ":dead")}
     assert set(dead) == {not_json, no_e}
     assert dead[not_json][b"entry"] == b"{not json"
     assert b"JSON" in dead[not_json][b"error"] or b"json" in dead[not_json][b"error"]
@@ -288,7 +290,7 @@ def test_an_undecodable_entry_left_pending_by_a_crash_does_not_block_recovery(
     key = settings.event_stream_key(spec.name)
     stream = open_event_stream(settings, spec.name)
     drain(build_processor(settings, spec))
-    dead_before = client.xlen(key + ":dead")
+    dead_before = client.xlen(hash_tagged(key) + ":dead")
     client.xadd(key, {"x": b"no payload"})
     assert len(stream.read(10, 10)) == 1  # taken by processor-1, which then "crashed"
     assert client.xpending(key, "feastflow-stream")["pending"] == 1
@@ -296,7 +298,7 @@ def test_an_undecodable_entry_left_pending_by_a_crash_does_not_block_recovery(
     processor = build_processor(settings, spec)
     processor.recover()
     assert client.xpending(key, "feastflow-stream")["pending"] == 0
-    assert client.xlen(key + ":dead") == dead_before + 1
+    assert client.xlen(hash_tagged(key) + ":dead") == dead_before + 1
 
 
 def test_readyz_reports_a_processor_that_makes_no_progress(

@@ -256,10 +256,17 @@ def test_a_processor_killed_mid_stream_applies_and_logs_every_event_once(
             if process is not None and process.poll() is None:
                 process.kill()
 
+    assert stream.backlog() == 0
+    assert_each_event_applied_and_logged_once(world, client)
+
+
+def assert_each_event_applied_and_logged_once(world: StreamWorld, client: redis.Redis) -> None:
+    """Every event in the log once, counted once in its user's state, and the online features
+    equal to the offline point-in-time values over the resulting log."""
+    settings = world.settings
     ids = logged_event_ids(settings)
     assert not ids.duplicated().any(), ids[ids.duplicated()].tolist()[:5]
     assert set(ids) == set(world.history["event_id"]) | set(world.live["event_id"])
-    assert stream.backlog() == 0
     # every user's state counted each of its events once (history seeded + streamed)
     users = sorted(world.history["user_id"].unique())
     hashed = [hash_user_id(u, SECRET) for u in users]
