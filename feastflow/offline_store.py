@@ -252,18 +252,9 @@ def latest_rows_sql(config: RepoConfig, data_source: DataSource, keys: list[str]
     window, of a local Parquet source: ranked by `order` (event time, then created time, nulls
     last), as Feast ranks them."""
     rows = _pull_sql(config, data_source, [*keys, *features, *order], order[0], *window)
-    if not keys:  # one row in all: no group to hash
-        latest = ", ".join(f"{_q(c)} DESC NULLS LAST" for c in order)
-        return f"{rows}\nQUALIFY row_number() OVER (ORDER BY {latest}) = 1"
-    # A hash aggregate, not a window: DuckDB's window sorts the whole input in large blocks,
-    # the aggregate keeps one row per key and spills partitions under its memory limit. The
-    # ranking key: event time, then created time with a missing one below any (NULLS LAST).
-    values = ", ".join(f"{_q(c)} := {_q(c)}" for c in dict.fromkeys([*features, *order]))
-    rank = ", ".join(f"o{i} := {_q(c)}" if i == 0 else
-                     f"o{i} := coalesce(epoch_us({_q(c)}), {-(2**63)})"
-                     for i, c in enumerate(order))
-    return (f"SELECT {_names(keys)}, unnest(arg_max(struct_pack({values}), struct_pack({rank})))"
-            f"\nFROM ({rows})\nGROUP BY {_names(keys)}")
+    partition = f"PARTITION BY {_names(keys)} " if keys else ""
+    latest = ", ".join(f"{_q(c)} DESC NULLS LAST" for c in order)
+    return f"{rows}\nQUALIFY row_number() OVER ({partition}ORDER BY {latest}) = 1"
 
 
 # --- reading sources --------------------------------------------------------------------------
