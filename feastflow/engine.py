@@ -75,7 +75,7 @@ class FeastflowComputeEngineConfig(FeastConfigBaseModel):
     batch_rows: StrictInt = 20_000  # rows per pipelined round trip
     atomic: StrictBool = False  # a Lua script per key instead of Feast's two round trips
     state_dir: StrictStr | None = None  # where runs are recorded; None: every run writes all
-    memory_limit: StrictStr = "512MB"  # DuckDB's, past which it spills to disk
+    memory_limit: StrictStr = "256MB"  # DuckDB's, past which it spills to disk
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class FeastflowComputeEngine(ComputeEngine):
     """Materialization through DuckDB and the fast online writer (see the module docstring)."""
 
     def __init__(self, *, connections: int = 2, batch_rows: int = 20_000, atomic: bool = False,
-                 state_dir: str | None = None, memory_limit: str = "512MB",
+                 state_dir: str | None = None, memory_limit: str = "256MB",
                  **kwargs: Any) -> None:
         kwargs.pop("type", None)
         super().__init__(**kwargs)
@@ -290,6 +290,9 @@ class _duckdb:
         self.con.execute(f"SET memory_limit = {_literal(self.memory_limit)}")
         self.con.execute(f"SET temp_directory = {_literal(self.spill.name)}")
         self.con.execute("SET preserve_insertion_order = false")
+        # DuckDB prefetches a whole Parquet row group per thread in one block, outside what it
+        # can spill (a 1 M-row group of 23 columns: 177 MiB): read it column chunk by chunk.
+        self.con.execute("SET disable_parquet_prefetching = true")
         return self.con
 
     def __exit__(self, *exc: object) -> None:

@@ -157,7 +157,14 @@ class RealtimeFeatures:
         """Each entity's state after the whole event log: where the stream processor starts."""
         return self._fold(events)[1]
 
-    def _fold(self, events: pd.DataFrame) -> tuple[list[Row], dict[str, EntityState]]:
+    def fold(self, events: pd.DataFrame, states: dict[str, EntityState] | None = None
+             ) -> tuple[list[Row], dict[str, EntityState]]:
+        """The rows of `events` folded in time order per entity, from `states` (updated in
+        place; entities without one start afresh), and every entity's state after them."""
+        return self._fold(events, states)
+
+    def _fold(self, events: pd.DataFrame, states: dict[str, EntityState] | None = None
+              ) -> tuple[list[Row], dict[str, EntityState]]:
         ordered = events.sort_values([self.entity_key, self.timestamp_key, self.event_id_key],
                                      kind="stable")
         entities = ordered[self.entity_key].to_numpy(dtype=object)
@@ -165,14 +172,14 @@ class RealtimeFeatures:
         event_ids = ordered[self.event_id_key].to_numpy(dtype=object)
         unix_us = _unix_us(ordered[self.timestamp_key])
         rows: list[Row] = []
-        states: dict[str, EntityState] = {}
+        states = {} if states is None else states
         history = self.spec.entity_history
         state, current = EntityState(), None
         for entity, item, event_id, us in zip(entities, items, event_ids, unix_us.tolist(),
                                               strict=True):
             if entity != current:
-                state, current = EntityState(), entity
-                states[entity] = state
+                current = entity
+                state = states.setdefault(entity, EntityState())
             applied = self.apply(state, entity, state.last_seq + 1, event_id, item, us)
             rows.extend(applied if history else
                         [r for r in applied if r.table != self.entity_table])

@@ -187,6 +187,10 @@ class FeatureSpec(_Strict):
     reference_tables: dict[str, str] = Field(
         default_factory=dict, description="name -> file the feature SQL reads as a view "
         "(`${data}` is the shared data folder)")
+    incremental_tables: list[str] = Field(
+        default_factory=list, description="feature SQL tables with one row per key and "
+        "`snapshots` row, stamped at its snapshot_ts and counting only events strictly before "
+        "it: a run recomputes only the snapshots that new events change")
     service: str | None = Field(default=None, description="per-event tasks: the feature service")
     entity_service: str | None = Field(default=None, description="ranking stage 1 (candidates)")
     ranking_service: str | None = Field(default=None, description="ranking stage 2")

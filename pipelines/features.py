@@ -15,8 +15,10 @@ What the SQL sees:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
@@ -25,11 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from duckdb import sqltypes
 
+from feastflow.errors import SpecError
 from feastflow.event_log import events_glob, has_events, sql_string
+from feastflow.plugins import use_case_module
 from feastflow.privacy import hash_user_id
-from feastflow.realtime import RealtimeFeatures
+from feastflow.realtime import EntityState, RealtimeFeatures
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
+from pipelines.feature_state import FeatureState, LogFingerprint, file_digest, inputs_digest, log_fingerprint
 
 
 def feature_sql_files(spec: ModelSpec) -> list[Path]:
@@ -68,10 +73,18 @@ def event_log_connection(events_dir: Path, timestamp: str = "timestamp"
     return con
 
 
-def use_case_connection(settings: Settings, spec: ModelSpec) -> duckdb.DuckDBPyConnection:
-    """The connection the use case's feature SQL runs in (see the module docstring)."""
+def use_case_connection(settings: Settings, spec: ModelSpec, loaded: bool = False
+                        ) -> duckdb.DuckDBPyConnection:
+    """The connection the use case's feature SQL runs in (see the module docstring); with
+    `loaded`, the event log is read once into memory (every table then reads it from there)."""
     log = spec.event_log
     con = event_log_connection(settings.events_dir(spec.name), log.timestamp)
+    if loaded:  # one pass over the log's many small files instead of one per table
+        con.execute("CREATE TEMP TABLE event_rows AS SELECT * FROM all_events")
+        con.execute("CREATE OR REPLACE VIEW all_events AS SELECT * FROM event_rows")
+    con.execute("CREATE TEMP TABLE all_snapshots AS SELECT * FROM snapshots")
+    con.execute("DROP TABLE snapshots")
+    con.execute("CREATE VIEW snapshots AS SELECT * FROM all_snapshots")
     delay_us = int(log.label_delay.total_seconds() * 1_000_000)
     label = log.label
     if label is not None and label != log.item:
@@ -108,54 +121,194 @@ def compute_feature_tables(
     settings: Settings,
     spec: ModelSpec,
     on_table: Callable[[str, int], None] | None = None,
+    full: bool = False,
 ) -> dict[str, int]:
     """Write one Parquet table per SQL file and per real-time table (each atomically replaced),
-    with DuckDB or, when `settings.offline_engine` is spark, Spark (pipelines/spark_features.py)."""
+    with DuckDB or, when `settings.offline_engine` is spark, Spark (pipelines/spark_features.py).
+
+    Unless `full`, DuckDB redoes only what the events added since the last run change
+    (pipelines/feature_state.py): unchanged tables are kept, the spec's incremental tables get
+    their new snapshots, the real-time fold continues from the saved entity states.
+    """
     if settings.offline_engine == "spark":
         from pipelines.spark_features import compute_feature_tables_on_spark
 
         return compute_feature_tables_on_spark(settings, spec, on_table)
+    sql_files = feature_sql_files(spec)
+    unknown = sorted(set(spec.features.incremental_tables) - {f.stem for f in sql_files})
+    if unknown:
+        raise SpecError(f"{spec.source_dir}/model.yaml: features.incremental_tables names "
+                        f"{unknown}, which have no SQL file in {spec.sql_dir}")
     out_dir = settings.feature_tables_dir(spec.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = use_case_connection(settings, spec)
+    con = use_case_connection(settings, spec, loaded=True)
+    state = FeatureState(out_dir)
+    log = log_fingerprint(con, spec.event_log.timestamp, spec.event_log.event_id)
+    shared = _shared_inputs(settings, spec)
     rows: dict[str, int] = {}
-    for sql_file in feature_sql_files(spec):
+    for sql_file in sql_files:
         name = sql_file.stem
-        final = out_dir / f"{name}.parquet"
-        tmp = out_dir / f".{name}.parquet.tmp"
-        query = sql_file.read_text().strip().rstrip(";")
-        try:
-            con.execute(f"COPY ({query}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)")
-        except duckdb.Error as e:
-            tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"feature SQL {sql_file} failed: {e}") from e
-        os.replace(tmp, final)
-        rows[name] = con.execute(f"SELECT count(*) FROM {sql_string(final)}").fetchone()[0]
+        rows[name] = _write_sql_table(con, spec, sql_file, out_dir, state, log, shared, full)
         if on_table is not None:
             on_table(name, rows[name])
-    rows.update(write_realtime_tables(con, spec, out_dir, on_table))
+    rows.update(write_realtime_tables(con, spec, out_dir, on_table,
+                                      None if full else _Incremental(state, log, shared)))
     return rows
+
+
+def _shared_inputs(settings: Settings, spec: ModelSpec) -> list[object]:
+    """What every table of the use case is computed from, besides its own SQL and the log."""
+    references = {name: file_digest(Path(path))
+                  for name, path in reference_table_paths(settings, spec).items()}
+    secret = hashlib.sha256(settings.user_hash_secret.encode()).hexdigest()
+    return [spec.event_log.model_dump(mode="json"), references, secret]
+
+
+def _write_sql_table(con: duckdb.DuckDBPyConnection, spec: ModelSpec, sql_file: Path,
+                     out_dir: Path, state: FeatureState, log: LogFingerprint,
+                     shared: list[object], full: bool) -> int:
+    """Compute one SQL table (all of it, its new snapshots, or nothing); its row count."""
+    name = sql_file.stem
+    final = out_dir / f"{name}.parquet"
+    tmp = out_dir / f".{name}.parquet.tmp"
+    query = sql_file.read_text().strip().rstrip(";")
+    inputs = inputs_digest(query, shared)
+    known, day = (False, None) if full else state.dirty_day(name, inputs, log, final)
+    if known and day is None:  # what a recompute would write
+        return pq.ParquetFile(final).metadata.num_rows
+    if known and name in spec.features.incremental_tables:
+        # snapshots after the dirty day are recomputed; those up to it only saw older events
+        since = f"TIMESTAMPTZ {sql_string(day or '')}"
+        con.execute(f"CREATE OR REPLACE VIEW snapshots AS SELECT * FROM all_snapshots "
+                    f"WHERE snapshot_ts > {since}")
+        query = (f"({query})\nUNION ALL\n(SELECT * FROM read_parquet({sql_string(final)}) "
+                 f"WHERE event_timestamp <= {since})")
+    try:
+        con.execute(f"COPY ({query}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+    except duckdb.Error as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"feature SQL {sql_file} failed: {e}") from e
+    finally:
+        con.execute("CREATE OR REPLACE VIEW snapshots AS SELECT * FROM all_snapshots")
+    os.replace(tmp, final)
+    state.record(name, inputs, log)
+    return pq.ParquetFile(final).metadata.num_rows
+
+
+@dataclass(frozen=True)
+class _Incremental:
+    """What the real-time tables need to be computed incrementally."""
+
+    state: FeatureState
+    log: LogFingerprint
+    shared: list[object]
+
+
+REALTIME_RECORD = "realtime fold"  # the record of the real-time tables (written together)
 
 
 def write_realtime_tables(con: duckdb.DuckDBPyConnection, spec: ModelSpec, out_dir: Path,
-                          on_table: Callable[[str, int], None] | None = None) -> dict[str, int]:
+                          on_table: Callable[[str, int], None] | None = None,
+                          incremental: _Incremental | None = None) -> dict[str, int]:
     """Fold the event log (`all_events` of con) through the use case's real-time functions into
-    its real-time tables (none when the spec has no `realtime`)."""
-    rows: dict[str, int] = {}
+    its real-time tables (none when the spec has no `realtime`); with `incremental`, continue
+    the last run's fold when that gives the same tables (pipelines/feature_state.py)."""
     if spec.realtime is None:
-        return rows
+        return {}
     realtime = RealtimeFeatures(spec)
-    columns = [realtime.entity_key, realtime.value_key, realtime.event_id_key,
-               realtime.timestamp_key]
-    quoted = ", ".join(f'"{c}"' for c in columns)
-    log = con.execute(f"SELECT {quoted} FROM all_events").df()
-    for name, frame in realtime.batch_tables(log).items():
-        final = out_dir / f"{name}.parquet"
-        tmp = out_dir / f".{name}.parquet.tmp"
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp,
-                       compression="zstd")
-        os.replace(tmp, final)
-        rows[name] = len(frame)
+    finals = {name: out_dir / f"{name}.parquet" for name in realtime.push_sources}
+    rows: dict[str, int] | None = None
+    if incremental is not None:
+        rows = _continue_fold(con, spec, realtime, finals, incremental)
+    if rows is None:
+        columns = [realtime.entity_key, realtime.value_key, realtime.event_id_key,
+                   realtime.timestamp_key]
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        events = con.execute(f"SELECT {quoted} FROM all_events").df()
+        folded, states = realtime.fold(events)
+        if incremental is not None:
+            incremental.state.forget(REALTIME_RECORD)
+        rows = {}
+        for name, frame in realtime.frames(folded).items():
+            rows[name] = _replace_table(finals[name], pa.Table.from_pandas(frame,
+                                                                          preserve_index=False))
+        if incremental is not None:
+            _record_fold(spec, realtime, incremental, states, len(events))
+    for name, count in rows.items():
         if on_table is not None:
-            on_table(name, rows[name])
+            on_table(name, count)
     return rows
+
+
+def _realtime_inputs(spec: ModelSpec, realtime: RealtimeFeatures, shared: list[object]) -> str:
+    module = Path(str(use_case_module(spec, realtime.spec.module).__file__))
+    return inputs_digest(realtime.spec.model_dump(mode="json"), module.read_bytes(), shared)
+
+
+def _record_fold(spec: ModelSpec, realtime: RealtimeFeatures, incremental: _Incremental,
+                 states: dict[str, EntityState], folded: int) -> None:
+    saved = incremental.state.save_entity_states(states)
+    incremental.state.record(REALTIME_RECORD, _realtime_inputs(spec, realtime, incremental.shared),
+                             incremental.log, entity_states=saved, folded_events=folded)
+    incremental.state.drop_entity_states(saved)
+
+
+def _continue_fold(con: duckdb.DuckDBPyConnection, spec: ModelSpec, realtime: RealtimeFeatures,
+                   finals: dict[str, Path], incremental: _Incremental) -> dict[str, int] | None:
+    """The real-time tables with the new events folded in after the saved states, or None when
+    only a full fold gives the right tables."""
+    if not realtime.spec.entity_history:  # a latest-row-per-entity table is not appended to
+        return None
+    state, now = incremental.state, incremental.log
+    inputs = _realtime_inputs(spec, realtime, incremental.shared)
+    known = [state.dirty_day(REALTIME_RECORD, inputs, now, final) for final in finals.values()]
+    if not all(k for k, _ in known):
+        return None
+    day = known[0][1]
+    if day is None:
+        return {name: pq.ParquetFile(final).metadata.num_rows for name, final in finals.items()}
+    states = state.entity_states(state.records[REALTIME_RECORD].get("entity_states", ""))
+    if states is None or not all(s.window for s in states.values()):
+        return None
+    # The events of the dirty days folded before: up to each entity's last folded event.
+    last = pa.table({"entity": list(states), "last_us": [s.window[-1][0] for s in states.values()],
+                     "last_id": [s.window[-1][1] for s in states.values()]})
+    con.register("folded_last", last)
+    e, ts, eid = (f'e."{realtime.entity_key}"', f'e."{realtime.timestamp_key}"',
+                  f'e."{realtime.event_id_key}"::VARCHAR')
+    folded = (f"(epoch_us({ts}) < l.last_us OR (epoch_us({ts}) = l.last_us AND {eid} <= "
+              f"l.last_id))")
+    scope = (f"FROM all_events e LEFT JOIN folded_last l ON {e} = l.entity "
+             f"WHERE {ts} >= TIMESTAMPTZ {sql_string(day)}")
+    found = con.execute(f"SELECT count(*), coalesce(bit_xor(hash({eid})), 0) {scope} "
+                        f"AND coalesce({folded}, false)").fetchone()
+    count, xor = found if found else (0, 0)
+    before = [v for d, v in state.log(REALTIME_RECORD).items() if d >= day]
+    expected_xor = 0
+    for _, x in before:
+        expected_xor ^= x
+    if count != sum(n for n, _ in before) or xor != expected_xor:
+        return None  # an event came late, or one went: the fold starts over
+    new_events = con.execute(
+        f'SELECT {e} AS "{realtime.entity_key}", e."{realtime.value_key}", '
+        f'e."{realtime.event_id_key}", {ts} AS "{realtime.timestamp_key}" {scope} '
+        f"AND NOT coalesce({folded}, false)").df()
+    con.unregister("folded_last")
+    folded_rows, states = realtime.fold(new_events, states)
+    state.forget(REALTIME_RECORD)
+    rows = {}
+    for name, frame in realtime.frames(folded_rows).items():
+        old = pq.read_table(finals[name])
+        new = pa.Table.from_pandas(frame, preserve_index=False).select(old.schema.names)
+        rows[name] = _replace_table(finals[name], pa.concat_tables([old, new.cast(old.schema)])
+                                    if len(frame) else old)
+    _record_fold(spec, realtime, incremental, states, len(new_events))
+    return rows
+
+
+def _replace_table(final: Path, table: pa.Table) -> int:
+    """Write `table` to `final` atomically; its row count."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, final)
+    return table.num_rows
