@@ -145,12 +145,16 @@ def model_feature_names(store: FeatureStore, spec: ModelSpec) -> list[str]:
 
 def data_fingerprint(events_dir: Path, features_dir: Path, window: SplitWindow,
                      spec: ModelSpec) -> str:
-    """A hash of the inputs (file names, sizes, mtimes), the time range and the split."""
+    """A hash of the inputs (file names, sizes, mtimes), the use case's Feast definitions, the
+    time range and the split."""
     digest = hashlib.sha256()
     for root in (events_dir, features_dir):
         for path in sorted(root.rglob("*.parquet")):
             stat = path.stat()
             digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    if spec.source_dir is not None:  # on-demand views change the rows without a table changing
+        for path in sorted(spec.source_dir.glob("*.py")):
+            digest.update(path.name.encode() + path.read_bytes())
     digest.update(json.dumps(window.as_dict(), sort_keys=True).encode())
     digest.update(spec.model_dump_json(exclude={"source_dir"}).encode())
     return digest.hexdigest()[:16]

@@ -100,25 +100,33 @@ def book_features(world: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
 def our_features(world: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     """Ours beyond the book, by brute force from their definitions, with labels known 7 days
     after the payment: the card's usual spending (its payments known to be genuine, all its
-    history) against this amount, and seconds since the start of the terminal's trailing run of
-    known frauds (None without one)."""
+    history) against this amount and against each payment of its last day and week (their mean
+    squared z-score), and seconds since the start of the terminal's trailing run of known frauds
+    (None without one)."""
     t = world["TX_DATETIME"].to_numpy()
     customers, terminals = world["CUSTOMER_ID"].to_numpy(), world["TERMINAL_ID"].to_numpy()
     amounts, frauds = world["TX_AMOUNT"].to_numpy(), world["TX_FRAUD"].to_numpy()
     known_by = t + np.timedelta64(7, "D")
+    day = np.timedelta64(1, "D")
     usual, to_usual, zscore, run_age = [], [], [], []
+    sq_zscore: dict[int, list[float | None]] = {1: [], 7: []}
     for i in rows:
         genuine = amounts[(customers == customers[i]) & (known_by < t[i]) & (frauds == 0)]
         mean = genuine.mean() if len(genuine) else None
         usual.append(mean)
         to_usual.append(amounts[i] / mean if mean else None)
         zscore.append((amounts[i] - mean) / max(genuine.std(), 1.0) if mean else None)
+        for n, values in sq_zscore.items():
+            recent = amounts[(customers == customers[i]) & (t > t[i] - n * day) & (t < t[i])]
+            values.append(((recent - mean) ** 2).mean() / max(genuine.var(), 1.0)
+                          if mean and len(recent) else None)
         known = np.flatnonzero((terminals == terminals[i]) & (known_by < t[i]))
         run = known[::-1][np.cumprod(frauds[known[::-1]]) == 1]  # trailing frauds, newest first
         run_age.append((t[i] - t[run[-1]]) / np.timedelta64(1, "s") if len(run) else None)
     return pd.DataFrame({"TRANSACTION_ID": world["TRANSACTION_ID"].to_numpy()[rows],
                          "usual_amount": usual, "amount_to_usual": to_usual,
-                         "amount_zscore_usual": zscore, "seconds_since_terminal_run_start": run_age})
+                         "amount_zscore_usual": zscore, "seconds_since_terminal_run_start": run_age,
+                         "sq_zscore_1d_usual": sq_zscore[1], "sq_zscore_7d_usual": sq_zscore[7]})
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +173,9 @@ def test_features_equal_the_books_definitions(fraud_world: tuple[Settings, pd.Da
     # the compromise's run is known from day 17 on, and a few payments follow random frauds
     assert expected["seconds_since_terminal_run_start"].max() > 20 * 86_400
     assert expected["seconds_since_terminal_run_start"].notna().sum() > 100
+    # the week's payments against the usual: most cards have both, and they differ
+    assert expected["sq_zscore_7d_usual"].notna().sum() > 500
+    assert expected["sq_zscore_7d_usual"].std() > 0.1
     for column in expected.columns:
         np.testing.assert_allclose(ours[column].to_numpy(float), expected[column].to_numpy(float),
                                    rtol=1e-9, atol=1e-9, err_msg=column)

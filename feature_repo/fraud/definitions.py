@@ -54,7 +54,7 @@ customer_spending_fv = FeatureView(
     schema=[
         *[Field(name=f"customer_{kind}_{w}", dtype=Int64 if kind == "tx" else Float64)
           for w in CUSTOMER_WINDOWS for kind in ("tx", "amount")],
-        Field(name="customer_amount_sq_30d", dtype=Float64),
+        *[Field(name=f"customer_amount_sq_{w}", dtype=Float64) for w in ("1d", "7d", "30d")],
         Field(name="customer_last_tx_unix", dtype=Int64),
         # its usual spending: its payments known to be genuine, over all its history
         Field(name="customer_genuine_tx", dtype=Int64),
@@ -119,6 +119,8 @@ customer_payments_fv = FeatureView(
         Field(name="amount_zscore_usual", dtype=Float64),
         Field(name="mean_1d_to_usual", dtype=Float64),
         Field(name="mean_7d_to_usual", dtype=Float64),
+        Field(name="sq_zscore_1d_usual", dtype=Float64),
+        Field(name="sq_zscore_7d_usual", dtype=Float64),
     ],
     mode="python",
 )
@@ -128,7 +130,10 @@ def payment_odfv(inputs: dict[str, list]) -> dict[str, list]:
     card's previous payment, the amount against the card's usual (ratio to its 30-day and 1-day
     means before this payment, z-score over 30 days), seconds since the terminal's last known
     fraud and since the start of its run of known frauds, and the amount (and the card's 1- and
-    7-day means) against its usual spending, the payments known to be genuine.
+    7-day means) against its usual spending, the payments known to be genuine; and how far the
+    card's payments of the last day and week strayed from that usual (their mean squared
+    z-score): a compromised card pays a few 5x amounts among normal ones for days, which marks
+    its next payments, however small, as the card's.
 
     Python mode on lists (a missing input is None: no payment before): Feast calls it on the
     joined training set, and the prediction server calls this same function on the rows it
@@ -147,7 +152,8 @@ def payment_odfv(inputs: dict[str, list]) -> dict[str, list]:
                             "seconds_since_terminal_fraud": [],
                             "seconds_since_terminal_run_start": [], "usual_amount": [],
                             "amount_to_usual": [], "amount_zscore_usual": [],
-                            "mean_1d_to_usual": [], "mean_7d_to_usual": []}
+                            "mean_1d_to_usual": [], "mean_7d_to_usual": [],
+                            "sq_zscore_1d_usual": [], "sq_zscore_7d_usual": []}
     for window in ("1day", "7day", "30day"):
         out[f"customer_id_nb_tx_{window}_window"] = []
         out[f"customer_id_avg_amount_{window}_window"] = []
@@ -192,11 +198,17 @@ def payment_odfv(inputs: dict[str, list]) -> dict[str, list]:
             out["amount_zscore_usual"].append((amount - usual) / max(math.sqrt(var), 1.0))
             for window in ("1d", "7d"):
                 n = num(inputs[f"customer_tx_{window}"][i])
-                out[f"mean_{window}_to_usual"].append(
-                    num(inputs[f"customer_amount_{window}"][i]) / n / usual if n > 0 else None)
+                total = num(inputs[f"customer_amount_{window}"][i])
+                out[f"mean_{window}_to_usual"].append(total / n / usual if n > 0 else None)
+                # sum of (a - usual)^2 over the window from its count, sum and sum of squares
+                squares = (num(inputs[f"customer_amount_sq_{window}"][i]) - 2 * usual * total
+                           + n * usual * usual)
+                out[f"sq_zscore_{window}_usual"].append(
+                    max(squares, 0.0) / n / max(var, 1.0) if n > 0 else None)
         else:
             for name in ("usual_amount", "amount_to_usual", "amount_zscore_usual",
-                         "mean_1d_to_usual", "mean_7d_to_usual"):
+                         "mean_1d_to_usual", "mean_7d_to_usual", "sq_zscore_1d_usual",
+                         "sq_zscore_7d_usual"):
                 out[name].append(None)
     return out
 
