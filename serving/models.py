@@ -23,6 +23,9 @@ from typing import Any
 
 import lightgbm as lgb
 
+from feastflow.embeddings import ARTIFACT_DIR
+from feastflow.retrieval_scoring import RetrievalRanker
+from feastflow.retrieval_serving import RetrievalArtifacts
 from feastflow.scoring import EventScorer, FeaturePlan, Ranker, scorer_for
 from feastflow.spec import ModelSpec
 from registry import lifecycle
@@ -39,13 +42,18 @@ class ServedModel:
     variant: str  # champion | challenger
     version: str
     run_id: str
-    scorer: Ranker | EventScorer
+    scorer: Ranker | EventScorer | RetrievalRanker
     source: str  # registry | disk
     loaded_at: float
 
     @property
     def ranker(self) -> Ranker:
         """The scorer of a ranking use case."""
+        return self.scorer  # type: ignore[return-value]
+
+    @property
+    def retrieval(self) -> RetrievalRanker:
+        """The scorer of a retrieval-then-rank use case (its artifacts with it)."""
         return self.scorer  # type: ignore[return-value]
 
 
@@ -144,8 +152,11 @@ class ModelHolder:
             loaded = self.registry.load_by_alias(name, alias, local_dir=Path(tmp))
             if loaded.model_file is None or loaded.sha256 is None:
                 raise lifecycle.RegistryError(f"{name}@{alias}: the registry kept no model file")
-            model = self._build(variant, loaded.version, loaded.run_id, loaded.booster, "registry")
-            self._save(variant, loaded.model_file, loaded.version, loaded.run_id, loaded.sha256)
+            artifacts = self._artifacts(alias, loaded.version, Path(tmp))
+            model = self._build(variant, loaded.version, loaded.run_id, loaded.booster, "registry",
+                                artifacts)
+            self._save(variant, loaded.model_file, loaded.version, loaded.run_id, loaded.sha256,
+                       artifacts)
         self.refused.pop(variant, None)  # a verified copy replaced whatever was refused
         return model
 
@@ -164,19 +175,42 @@ class ModelHolder:
             return None
         booster = lgb.Booster(model_file=str(folder / "model.lgb"))
         log.warning("registry unreachable: serving %s v%s from %s", variant, meta["version"], folder)
-        return self._build(variant, meta["version"], meta["run_id"], booster, "disk")
+        artifacts = folder / ARTIFACT_DIR if self.spec.retrieval is not None else None
+        return self._build(variant, meta["version"], meta["run_id"], booster, "disk", artifacts)
 
-    def _build(self, variant: str, version: str, run_id: str, booster: Any, source: str
-               ) -> ServedModel:
-        scorer = scorer_for(self.spec, self.plan, booster)
+    def _artifacts(self, alias: str, version: str, tmp: Path) -> Path | None:
+        """A retrieval shape's artifacts of the version just loaded (checked against the sha256
+        registered with it): the model and its index move together."""
+        if self.spec.retrieval is None:
+            return None
+        if not isinstance(self.registry, Registry):
+            raise lifecycle.RegistryError("this registry cannot serve a retrieval shape's artifacts")
+        name = self.spec.registered_model_name
+        found, folder = lifecycle.load_version_artifacts(self.registry, name, alias, ARTIFACT_DIR,
+                                                         tmp / "artifacts")
+        if found != version:  # the alias moved between the two downloads: the next poll retries
+            raise lifecycle.RegistryError(f"{name}@{alias} moved from v{version} to v{found} "
+                                          "while loading")
+        return folder
+
+    def _build(self, variant: str, version: str, run_id: str, booster: Any, source: str,
+               artifacts: Path | None = None) -> ServedModel:
+        scorer: Ranker | EventScorer | RetrievalRanker
+        if artifacts is not None:
+            scorer = RetrievalRanker(self.spec, self.plan, booster,
+                                     RetrievalArtifacts.load(artifacts))
+        else:
+            scorer = scorer_for(self.spec, self.plan, booster)
         return ServedModel(variant, version, run_id, scorer, source, time.time())
 
-    def _save(self, variant: str, model_file: Path, version: str, run_id: str, sha256: str
-              ) -> None:
+    def _save(self, variant: str, model_file: Path, version: str, run_id: str, sha256: str,
+              artifacts: Path | None = None) -> None:
         # Write a complete folder next to the old one, then swap names: never a half copy.
         target = self.models_dir / self.aliases[variant]
         staging = Path(tempfile.mkdtemp(dir=self._ensure_dir(), prefix=".staging-"))
         shutil.copyfile(model_file, staging / "model.lgb")
+        if artifacts is not None:
+            shutil.copytree(artifacts, staging / ARTIFACT_DIR)
         (staging / "meta.json").write_text(json.dumps(
             {"version": version, "run_id": run_id, "sha256": sha256, "saved_at": time.time()}))
         old = target.with_name(f".old-{target.name}")
