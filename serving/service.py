@@ -393,7 +393,8 @@ class PredictionService:
             "request_id": request_id, "served_at": datetime.now(UTC),
             "request_ts": datetime.fromtimestamp(unix_us / 1e6, UTC), "user_hash": str(user_hash),
             "variant": answer.variant, "model_version": answer.model_version or "",
-            "fallback": answer.fallback, "items": answer.items, "scores": answer.scores,
+            "fallback": answer.fallback, "items": [str(i) for i in answer.items],  # ids as text
+            "scores": answer.scores,
             "features": json.dumps(features), "latency_ms": latency_s * 1000, "shadow": shadow,
             "context": json.dumps(dict(context), default=str),
         }
