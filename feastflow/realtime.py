@@ -108,7 +108,7 @@ class RealtimeFeatures:
             return []  # delivered again after a crash: already applied
         state.last_seq = seq
         window = state.window
-        event = (unix_us, event_id, item)
+        event = (unix_us, event_id, str(item))  # a window keeps items as text (ids may be ints)
         if not window or event > window[-1]:
             window.append(event)
         else:  # out of order: into its place in time, unless it is there already

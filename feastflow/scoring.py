@@ -67,6 +67,7 @@ class Scored:
     known: bool  # False: the entity has none of its own candidates (a new user)
     inputs: np.ndarray | None = field(default=None, repr=False)  # one row per candidate
     candidates: list[str] = field(default_factory=list, repr=False)
+    titles: list[str] | None = None  # the items' titles, where the use case has a catalogue
 
 
 @dataclass(frozen=True)

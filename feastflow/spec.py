@@ -591,6 +591,14 @@ class RetrievalSpec(_Strict):
     embedding: EmbeddingSpec = EmbeddingSpec()
     rerank: RerankSpec = RerankSpec()
     baselines: dict[str, RecommenderBaselineSpec] = Field(default_factory=dict)
+    history: list[str] = Field(
+        default_factory=list, description="serving: list features (`view:feature`) of the items "
+        "the entity rated, oldest first; their union is what the generators start from and "
+        "stage 3 drops (a later list's items are the more recent)")
+    history_overlay: str | None = Field(
+        default=None, description="serving: `module:function` of the use case, (the entity's "
+        "features read before stage 1, the item -> its attributes) -> those features with the "
+        "events pushed since the batch rows counted in")
 
     @property
     def metric_names(self) -> list[str]:

@@ -134,7 +134,8 @@ def describe_answer(spec: ModelSpec, response: dict[str, Any]) -> str:
     """One served answer in a few words: the top items, the score and decision, the prediction."""
     if spec.task == "ranking":
         key = spec.serving.items_key or f"{spec.event_log.item}s"
-        text = ", ".join(str(entry[spec.event_log.item]) for entry in response[key])
+        text = ", ".join(str(entry.get("title", entry[spec.event_log.item]))
+                         for entry in response[key])
     elif spec.task == "binary_classification":
         text = f"score {response['score']:.3f}" + (f" -> {response['decision']}"
                                                    if response.get("decision") else "")
@@ -189,8 +190,12 @@ def _first_champion(step: _Steps, settings: Settings, spec: ModelSpec, console: 
     trained = step("train", lambda: train_use_case(settings, spec, progress=console.print),
                    lambda r: f"v{r.version} registered as challenger, {r.n_train_events:,} "
                              f"events / {r.n_train_rows:,} rows")
-    evaluation = step("evaluate", lambda: evaluate_alias(settings, spec, lifecycle.CHALLENGER,
-                                                         progress=console.print),
+    # the retrieval shape's training ran the whole protocol (baselines included): its report
+    evaluate = ((lambda: {**trained.report, "model_version": trained.version})
+                if spec.retrieval is not None else
+                (lambda: evaluate_alias(settings, spec, lifecycle.CHALLENGER,
+                                        progress=console.print)))
+    evaluation = step("evaluate", evaluate,
                       lambda r: ", ".join(f"{m} {v:.3f}" for m, v in r["model"].items()))
     registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri)
     decision = step("promote", lambda: registry.promote(spec.registered_model_name,

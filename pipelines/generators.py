@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from feastflow.ann import AnnIndex
+from feastflow.retrieval_serving import interleave
 from feastflow.spec import RetrievalSpec
 from pipelines.interactions import ITEM, TS, USER, ItemIndex
 from pipelines.recommenders import FactorModel, Stage, fit_ease, popularity_scores, top_items
@@ -137,17 +138,9 @@ def union_candidates(lists: dict[str, tuple[np.ndarray, np.ndarray]], rows: np.n
     `rank_in_<generator>` and `score_in_<generator>`."""
     names = list(lists)
     records: list[tuple[int, int]] = []
-    for i, row in enumerate(rows):
-        seen: dict[int, None] = {}
-        depth = max(lists[name][0].shape[1] for name in names)
-        for rank in range(depth):
-            for name in names:
-                columns = lists[name][0]
-                if rank < columns.shape[1] and columns[i, rank] >= 0:
-                    seen.setdefault(int(columns[i, rank]))
-            if len(seen) >= max_candidates:
-                break
-        records += [(int(row), item) for item in list(seen)[:max_candidates]]
+    for i, row in enumerate(rows):  # the server interleaves one user's lists the same way
+        union = interleave([lists[name][0][i] for name in names], max_candidates)
+        records += [(int(row), item) for item in union]
     frame = pd.DataFrame(records, columns=[ROW, "item_code"])
     position = {int(row): i for i, row in enumerate(rows)}
     at = frame[ROW].map(position).to_numpy()

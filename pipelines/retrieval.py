@@ -351,21 +351,44 @@ def run_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = prin
     return RetrievalRun(report, predictions, booster, features)
 
 
-def serving_embeddings(settings: Settings, spec: ModelSpec) -> Any:
-    """iALS factors fitted on every entity's events (what the server answers from) and the
-    declared ANN index over the item factors."""
+def serving_artifacts(settings: Settings, spec: ModelSpec) -> Any:
+    """What the server answers from, fitted on every entity's events: the iALS factors and the
+    declared ANN index over the item factors, the co-visitation counts and EASE^R weights of the
+    declared generators, the catalogue's titles and attributes (`feastflow.retrieval_serving`)."""
     from feastflow.embeddings import Embeddings
+    from feastflow.retrieval_serving import Covisitation, ItemWeights, RetrievalArtifacts
+    from pipelines.generators import covisitation_pairs
     from pipelines.interactions import USER
-    from pipelines.recommenders import fit_ials
+    from pipelines.recommenders import fit_ease, fit_ials
 
-    emb = retrieval_of(spec).embedding
+    shape = retrieval_of(spec)
+    emb = shape.embedding
     events = load_events(settings, spec)
     catalogue = load_catalogue(settings, spec)
     users = np.sort(events[USER].unique())
-    factors = fit_ials(user_item_matrix(events, users, catalogue.index), emb.factors,
-                       emb.regularization, emb.alpha, emb.iterations, emb.seed)
-    return Embeddings.build(users, catalogue.index.items, factors.user_factors,
-                            factors.item_factors, emb.index)
+    history = user_item_matrix(events, users, catalogue.index)
+    factors = fit_ials(history, emb.factors, emb.regularization, emb.alpha, emb.iterations,
+                       emb.seed)
+    embeddings = Embeddings.build(users, catalogue.index.items, factors.user_factors,
+                                  factors.item_factors, emb.index)
+    kinds = {g.kind: g.params for g in shape.generators.values()}
+    params = kinds.get("covisitation", {})
+    pairs = covisitation_pairs(events, catalogue.index, float(params.get("window_hours", 24)),
+                               int(params.get("neighbours", 20)))
+    first = np.repeat(np.arange(len(catalogue.index)), np.diff(pairs.starts))
+    keys, counts = np.unique(first * len(catalogue.index) + pairs.partner, return_counts=True)
+    covisitation = Covisitation(
+        np.searchsorted(keys // len(catalogue.index), np.arange(len(catalogue.index) + 1)),
+        keys % len(catalogue.index), counts.astype(np.float32))
+    ease = None
+    if "ease" in kinds:
+        model = fit_ease(history, float(kinds["ease"].get("lambda", 500)),
+                         int(kinds["ease"].get("min_item_ratings", 3)))
+        ease = ItemWeights(model.columns, model.weights, len(catalogue.index))
+    items = catalogue.index.items.tolist()
+    return RetrievalArtifacts(embeddings, covisitation, ease,
+                              [str(catalogue.titles[i]) for i in items],
+                              [catalogue.attributes.get(i, frozenset()) for i in items])
 
 
 def train_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = print) -> Any:
@@ -383,7 +406,8 @@ def train_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = pr
     from registry import lifecycle
 
     run = run_retrieval(settings, spec, progress)
-    embeddings = serving_embeddings(settings, spec)
+    artifacts = serving_artifacts(settings, spec)
+    embeddings = artifacts.embeddings
     metrics = flat_metrics(run.report)
     registry = lifecycle.Registry(settings.tracking_uri, settings.artifacts_uri, create=True)
     tags = {"feature_service.ranking": str(spec.features.ranking_service), "task": spec.task,
@@ -394,7 +418,9 @@ def train_retrieval(settings: Settings, spec: ModelSpec, progress: Progress = pr
             as active:
         mlflow.set_tags(tags)
         mlflow.log_metrics({lifecycle.mlflow_name(_metric_key(k)): v for k, v in metrics.items()})
-        folder = embeddings.save(Path(tmp) / ARTIFACT_DIR)
+        folder = Path(tmp) / ARTIFACT_DIR
+        folder.mkdir()
+        artifacts.save(folder)
         mlflow.log_artifacts(str(folder), ARTIFACT_DIR)
         (Path(tmp) / "report.json").write_text(json.dumps(run.report, indent=1))
         mlflow.log_artifact(str(Path(tmp) / "report.json"))

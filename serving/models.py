@@ -23,6 +23,9 @@ from typing import Any
 
 import lightgbm as lgb
 
+from feastflow.embeddings import ARTIFACT_DIR
+from feastflow.retrieval_scoring import RetrievalRanker
+from feastflow.retrieval_serving import RetrievalArtifacts
 from feastflow.scoring import EventScorer, FeaturePlan, Ranker, scorer_for
 from feastflow.spec import ModelSpec
 from registry import lifecycle
@@ -45,7 +48,7 @@ class ServedModel:
     variant: str  # champion | challenger
     version: str
     run_id: str
-    scorer: Ranker | EventScorer
+    scorer: Ranker | EventScorer | RetrievalRanker
     source: str  # registry | disk
     loaded_at: float
     review_from: float | None = None  # the version's review band start for the daily budget
@@ -53,6 +56,11 @@ class ServedModel:
     @property
     def ranker(self) -> Ranker:
         """The scorer of a ranking use case."""
+        return self.scorer  # type: ignore[return-value]
+
+    @property
+    def retrieval(self) -> RetrievalRanker:
+        """The scorer of a retrieval-then-rank use case (its artifacts with it)."""
         return self.scorer  # type: ignore[return-value]
 
 
@@ -152,10 +160,11 @@ class ModelHolder:
             if loaded.model_file is None or loaded.sha256 is None:
                 raise lifecycle.RegistryError(f"{name}@{alias}: the registry kept no model file")
             review_from = _review_from(loaded.tags)
+            artifacts = self._artifacts(alias, loaded.version, Path(tmp))
             model = self._build(variant, loaded.version, loaded.run_id, loaded.booster, "registry",
-                                review_from)
+                                artifacts, review_from)
             self._save(variant, loaded.model_file, loaded.version, loaded.run_id, loaded.sha256,
-                       review_from)
+                       artifacts, review_from)
         self.refused.pop(variant, None)  # a verified copy replaced whatever was refused
         return model
 
@@ -174,20 +183,43 @@ class ModelHolder:
             return None
         booster = lgb.Booster(model_file=str(folder / "model.lgb"))
         log.warning("registry unreachable: serving %s v%s from %s", variant, meta["version"], folder)
-        return self._build(variant, meta["version"], meta["run_id"], booster, "disk",
+        artifacts = folder / ARTIFACT_DIR if self.spec.retrieval is not None else None
+        return self._build(variant, meta["version"], meta["run_id"], booster, "disk", artifacts,
                            meta.get("review_from"))
 
+    def _artifacts(self, alias: str, version: str, tmp: Path) -> Path | None:
+        """A retrieval shape's artifacts of the version just loaded (checked against the sha256
+        registered with it): the model and its index move together."""
+        if self.spec.retrieval is None:
+            return None
+        if not isinstance(self.registry, Registry):
+            raise lifecycle.RegistryError("this registry cannot serve a retrieval shape's artifacts")
+        name = self.spec.registered_model_name
+        found, folder = lifecycle.load_version_artifacts(self.registry, name, alias, ARTIFACT_DIR,
+                                                         tmp / "artifacts")
+        if found != version:  # the alias moved between the two downloads: the next poll retries
+            raise lifecycle.RegistryError(f"{name}@{alias} moved from v{version} to v{found} "
+                                          "while loading")
+        return folder
+
     def _build(self, variant: str, version: str, run_id: str, booster: Any, source: str,
-               review_from: float | None = None) -> ServedModel:
-        scorer = scorer_for(self.spec, self.plan, booster)
+               artifacts: Path | None = None, review_from: float | None = None) -> ServedModel:
+        scorer: Ranker | EventScorer | RetrievalRanker
+        if artifacts is not None:
+            scorer = RetrievalRanker(self.spec, self.plan, booster,
+                                     RetrievalArtifacts.load(artifacts))
+        else:
+            scorer = scorer_for(self.spec, self.plan, booster)
         return ServedModel(variant, version, run_id, scorer, source, time.time(), review_from)
 
     def _save(self, variant: str, model_file: Path, version: str, run_id: str, sha256: str,
-              review_from: float | None = None) -> None:
+              artifacts: Path | None = None, review_from: float | None = None) -> None:
         # Write a complete folder next to the old one, then swap names: never a half copy.
         target = self.models_dir / self.aliases[variant]
         staging = Path(tempfile.mkdtemp(dir=self._ensure_dir(), prefix=".staging-"))
         shutil.copyfile(model_file, staging / "model.lgb")
+        if artifacts is not None:
+            shutil.copytree(artifacts, staging / ARTIFACT_DIR)
         (staging / "meta.json").write_text(json.dumps(
             {"version": version, "run_id": run_id, "sha256": sha256, "saved_at": time.time(),
              "review_from": review_from}))

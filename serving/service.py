@@ -30,6 +30,7 @@ import numpy as np
 
 from feastflow.errors import CircuitOpen
 from feastflow.online import OnlineReader, OnlineStoreError, Row, ViewLayout
+from feastflow.retrieval_scoring import RetrievalRanker
 from feastflow.scoring import (
     EventScorer,
     Ranker,
@@ -68,6 +69,7 @@ class Answer:
     cached: bool = False
     scored: Scored | None = field(default=None, repr=False)
     decision: str | None = None  # a classifier's answer in words (spec.serving.decision)
+    titles: list[str] | None = None  # the items' titles (a use case with a catalogue)
 
 
 class CachedReader:
@@ -158,11 +160,11 @@ class MicroBatcher:
         self.reader = reader
         self.k = k
         self.metrics = metrics
-        self._pending: dict[int, tuple[Ranker | EventScorer, list[_Waiter]]] = {}
+        self._pending: dict[int, tuple[Ranker | EventScorer | RetrievalRanker, list[_Waiter]]] = {}
         self._scheduled = False
         self._running: set[asyncio.Future[None]] = set()
 
-    def submit(self, ranker: Ranker | EventScorer, request: ScoreRequest
+    def submit(self, ranker: Ranker | EventScorer | RetrievalRanker, request: ScoreRequest
                ) -> asyncio.Future[Scored]:
         """A future of the request's Scored; the batch runs on the next loop turn."""
         loop = asyncio.get_running_loop()
@@ -180,7 +182,7 @@ class MicroBatcher:
             self._running.add(task)  # the loop holds tasks weakly: keep them until done
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, ranker: Ranker | EventScorer, items: list[_Waiter]) -> None:
+    async def _run(self, ranker: Ranker | EventScorer | RetrievalRanker, items: list[_Waiter]) -> None:
         self.metrics.observe_batch(len(items))
         timings: dict[str, float] = {}
         try:
@@ -313,7 +315,7 @@ class PredictionService:
                                   "no candidates online", known=scored.known)
         answer = Answer(scored.items, [round(float(s), 6) for s in scored.scores], model.variant,
                         model.version, scored.known, None if scored.known else "popular_at_hour",
-                        scored=scored)
+                        scored=scored, titles=scored.titles)
         if scored.known and scored.items:
             self.l1.put(cache_key, answer)
         return answer
@@ -391,7 +393,8 @@ class PredictionService:
             "request_id": request_id, "served_at": datetime.now(UTC),
             "request_ts": datetime.fromtimestamp(unix_us / 1e6, UTC), "user_hash": str(user_hash),
             "variant": answer.variant, "model_version": answer.model_version or "",
-            "fallback": answer.fallback, "items": answer.items, "scores": answer.scores,
+            "fallback": answer.fallback, "items": [str(i) for i in answer.items],  # ids as text
+            "scores": answer.scores,
             "features": json.dumps(features), "latency_ms": latency_s * 1000, "shadow": shadow,
             "context": json.dumps(dict(context), default=str),
         }
@@ -484,7 +487,8 @@ def _top(answer: Answer, k: int, cached: bool = False) -> Answer:
     if len(answer.items) <= k and answer.cached == cached:
         return answer
     return Answer(answer.items[:k], answer.scores[:k], answer.variant, answer.model_version,
-                  answer.known_user, answer.fallback, cached, answer.scored)
+                  answer.known_user, answer.fallback, cached, answer.scored,
+                  titles=answer.titles[:k] if answer.titles is not None else None)
 
 
 def _ranked(items: Sequence[str], variant: str, version: str | None, known: bool | None,
@@ -616,9 +620,53 @@ class EventService(PredictionService):
         return 0
 
 
+class RetrievalService(PredictionService):
+    """Everything behind the predict endpoint of a retrieval-then-rank use case: the model
+    version's artifacts in memory (its scorer), the entity's history and the features online.
+
+    No L1 cache unless the spec asks (a rating posted as an event must change the next answer);
+    no bundles. Fallbacks: a stale L1 entry, then the most popular items (the popularity
+    generator's online counts, refreshed in the background), then nothing.
+    """
+
+    async def refresh_popular(self) -> None:
+        """Every served model's popularity counts from the online store; the champion's top
+        items become the fallback list of every hour."""
+        for model in list(self.holder.models.values()):
+            try:
+                await model.retrieval.refresh_popularity(self.features)
+            except Exception as e:  # keep the counts we have
+                log.warning("could not refresh popularity: %s", describe(e))
+        champion = self.holder.get("champion")
+        if champion is not None:
+            items, _, _ = champion.retrieval.popular(self.settings.max_k)
+            if items:
+                self.popular = dict.fromkeys(range(24), items)
+
+    def _fallback(self, model: ServedModel | None, variant: str, user_hash: str, hour: int,
+                  cache_key: tuple[Any, ...], reason: str, known: bool | None = None) -> Answer:
+        answer = super()._fallback(model, variant, user_hash, hour, cache_key, reason, known)
+        served = model or self.holder.get("champion")
+        if served is not None:
+            artifacts = served.retrieval.artifacts
+            codes = artifacts.codes_of(answer.items)
+            answer.titles = [artifacts.titles[c] if c >= 0 else "" for c in codes.tolist()]
+        return answer
+
+    async def bundle(self, user_hash: str, start_us: int, k: int
+                     ) -> tuple[Answer, list[list[str]]]:
+        """No hourly bundles: a recommendation does not depend on the hour."""
+        raise NotImplementedError(f"use case {self.spec.name!r} has no hourly bundles")
+
+    def load_precomputed(self, directory: Path) -> int:
+        """No precomputed bundles."""
+        return 0
+
+
 def build_service(settings: ServingSettings, spec: ModelSpec, holder: ModelHolder,
                   reader: OnlineReader, metrics: ServingMetrics, prediction_log: PredictionLog
                   ) -> PredictionService:
-    """The service of the spec's task."""
-    kind = EventService if spec.per_event else PredictionService
+    """The service of the spec's task (and shape)."""
+    kind = (EventService if spec.per_event else
+            RetrievalService if spec.retrieval is not None else PredictionService)
     return kind(settings, spec, holder, reader, metrics, prediction_log)

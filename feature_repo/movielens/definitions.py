@@ -4,9 +4,17 @@ SQL files in `features/` (one file per table)."""
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, RequestSource, ValueType
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    PushSource,
+    RequestSource,
+    ValueType,
+)
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64
+from feast.types import Array, Float64, Int64
 
 from feastflow.store import feature_table_source
 
@@ -27,6 +35,10 @@ movie = Entity(name="movie", join_keys=["movieId"], value_type=ValueType.INT64)
 user_activity_source = feature_table_source(__file__, "user_activity")
 movie_popularity_source = feature_table_source(__file__, "movie_popularity")
 movie_profile_source = feature_table_source(__file__, "movie_profile")
+user_history_source = feature_table_source(__file__, "user_history")
+user_recent_source = feature_table_source(__file__, "user_recent")
+# Ratings posted as events (the stream processor pushes here, realtime.py computes the row).
+user_recent_push = PushSource(name="user_recent_push", batch_source=user_recent_source)
 # The moment of the recommendation (the user's cut-off in evaluation).
 recommendation_request = RequestSource(
     name="recommendation_request", schema=[Field(name="request_unix", dtype=Int64)])
@@ -79,6 +91,30 @@ movie_profile_fv = FeatureView(
         *[Field(name=f"movie_genre_{g}", dtype=Int64) for g in GENRES],
     ],
     source=movie_profile_source,
+)
+
+
+# Serving only: every movie the user rated, oldest first (one row per user, at the last rating).
+user_history_fv = FeatureView(
+    name="user_history_fv",
+    entities=[user],
+    ttl=WINDOW_TTL,
+    schema=[Field(name="user_rated_movies", dtype=Array(Int64))],
+    source=user_history_source,
+)
+
+
+# Serving only, updated at every rating: the user's last rated movies and when, oldest first.
+user_recent_fv = FeatureView(
+    name="user_recent_fv",
+    entities=[user],
+    ttl=WINDOW_TTL,
+    schema=[
+        Field(name="recent_movies", dtype=Array(Int64)),
+        Field(name="recent_rated_unix", dtype=Array(Int64)),
+        Field(name="last_rating_unix", dtype=Int64),
+    ],
+    source=user_recent_push,
 )
 
 
@@ -171,3 +207,6 @@ movielens_ranker_v1 = FeatureService(
     name="movielens_ranker_v1",
     features=[user_activity_fv, movie_popularity_fv, movie_profile_fv, user_movie_odfv],
 )
+# What the server reads per user before stage 1 (the history the generators start from).
+movielens_user_v1 = FeatureService(name="movielens_user_v1",
+                                   features=[user_history_fv, user_recent_fv])

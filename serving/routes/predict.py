@@ -123,9 +123,13 @@ class PredictEndpoint:
         if task == "ranking":
             answer = await service.predict(entity, unix_us, context, body.k, rid)
             item = uc.item_key
+            titles = answer.titles
             return 200, orjson.dumps({
                 uc.items_key: [{item: a, "score": s}
-                               for a, s in zip(answer.items, answer.scores, strict=True)],
+                               for a, s in zip(answer.items, answer.scores, strict=True)]
+                if titles is None else  # a catalogue's use case answers each item's title
+                [{item: a, "title": t, "score": s}
+                 for a, t, s in zip(answer.items, titles, answer.scores, strict=True)],
                 "model_version": answer.model_version, "variant": answer.variant,
                 "known_user": answer.known_user, "fallback": answer.fallback,
                 "cached": answer.cached,

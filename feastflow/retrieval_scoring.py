@@ -1,0 +1,193 @@
+"""The retrieval shape's scorer on the serving hot path: stage 1 from the in-memory artifacts of
+the model version and the entity's history read online, stage 2 the LightGBM ranker on the
+ranking service's features read online (the same on-demand view as training), stage 3 the
+declared re-ranking. Two online round trips per micro-batch: the entities' views, then the
+candidates' views.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from feastflow.online import OnlineReader, Row, ViewLayout
+from feastflow.plugins import use_case_module
+from feastflow.ranking import model_array, model_categories, time_key
+from feastflow.rerank import mmr_order
+from feastflow.retrieval_serving import RetrievalArtifacts, generate, interleave
+from feastflow.scoring import FeaturePlan, RowPredictor, Scored, ScoreRequest, _run_odfv, _stale
+from feastflow.spec import ModelSpec, RetrievalSpec
+
+EMBEDDING_SIMILARITY = "embedding_similarity"  # the ranker input training names so too
+
+
+class RetrievalRanker:
+    """One model version: its ranker, its artifacts, and how to read its features online."""
+
+    def __init__(self, spec: ModelSpec, plan: FeaturePlan, booster: Any,
+                 artifacts: RetrievalArtifacts) -> None:
+        if spec.retrieval is None:
+            raise ValueError(f"use case {spec.name!r} declares no `retrieval:` shape")
+        self.spec = spec
+        self.shape: RetrievalSpec = spec.retrieval
+        self.plan = plan
+        self.booster = booster
+        self.artifacts = artifacts
+        self.predictor = RowPredictor(booster)
+        self.feature_names: list[str] = booster.feature_name()
+        self.categories = model_categories(booster, spec.model.categorical)
+        self.entity_key = spec.event_log.entity
+        self.item_key = spec.item_column
+        self.history = [_view_feature(ref, plan.stage1, "retrieval.history") for ref in
+                        self.shape.history]
+        online = {name: g.params["online"] for name, g in self.shape.generators.items()
+                  if g.kind == "popularity" and "online" in g.params}
+        self.popularity_source = {name: _view_feature(ref, plan.stage2, f"generator {name}")
+                                  for name, ref in online.items()}
+        self.popularity: np.ndarray | None = None  # each item's count (refresh_popularity)
+        self.overlay = None
+        if self.shape.history_overlay:
+            module, _, function = self.shape.history_overlay.partition(":")
+            self.overlay = getattr(use_case_module(spec, module), function)
+        self.request_fields = {name: src.partition(":")[2] for name, src in
+                               spec.features.request_fields.items() if src.startswith("time:")}
+
+    # --- the popularity generator's counts, refreshed off the request path ------------------
+    async def refresh_popularity(self, reader: Any) -> None:
+        """Read every catalogue item's popularity feature from the online store."""
+        if not self.popularity_source:
+            return
+        index, position = next(iter(self.popularity_source.values()))
+        view = self.plan.stage2[index]
+        items = self.artifacts.items.tolist()
+        rows = (await reader.read([(view, [(i,) for i in items])]))[0]
+        counts = np.array([float(values[position] or 0) if values is not None else 0.0
+                           for _, values in rows], dtype=np.float32)
+        self.popularity = counts
+
+    def popular(self, k: int) -> tuple[list[Any], list[float], list[str]]:
+        """The k most popular items (the fallback list), scores and titles."""
+        if self.popularity is None:
+            return [], [], []
+        order = np.argsort(-self.popularity, kind="stable")[:k]
+        order = order[self.popularity[order] > 0]
+        items = self.artifacts.items[order].tolist()
+        return items, self.popularity[order].tolist(), [self.artifacts.titles[r] for r in order]
+
+    # --- the request path -------------------------------------------------------------------
+    async def score(self, requests: Sequence[ScoreRequest], reader: OnlineReader, k: int,
+                    timings: dict[str, float] | None = None) -> list[Scored]:
+        """Top items of each request after the three stages (`timings` gets feature_fetch,
+        retrieval and inference seconds)."""
+        timings = {} if timings is None else timings
+        started = time.perf_counter()
+        users = [(r.entity,) for r in requests]
+        found = await reader.read([(view, users) for view in self.plan.stage1])
+        timings["feature_fetch"] = time.perf_counter() - started
+        started = time.perf_counter()
+        per_request = [self._retrieve(i, request, found) for i, request in enumerate(requests)]
+        timings["retrieval"] = time.perf_counter() - started
+        candidates = sorted({int(r) for rows, *_ in per_request for r in rows})
+        items = self.artifacts.items[candidates].tolist() if candidates else []
+        started = time.perf_counter()
+        movie_rows = await reader.read([(view, [(i,) for i in items]) for view in self.plan.stage2])
+        timings["feature_fetch"] += time.perf_counter() - started
+        started = time.perf_counter()
+        by_item = [dict(zip(items, rows, strict=True)) for rows in movie_rows]
+        results = [self._rank(request, i, found, by_item, retrieved, k)
+                   for i, (request, retrieved) in enumerate(zip(requests, per_request,
+                                                                strict=True))]
+        timings["inference"] = time.perf_counter() - started
+        return results
+
+    def _retrieve(self, i: int, request: ScoreRequest, found: list[list[Row]]
+                  ) -> tuple[np.ndarray, dict[str, dict[int, tuple[int, float]]], np.ndarray,
+                             np.ndarray | None]:
+        """Stage 1 for request i: candidate rows, each generator's (rank, score) by row, the
+        rated rows and the folded-in factor."""
+        history: list[Any] = []
+        for view_index, position in self.history:
+            _, values = found[view_index][i]
+            if values is not None and values[position]:
+                history.extend(values[position])
+        recent_first = list(dict.fromkeys(reversed(history)))  # a later list is more recent
+        codes = self.artifacts.codes_of(recent_first)
+        rated = codes[codes >= 0]
+        emb = self.shape.embedding
+        factor = self.artifacts.fold_in(rated, emb.regularization, emb.alpha)
+        lists = generate(self.shape, self.artifacts, rated, rated, self.popularity, factor)
+        union = interleave([g.rows for g in lists.values()], self.shape.max_candidates)
+        ranks = {name: {int(r): (rank + 1, float(s)) for rank, (r, s)
+                        in enumerate(zip(g.rows.tolist(), g.scores.tolist(), strict=True))}
+                 for name, g in lists.items()}
+        return np.array(union, dtype=np.int64), ranks, rated, factor
+
+    def _rank(self, request: ScoreRequest, i: int, found: list[list[Row]],
+              by_item: list[dict[Any, Row]], retrieved: tuple[Any, ...], k: int) -> Scored:
+        rows, ranks, rated, factor = retrieved
+        n = len(rows)
+        if not n:
+            return Scored([], [], False)
+        items = self.artifacts.items[rows].tolist()
+        now = request.unix_us / 1e6
+        columns: dict[str, Any] = {self.entity_key: [request.entity] * n, self.item_key: items}
+        for name, value in self._entity_features(i, found, now).items():
+            columns[name] = [value] * n
+        for view, lookup in zip(self.plan.stage2, by_item, strict=True):
+            per_row = []
+            for item in items:
+                stamp, values = lookup[item]
+                per_row.append(None if values is None or _stale(view, stamp, now) else values)
+            for j, name in enumerate(view.features):
+                columns[name] = [None if v is None else v[j] for v in per_row]
+        seconds = np.array([request.unix_us // 1_000_000])
+        for name, key in self.request_fields.items():
+            columns[name] = [int(time_key(seconds, key)[0])] * n
+        for name, by_row in ranks.items():
+            pairs = [by_row.get(int(r)) for r in rows]
+            columns[f"rank_in_{name}"] = [np.nan if p is None else p[0] for p in pairs]
+            columns[f"score_in_{name}"] = [np.nan if p is None else p[1] for p in pairs]
+        columns[EMBEDDING_SIMILARITY] = (
+            (self.artifacts.embeddings.item_factors[rows] @ factor).tolist() if factor is not None
+            else [np.nan] * n)
+        for odfv in self.plan.odfvs:
+            columns.update(_run_odfv(odfv, columns))
+        matrix = model_array(columns, n, self.feature_names, self.categories)
+        scores = self.predictor.predict(matrix)
+        rerank = self.shape.rerank
+        keep = (~np.isin(rows, rated)) if rerank.drop_rated else np.ones(n, dtype=bool)
+        rows, scores, matrix = rows[keep], scores[keep], matrix[keep]
+        attributes = [self.artifacts.attributes[r] for r in rows.tolist()]
+        order = mmr_order(scores, attributes, rerank.mmr_weight, rerank.mmr_depth, k)[:k]
+        top = rows[order]
+        return Scored(self.artifacts.items[top].tolist(), scores[order].tolist(), bool(len(rated)),
+                      matrix[order], self.artifacts.items[rows].tolist(),
+                      titles=[self.artifacts.titles[r] for r in top.tolist()])
+
+
+    def _entity_features(self, i: int, found: list[list[Row]], now: float) -> dict[str, Any]:
+        """Request i's entity features by name, with the overlay's events counted in."""
+        features: dict[str, Any] = {}
+        for view, view_rows in zip(self.plan.stage1, found, strict=True):
+            stamp, values = view_rows[i]
+            missing = values is None or _stale(view, stamp, now)
+            for j, name in enumerate(view.features):
+                features[name] = None if missing else values[j]  # type: ignore[index]
+        if self.overlay is not None:
+            codes, attributes = self.artifacts.codes, self.artifacts.attributes
+            features = self.overlay(features, lambda item: attributes[codes[item]]
+                                    if item in codes else frozenset())
+        return features
+
+
+def _view_feature(ref: str, views: Sequence[ViewLayout], what: str) -> tuple[int, int]:
+    """(index of the view among `views`, position of the feature in it) of `view:feature`."""
+    view_name, _, feature = ref.partition(":")
+    for index, view in enumerate(views):
+        if view.name == view_name and feature in view.features:
+            return index, view.features.index(feature)
+    raise ValueError(f"{what}: {ref!r} is not a feature of the views read "
+                     f"({', '.join(v.name for v in views)})")
