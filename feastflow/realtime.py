@@ -74,6 +74,7 @@ class RealtimeFeatures:
         self.item_key = spec.event_log.item or ""
         # what each window event carries: the item chosen, or another column (an amount)
         self.value_key = self.spec.value or self.item_key
+        self.items_as_text = not self.spec.value  # ids (maybe ints) as text; values as is
         self.event_id_key = spec.event_log.event_id
         self.timestamp_key = spec.event_log.timestamp
         if not self.value_key or self.value_key not in spec.event_log.columns:
@@ -108,7 +109,7 @@ class RealtimeFeatures:
             return []  # delivered again after a crash: already applied
         state.last_seq = seq
         window = state.window
-        event = (unix_us, event_id, str(item))  # a window keeps items as text (ids may be ints)
+        event = (unix_us, event_id, str(item) if self.items_as_text else item)
         if not window or event > window[-1]:
             window.append(event)
         else:  # out of order: into its place in time, unless it is there already
