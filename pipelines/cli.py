@@ -589,7 +589,9 @@ def replay(
     """Replay events through a running server in time order: predict at each event, then post it.
 
     At each midnight the daily job runs (feature tables, materialize). Serve with
-    FEASTFLOW_REQUEST_LOG_SAMPLE=1 so that `feastflow monitor` sees every prediction. A
+    FEASTFLOW_REQUEST_LOG_SAMPLE=1 so that `feastflow monitor` sees every prediction, and with
+    FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0 and FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS=0: a
+    replay compresses hours into seconds, a cache would answer them from stale rows. A
     classifier's replay ends with its online AP and CP@100 beside the same model's offline
     figures on the same events (the log the processor wrote folded into the feature tables).
     """

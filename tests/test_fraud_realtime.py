@@ -149,7 +149,7 @@ def test_payments_posted_as_events_are_scored_online_as_the_offline_rows_score_t
     known meanwhile are the history's), so the card's velocity online comes from the stream
     alone. Then the log the processor wrote is folded into the batch tables and Feast's
     point-in-time rows of the same payments are scored offline."""
-    from pipelines.demo import running_processor, running_server
+    from pipelines.demo import REPLAY_SERVER_ENV, running_processor, running_server
     from pipelines.feast_ops import materialize
     from pipelines.features import compute_feature_tables
     from pipelines.replay import online_beside_offline, replay_events, wait_for_log
@@ -174,9 +174,11 @@ def test_payments_posted_as_events_are_scored_online_as_the_offline_rows_score_t
                         end=end.to_pydatetime())
             materialized_to[0] = end
 
-    # a loaded machine takes minutes to start the server: generous deadlines, fraud alone
+    # a loaded machine takes minutes to start the server: generous deadlines, fraud alone; no
+    # feature cache: its 2.5-5 s would answer a terminal's second payment with the row read
+    # before the materialization in between (the CI's one failure: 8 payments in a window of 7)
     with running_server(settings, "fraud", timeout_s=900,
-                        extra_env={"FEASTFLOW_USE_CASES": "fraud"}) as url, \
+                        extra_env={**REPLAY_SERVER_ENV, "FEASTFLOW_USE_CASES": "fraud"}) as url, \
             running_processor(settings, "fraud"):
         processor_reading(settings)
         stats = replay_events(url, KEY, settings, spec, live, max_round=1,
