@@ -8,7 +8,10 @@ Feast push -> Redis, measuring each event's freshness through Feast's own online
 
 Setup: a private redis-server on a free port; a Redis-profile home with a small generated history
 (ingest, features, apply: the Feast registry and push sources); `feastflow serve` (the API) and
-`feastflow stream` (the processor) as child processes, as in production.
+`feastflow stream` (the processor) as child processes, as in production. The stream's dedupe
+memory is marked as begun one TTL ago, as on a broker that has been running; `--fresh-broker`
+leaves it new, as in the minutes after a broker restart, when the processor also looks every
+event up in the log (a retry the broker forgot).
 
 Load: an open-loop generator posts --batch events every batch/rate seconds (never waiting for
 answers; at most 32 posts in flight), spread over --users simulated users; each user's events are
@@ -63,7 +66,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -85,6 +88,7 @@ from feastflow.privacy import hash_user_id
 from feastflow.realtime import EntityState, RealtimeFeatures
 from feastflow.settings import FEATURE_REPO, Settings
 from feastflow.spec import load_spec
+from feastflow.stream import RedisEventStream, open_event_stream
 
 REALTIME = RealtimeFeatures(load_spec("next_app", FEATURE_REPO))
 
@@ -404,13 +408,26 @@ def sweep_line(rate: float, ours: dict[str, Any]) -> dict[str, Any]:
         "processor_cpu_us_per_event", "redis_cpu_us_per_event")}, "sustained": sustained}
 
 
-def start_ours(work: Path, partitions: int) -> tuple[RedisServer, Settings, str,
-                                                     dict[str, list[Process]]]:
+def age_dedupe_memory(settings: Settings, partitions: int) -> None:
+    """Mark each partition's dedupe memory as begun one TTL ago, as on a broker that has run
+    for longer than that: a fresh one makes the processor check the log for every event timed
+    within the contract's max_future of its start (the first minutes after a broker restart)."""
+    stream = open_event_stream(settings.model_copy(update={"stream_partitions": partitions}),
+                               "next_app")
+    for part in cast(list[RedisEventStream], getattr(stream, "partitions", [stream])):
+        part.client.set(part.dedupe_since_key, time.time() - part.dedupe_ttl_seconds - 1)
+    stream.close()
+
+
+def start_ours(work: Path, partitions: int, fresh_broker: bool = False
+               ) -> tuple[RedisServer, Settings, str, dict[str, list[Process]]]:
     """A private Redis, a home, `feastflow serve` and one `feastflow stream` per partition."""
     redis_server = RedisServer(free_port(), work / "redis", work / "redis.log")
     redis_server.start()
     log(f"building the home under {work}")
     settings = build_home(work / "home", redis_server.url)
+    if not fresh_broker:
+        age_dedupe_memory(settings, partitions)
     env = {**home_env(settings.home, redis_server.url), "FEASTFLOW_API_KEY": API_KEY,
            "FEASTFLOW_USER_HASH_SECRET": SECRET, "FEASTFLOW_REGISTRY_POLL_SECONDS": "0",
            "FEASTFLOW_LOG_JSON": "false", "FEASTFLOW_STREAM_PARTITIONS": str(partitions)}
@@ -439,7 +456,7 @@ def start_ours(work: Path, partitions: int) -> tuple[RedisServer, Settings, str,
 def run_ours(work: Path, args: argparse.Namespace, partitions: int, processes: list[Process]
              ) -> tuple[Settings, RedisServer, list[tuple[float, dict[str, Any]]]]:
     """Each rate in turn on one server and `partitions` processors; checked after their stop."""
-    redis_server, settings, url, children = start_ours(work, partitions)
+    redis_server, settings, url, children = start_ours(work, partitions, args.fresh_broker)
     processes += [p for group in children.values() for p in group if p is not
                   redis_server.process]
     runs = []
@@ -469,6 +486,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="events per POST")
     parser.add_argument("--users", type=int, default=4000)
     parser.add_argument("--work", type=Path, default=None, help="folder for the run (default: temp)")
+    parser.add_argument("--fresh-broker", action="store_true",
+                        help="leave the stream's dedupe memory new, as after a broker restart "
+                        "(default: begun one TTL ago, as on a broker that has been running)")
     args = parser.parse_args()
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="bench_streaming_"))).resolve()

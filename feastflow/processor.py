@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 WriteOnline = Callable[[Tables], object]  # {real-time table: rows}, in order -> written online
 SEEDED_MARKER = "_processor_seeded"  # beside the log: a processor seeded states from it once
 RESTORE_ROWS = 10_000  # rows per online write when the states' rows are written again
+CLOCK_MARGIN = pd.Timedelta(minutes=1)  # between the clocks of intake and processor hosts
 
 
 class StatesLost(RuntimeError):
@@ -490,13 +491,25 @@ class StreamProcessor:
 
     def _not_logged(self, events: pd.DataFrame) -> pd.DataFrame:
         """Drop events twice in hand, and, while the stream's dedupe memory may have lost ids
-        (younger than its TTL), those already in the log (read in their own partitions only)."""
+        (younger than its TTL), those already in the log (read in their own partitions only).
+
+        Only an event appended before the memory started can be a forgotten retry, and intake
+        refused it if it was timed past its arrival + the contract's `max_future`: events timed
+        later than the memory's start + `max_future` (+ a margin for clocks) skip the log read.
+        """
         rt = self.realtime
         events = events.drop_duplicates(rt.event_id_key, ignore_index=True)
-        if self.stream.dedupe_complete():
+        started = self.stream.dedupe_started()
+        if started is None:
             return events
-        logged = existing_event_ids(self.events_dir, events[rt.event_id_key], rt.event_id_key,
-                                    timestamps=events[rt.timestamp_key])
+        horizon = pd.Timestamp(started, unit="s", tz="UTC") + pd.Timedelta(
+            rt.contract.max_future) + CLOCK_MARGIN
+        times = pd.to_datetime(events[rt.timestamp_key], utc=True)
+        suspect = (times <= horizon).to_numpy()
+        if not suspect.any():
+            return events
+        logged = existing_event_ids(self.events_dir, events.loc[suspect, rt.event_id_key],
+                                    rt.event_id_key, timestamps=times[suspect])
         if not logged:
             return events
         self.stats.already_logged += len(logged)

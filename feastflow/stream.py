@@ -13,7 +13,7 @@ Faults the processor must survive, each answered here:
   the time, and is acknowledged: one bad entry never stops the ones after it;
 - Redis restarted with nothing on disk: the consumer group is gone (NOGROUP); the next read
   recreates it from the start of what the stream holds, and the dedupe memory is gone too, which
-  `dedupe_complete` admits so the processor checks the event log instead;
+  `dedupe_started` admits so the processor checks the event log instead;
 - `status` gives what /readyz needs to see a processor that stopped making progress.
 
 Kafka slots in behind the same interface: `append` is an idempotent producer keyed by user (one
@@ -161,9 +161,13 @@ class EventStream(Protocol):
         """Backlog, progress marker and dead letters, in one look."""
         ...
 
-    def dedupe_complete(self) -> bool:
-        """Every event id appended within the dedupe TTL is still remembered (False after the
-        broker lost its memory, e.g. a restart with nothing on disk: check the log instead)."""
+    def dedupe_started(self) -> float | None:
+        """When the dedupe memory started (Unix seconds) if less than one TTL ago, else None.
+
+        Ids appended before then may be forgotten (the broker lost its memory, e.g. a restart
+        with nothing on disk): a retried one is new to the stream, so check the log instead.
+        None: every id appended within the TTL is remembered.
+        """
         ...
 
     def ping(self) -> bool:
@@ -229,7 +233,7 @@ class RedisEventStream:
         tag = hash_tagged(stream)
         self._id_prefix = f"{tag}:seen:"
         self.dead_key = f"{tag}:dead"
-        self._dedupe_since_key = f"{tag}:dedupe_since"
+        self.dedupe_since_key = f"{tag}:dedupe_since"
         self.partition = partition
         self._append_once = self.writer.register_script(_APPEND_ONCE)
         self._group_ready = False
@@ -372,13 +376,14 @@ class RedisEventStream:
                 return StreamStatus(backlog, progress, int(dead))
         return StreamStatus(int(length), None, int(dead))  # no group: nobody reads these
 
-    def dedupe_complete(self) -> bool:
-        """The dedupe memory started (marker set NX, lost with it) at least one TTL ago."""
+    def dedupe_started(self) -> float | None:
+        """When the dedupe memory started (a marker set NX, lost with it), if less than one
+        TTL ago."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self._dedupe_since_key, time.time(), nx=True)
-        pipe.get(self._dedupe_since_key)
+        pipe.set(self.dedupe_since_key, time.time(), nx=True)
+        pipe.get(self.dedupe_since_key)
         since = float(pipe.execute()[1])
-        return time.time() - since >= self.dedupe_ttl_seconds
+        return since if time.time() - since < self.dedupe_ttl_seconds else None
 
     def rebalance(self) -> Rebalance:
         """One stream, no leases: readers share it as consumers of its group."""
@@ -498,9 +503,10 @@ class MemoryEventStream:
             return StreamStatus(len(self._queue) + len(self._delivered), (delivered, self._acked),
                                 len(self.dead_letters))
 
-    def dedupe_complete(self) -> bool:
-        """This process has lived one dedupe TTL (a restart forgets every id)."""
-        return time.monotonic() - self._created >= self.dedupe_ttl_seconds
+    def dedupe_started(self) -> float | None:
+        """When this process started, if less than one TTL ago (a restart forgets every id)."""
+        age = time.monotonic() - self._created
+        return time.time() - age if age < self.dedupe_ttl_seconds else None
 
     def rebalance(self) -> Rebalance:
         """One process, one reader: nothing to balance."""
@@ -770,9 +776,10 @@ class PartitionedEventStream:
                             None if all(p is None for p in progress) else progress,
                             sum(s.dead_letters for s in statuses))
 
-    def dedupe_complete(self) -> bool:
-        """Every partition remembers every id appended within the TTL."""
-        return all(p.dedupe_complete() for p in self.partitions)
+    def dedupe_started(self) -> float | None:
+        """The latest start of a partition's dedupe memory within the TTL (None: none)."""
+        started = [t for t in (p.dedupe_started() for p in self.partitions) if t is not None]
+        return max(started, default=None)
 
     def ping(self) -> bool:
         """The broker answers."""

@@ -41,6 +41,7 @@ from test_streaming import (
     post,
 )
 
+from feastflow.event_log import write_partitions
 from feastflow.privacy import hash_user_id
 from feastflow.processor import (
     SEEDED_MARKER,
@@ -405,3 +406,41 @@ def test_the_embedded_stream_dead_letters_too(tmp_path: Path) -> None:
     status = stream.status()
     assert (status.backlog, status.dead_letters) == (0, 1)
     assert intake.stream_reasons()[0] == ["dead_letters"]
+
+
+class _StartedStream(MemoryEventStream):
+    """An in-process stream whose dedupe memory started at a chosen time."""
+
+    def __init__(self, started: float | None) -> None:
+        super().__init__()
+        self.started = started
+
+    def dedupe_started(self) -> float | None:
+        return self.started
+
+
+def test_only_events_timed_before_the_dedupe_memory_began_are_checked_against_the_log(
+        tmp_path: Path) -> None:
+    # A retry the broker forgot was appended before its memory began, so intake saw it timed at
+    # most `max_future` later: events timed after that (+ a clock margin) need no log read.
+    spec = load_spec("next_app", FEATURE_REPO)
+    events_dir = tmp_path / "events"
+    began = pd.Timestamp("2026-06-01 12:00:00", tz="UTC")
+    future = pd.Timedelta(spec.event_log.max_future)
+    early, late = began - pd.Timedelta(minutes=10), began + future + pd.Timedelta(minutes=2)
+    logged = pd.DataFrame({"event_id": ["early", "late"],
+                           "timestamp": pd.Series([early, late]).astype("datetime64[us, UTC]")})
+    write_partitions(logged, events_dir)
+    incoming = pd.DataFrame({
+        "event_id": ["early", "late", "new"],
+        "timestamp": pd.Series([early, late, early]).astype("datetime64[us, UTC]")})
+
+    def kept(started: float | None) -> list[str]:
+        processor = StreamProcessor(RealtimeFeatures(spec), _StartedStream(started),
+                                    MemoryStateStore(), lambda tables: None, events_dir)
+        return processor._not_logged(incoming)["event_id"].tolist()
+
+    assert kept(began.timestamp()) == ["late", "new"]  # "late" could not be a forgotten retry
+    # a memory that began later: "late" may be one, the log has it
+    assert kept((began + pd.Timedelta(minutes=5)).timestamp()) == ["new"]
+    assert kept(None) == ["early", "late", "new"]  # memory complete: no read at all
