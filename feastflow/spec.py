@@ -496,6 +496,18 @@ class MonitorSpec(_Strict):
         default=600, gt=0, description="the next event within this is the request's answer")
     min_online_top1: float = Field(default=0.0, ge=0, le=1, description="per variant, alert below")
     min_online_top4: float = Field(default=0.0, ge=0, le=1, description="per variant, alert below")
+    # per-event use cases: answers judged once their labels are known (event_log.label_delay)
+    min_online_auc: float = Field(default=0.0, ge=0, le=1, description="classifier: per variant, "
+                                  "ROC AUC of the labelled answers; alert below")
+    min_online_ap: float = Field(default=0.0, ge=0, le=1, description="classifier: per variant, "
+                                 "average precision of the labelled answers; alert below")
+    precision_k: int = Field(default=100, ge=1, description="classifier: precision of each "
+                             "day's k highest-scored entities (the fraud book's card precision)")
+    label_rate_ratio: tuple[float, float] = Field(
+        default=(0.5, 2.0), description="classifier: the labelled answers' positive rate "
+        "against the champion's holdout's: alert outside (and outside its 95 % interval)")
+    max_online_mae: float | None = Field(default=None, gt=0, description="regressor: per "
+                                         "variant, MAE of the labelled answers; alert above")
     volume_ratio: tuple[float, float] = Field(
         default=(0.5, 2.0), description="events per day against the 28 days before: alert outside")
     max_null_rate: float = Field(default=0.05, ge=0, le=1)

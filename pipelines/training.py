@@ -347,6 +347,7 @@ def _task_plots(predictions: pd.DataFrame, spec: ModelSpec, out: Path) -> list[P
 REFERENCE_DIR = "reference"  # MLflow artifact folder of the monitoring reference
 REFERENCE_FEATURES = "features.parquet"
 REFERENCE_PREDICTIONS = "predictions.parquet"
+REFERENCE_LABEL = "label"  # per-event holdouts: each request's label beside its score
 REFERENCE_DAY = "__day"  # the request's UTC day, beside the inputs (monitoring's noise floor)
 
 
@@ -381,7 +382,10 @@ def write_reference(booster: lgb.Booster, data: Datasets, spec: ModelSpec, out: 
     inputs[REFERENCE_DAY] = pd.to_datetime(rows[EVENT_TIMESTAMP], utc=True).dt.floor("D").to_numpy()
     inputs.to_parquet(folder / REFERENCE_FEATURES)
     scored = score(booster, data.holdout_rows, spec.model.categorical)
-    top_scores(scored).to_parquet(folder / REFERENCE_PREDICTIONS)
+    predictions = top_scores(scored)
+    if spec.per_event:  # what monitoring compares the known labels' rate (or mean) with
+        predictions[REFERENCE_LABEL] = scored.groupby(REQUEST_ID, sort=False)[LABEL].first()
+    predictions.to_parquet(folder / REFERENCE_PREDICTIONS)
     return folder
 
 

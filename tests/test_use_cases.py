@@ -167,6 +167,58 @@ def test_the_server_answers_the_decision_with_the_scores_training_computes(
     np.testing.assert_allclose([a["score"] for a in answers], offline, atol=1e-6)  # 6 decimals
 
 
+def test_monitoring_judges_served_scores_once_their_labels_are_known(
+        parcel: tuple[Settings, pd.DataFrame, str], tmp_path: Path) -> None:
+    """Deliveries of the log's last days asked of the server at their own time (and one with
+    no delivery behind it): `feastflow monitor` matches each answer with its delivery, counts
+    the outcome only a day later (label_delay), and its online ROC AUC is the one computed here
+    from the same answers and outcomes."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.demo import REPLAY_SERVER_ENV, running_server
+    from pipelines.monitoring import run_monitor
+    from pipelines.monitoring.outcomes import check_outcomes
+    from pipelines.monitoring.run import observe
+
+    settings, raw = parcel[0], parcel[1]
+    spec = load_spec("parcel_late", settings.feature_repo)
+    end = raw["timestamp"].max()
+    recent = raw[raw["timestamp"] > end - pd.Timedelta(days=3)]
+    recent = recent[~recent.duplicated(["courier_id", "timestamp"], keep=False)]
+    asked = recent.sample(min(60, len(recent)), random_state=3).sort_values("timestamp")
+    known = (asked["timestamp"] + pd.Timedelta(spec.event_log.label_delay) <= end).to_numpy()
+    assert 10 < known.sum() < len(asked)  # some labelled, some still pending
+    stray = {"courier_id": asked["courier_id"].iloc[0], "timestamp": (
+        end - pd.Timedelta(days=2, seconds=1)).isoformat(),
+        "context": {"distance_km": 3.0, "priority": "standard"}}
+    with running_server(settings, "parcel_late", extra_env={**SLOW_MACHINE, **REPLAY_SERVER_ENV}
+                        ) as url:
+        scores = []
+        for row in asked.itertuples():
+            answer = httpx.post(f"{url}/v1/parcel_late/predict", timeout=30, json={
+                "courier_id": row.courier_id, "timestamp": row.timestamp.isoformat(),
+                "context": {"distance_km": row.distance_km, "priority": row.priority}}).json()
+            assert answer["fallback"] is None, answer
+            scores.append(answer["score"])
+        assert httpx.post(f"{url}/v1/parcel_late/predict", json=stray, timeout=30).status_code \
+            == 200
+    result = run_monitor(settings, spec, out_dir=tmp_path / "monitor", progress=lambda _: None)
+    champion = result.summary["online_outcomes"]["champion"]
+    assert (champion["answers"], champion["labelled"], champion["pending"],
+            champion["without_event"]) == (len(asked) + 1, known.sum(), (~known).sum(), 1)
+    labels = asked["late"].to_numpy()[known]
+    assert champion["roc_auc"] == pytest.approx(roc_auc_score(labels, np.array(scores)[known]))
+    assert champion["label_rate"]["rate"] == pytest.approx(labels.mean())
+    assert result.summary["reference_label_mean"] is not None
+    assert "Online outcomes per variant" in result.report.read_text()
+    assert 'metric="roc_auc"' in result.metrics_file.read_text()
+    # a minimum the champion misses is an alert
+    strict = spec.model_copy(update={"monitor": spec.monitor.model_copy(
+        update={"min_online_auc": 0.999})})
+    section = check_outcomes(observe(settings, strict, progress=lambda _: None))
+    assert any(a.startswith("online roc_auc: champion") for a in section.alerts), section.alerts
+
+
 def test_each_use_case_is_its_own_feast_project(parcel: tuple[Settings, pd.DataFrame, str]
                                                 ) -> None:
     settings = parcel[0]

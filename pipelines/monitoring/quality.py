@@ -38,7 +38,7 @@ def data_quality(settings: Settings, spec: ModelSpec, window: Window,
         + f" FROM events WHERE {log.timestamp} >= ? AND {log.timestamp} < ?", args).df().iloc[0]
     current = int(nulls["n"]) / ((window.end - window.start) / pd.Timedelta(days=1))  # partial days
     categorical = [c for c, t in described[["column_name", "column_type"]].values
-                   if t == "VARCHAR" and c not in (log.entity, "event_id")]
+                   if t == "VARCHAR" and c not in (log.entity, log.event_id)]
     new_categories: dict[str, list[str]] = {}
     for column in categorical:
         fresh = con.execute(f"""

@@ -64,6 +64,12 @@ def prometheus_text(summary: dict[str, Any], spec: ModelSpec) -> bytes:
             hits.labels(**labels, variant=variant, k=metric.removeprefix("top")).set(
                 entry[metric]["rate"])
         count.labels(**labels, variant=variant).set(entry["top1"]["n"])
+    outcome = gauge("online_outcome", "per-event answers whose label is known: their online "
+                    "metric (roc_auc, average_precision, label_rate, mean_score, mae, ...)",
+                    ["variant", "metric"])
+    for variant, entry in (summary.get("online_outcomes") or {}).items():
+        for metric, value in _outcome_values(entry).items():
+            outcome.labels(**labels, variant=variant, metric=metric).set(value)
     skew = summary["skew"]
     gauge("skew_rate", "share of served values unequal to offline point-in-time values").labels(
         **labels).set(skew["mismatch_rate"])
@@ -79,6 +85,16 @@ def prometheus_text(summary: dict[str, Any], spec: ModelSpec) -> bytes:
     gauge("alerts", "thresholds crossed in the last run").labels(**labels).set(
         len(summary["alerts"]))
     return generate_latest(registry)
+
+
+OUTCOME_COUNTS = ("answers", "labelled", "pending", "without_event", "model_versions")
+
+
+def _outcome_values(entry: dict[str, Any]) -> dict[str, float]:
+    """A per-event variant's numbers by name: its counts and metrics, a rate by its value."""
+    values = {m: v["rate"] if isinstance(v, dict) else v for m, v in entry.items()
+              if m != "model_versions"}
+    return {m: float(v) for m, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
 def _png(fig: Any) -> str:
@@ -145,8 +161,12 @@ def _plots(summary: dict[str, Any], drifts: list[Drift], prediction: Drift | Non
         ax = fig.subplots()
         for variant, group in daily.groupby("variant"):
             ax.plot(group["day"], group["rate"], marker="o", label=variant)
-        ax.set_ylim(0, 1)
-        ax.set_title("online top-k hit rate over the window")
+        outcomes = summary.get("online_outcomes")
+        if not outcomes:
+            ax.set_ylim(0, 1)
+        ax.set_title("online top-k hit rate over the window" if not outcomes else
+                     "MAE of the labelled answers" if "mae" in next(iter(outcomes.values()))
+                     else "label rate of the labelled answers (their event's outcome)")
         ax.legend()
         fig.autofmt_xdate()
         plots["daily_accuracy"] = _png(fig)
@@ -187,9 +207,11 @@ def render_html(summary: dict[str, Any], drifts: list[Drift], prediction: Drift 
 
     metrics = sorted({m for e in summary["online_accuracy"].values() for m in e
                       if m.startswith("top")})
+    outcome_metrics = [m for m in next(iter((summary.get("online_outcomes") or {}).values()), {})
+                       if m not in OUTCOME_COUNTS]
     template = Environment(autoescape=True).from_string(report_template())
     return template.render(s=summary, plots=_plots(summary, drifts, prediction, daily),
-                           metrics=metrics)
+                           metrics=metrics, outcome_metrics=outcome_metrics)
 
 
 def write_outputs(summary: dict[str, Any], spec: ModelSpec, out_dir: Path,
@@ -261,5 +283,9 @@ def _headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
         for metric, reading in entry.items():
             if metric.startswith("top"):
                 metrics[f"online_{metric}.{name}"] = reading["rate"]
+    for variant, entry in (summary.get("online_outcomes") or {}).items():
+        name = re.sub(r"[^\w]+", "_", variant).strip("_")
+        for metric, value in _outcome_values(entry).items():
+            metrics[f"online_{metric}.{name}"] = value
     return {k: float(v) for k, v in metrics.items()
             if v is not None and math.isfinite(float(v))}

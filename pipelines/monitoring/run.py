@@ -14,6 +14,7 @@ from feastflow.settings import Settings
 from feastflow.spec import ModelSpec
 from pipelines.monitoring.accuracy import check_accuracy
 from pipelines.monitoring.drift import check_drift
+from pipelines.monitoring.outcomes import check_outcomes
 from pipelines.monitoring.quality import check_quality
 from pipelines.monitoring.report import log_to_mlflow, write_outputs
 from pipelines.monitoring.skew import check_skew
@@ -30,10 +31,17 @@ from pipelines.training import REFERENCE_DAY
 
 Check = Callable[[Observed], Section]
 
+
+def check_online(observed: Observed) -> Section:
+    """Ranked answers against the next event; per-event answers against their known labels."""
+    return (check_outcomes if observed.spec.per_event else check_accuracy)(observed)
+
+
 # Each check, in the report's order, with the line printed as it starts.
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("feature and prediction drift (PSI over the bins of the champion's reference)", check_drift),
-    ("online accuracy per variant (served answers against the next event)", check_accuracy),
+    ("online accuracy per variant (ranked answers against the next event, per-event answers "
+     "against their labels once known)", check_online),
     ("training/serving skew (served requests rebuilt with Feast's point-in-time join)",
      check_skew),
     ("data quality of the window's events and feature freshness", check_quality),
@@ -78,9 +86,6 @@ def observe(settings: Settings, spec: ModelSpec, since: datetime | None = None,
     from registry import lifecycle
 
     thresholds = spec.monitor
-    if spec.per_event:
-        raise MonitorError(f"monitoring of {spec.task} use cases is not built yet: `feastflow "
-                           "monitor` reads ranked answers against the next event")
     events_dir = settings.events_dir(spec.name)
     if not has_events(events_dir):
         raise MonitorError(f"the event log {events_dir} is empty: ingest events first")

@@ -32,9 +32,10 @@ class Skew:
 
 
 def offline_replay(settings: Settings, spec: ModelSpec, records: pd.DataFrame) -> pd.DataFrame:
-    """The ranking rows Feast's point-in-time join gives for the served requests (by context)."""
+    """The rows Feast's point-in-time join gives for the served requests (by context): a
+    ranking's candidates, or a per-event request's one row."""
     from feastflow.store import open_store
-    from pipelines.datasets import build_ranking_set
+    from pipelines.datasets import build_set
 
     log = spec.event_log
     contexts = [orjson.loads(c) if isinstance(c, str) and c else {} for c in records["context"]]
@@ -43,11 +44,11 @@ def offline_replay(settings: Settings, spec: ModelSpec, records: pd.DataFrame) -
         log.entity: records["user_hash"].to_numpy(),
         log.timestamp: pd.to_datetime(records["request_ts"], utc=True).astype(
             "datetime64[us, UTC]").to_numpy(),
-        log.item: "",  # the label is not needed here
     })
+    requests[log.label_column] = np.nan if spec.per_event else ""  # not needed here
     for name in log.context:
         requests[name] = [c.get(name) for c in contexts]
-    return build_ranking_set(open_store(settings, spec.name), requests, spec)
+    return build_set(open_store(settings, spec.name), requests, spec)
 
 
 def training_serving_skew(settings: Settings, spec: ModelSpec, records: pd.DataFrame,
@@ -61,7 +62,8 @@ def training_serving_skew(settings: Settings, spec: ModelSpec, records: pd.DataF
     offline = offline_replay(settings, spec, records)
     offline_inputs = pd.DataFrame(encoded_inputs(offline, booster, spec.model.categorical),
                                   columns=names)
-    offline_inputs.insert(0, "item", offline[spec.event_log.item].to_numpy())
+    offline_inputs.insert(0, "item", "" if spec.per_event else offline[spec.event_log.item]
+                          .to_numpy())
     offline_inputs.insert(0, "request", offline[REQUEST_ID].to_numpy())
     served_sets = served.groupby("request")["item"].agg(frozenset)
     offline_sets = offline_inputs.groupby("request")["item"].agg(frozenset)
@@ -113,7 +115,8 @@ def _skew(settings: Settings, spec: ModelSpec, answered: pd.DataFrame, booster: 
     with_context = answered[answered["context"].notna()]
     if with_context.empty:
         return Skew(0, 0, math.nan, math.nan, {}, note="no served request logged its context")
-    lag = offline_tables_lag(settings, spec)
+    # without real-time features every row comes from the batch tables: nothing trails
+    lag = offline_tables_lag(settings, spec) if spec.realtime is not None else pd.Timedelta(0)
     if lag is None or lag > pd.Timedelta(seconds=1):
         return Skew(0, 0, math.nan, math.nan, {},
                     note="the offline feature tables are older than the event log: run "

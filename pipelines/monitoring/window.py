@@ -79,13 +79,16 @@ def model_answers(served: pd.DataFrame) -> pd.DataFrame:
 
 
 def served_inputs(records: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    """One row per scored candidate: request index, item and each model input as logged."""
+    """One row per scored candidate: request index, item and each model input as logged (a
+    per-event answer, logged without candidates, is one row with item "")."""
     columns: dict[str, list[Any]] = {name: [] for name in names}
     requests: list[int] = []
     items: list[str] = []
     for index, text in zip(records.index, records["features"], strict=True):
         logged = orjson.loads(text) if text else {}
-        candidates = logged.get("candidates") or []
+        if not logged:
+            continue
+        candidates = logged.get("candidates", [""])
         if not candidates:
             continue
         n = len(candidates)
