@@ -20,6 +20,7 @@ from feastflow.spec import ModelSpec
 from pipelines.features import event_log_connection
 from pipelines.monitoring.accuracy import hit_rate
 from pipelines.monitoring.window import Observed, Section
+from pipelines.training import REFERENCE_LABEL
 
 PENDING = "pending"  # the answer's label is not known yet at the log's newest event
 
@@ -113,8 +114,6 @@ def check_outcomes(observed: Observed) -> Section:
         figures[f"{variant} (shadow)" if shadow else str(variant)] = outcome_figures(group, spec, k)
     alerts: list[str] = []
     warnings: list[str] = []
-    from pipelines.training import REFERENCE_LABEL
-
     reference = observed.reference_predictions
     reference_label = (float(reference[REFERENCE_LABEL].mean()) if REFERENCE_LABEL in reference
                        and len(reference) else None)

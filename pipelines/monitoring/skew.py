@@ -45,7 +45,11 @@ def offline_replay(settings: Settings, spec: ModelSpec, records: pd.DataFrame) -
         log.timestamp: pd.to_datetime(records["request_ts"], utc=True).astype(
             "datetime64[us, UTC]").to_numpy(),
     })
-    requests[log.label_column] = np.nan if spec.per_event else ""  # not needed here
+    # the label is not needed here: build_event_set reads the label column, a ranking the item
+    if spec.per_event:
+        requests[log.label_column] = np.nan
+    else:
+        requests[log.item] = ""
     for name in log.context:
         requests[name] = [c.get(name) for c in contexts]
     return build_set(open_store(settings, spec.name), requests, spec)
