@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from harness import PROJECT_ROOT, RedisServer, free_port, log
-from streaming import event
+from streaming import next_app_event
 
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere
 
@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
 
     contract = load_spec("next_app", FEATURE_REPO).event_log
-    batches = [[event("intake", request * args.batch + i, request) for i in range(args.batch)]
-               for request in range(args.requests)]
+    batches = [[next_app_event("intake", request * args.batch + i, request)
+                for i in range(args.batch)] for request in range(args.requests)]
     work = Path(tempfile.mkdtemp(prefix="bench_intake_"))
     redis_server = RedisServer(free_port(), work / "redis", work / "redis.log")
     redis_server.start()
