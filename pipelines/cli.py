@@ -408,9 +408,10 @@ def _model_and_baselines_table(title: str, report: dict, metric_names: list[str]
 
 def metrics_table(report: dict) -> Table:
     """Holdout metrics of the model and the baselines, as a table (primary metric first)."""
-    table = Table(title=f"{report['use_case']} ({report['task']}): holdout "
-                  f"{report['holdout_start'][:10]} .. {report['holdout_end'][:10]}, "
-                  f"{report['n_holdout']:,} events")
+    fold = (f"holdout {report['holdout_start'][:10]} .. {report['holdout_end'][:10]}, "
+            f"{report['n_holdout']:,} events" if "holdout_start" in report else  # a retrieval
+            f"test fold, {report['n_users']:,} users with relevant items")     # protocol's report
+    table = Table(title=f"{report['use_case']} ({report['task']}): {fold}")
     metrics = [report["primary_metric"], *(m for m in report["model"]
                                            if m != report["primary_metric"])]
     table.add_column("")
