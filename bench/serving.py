@@ -1,13 +1,15 @@
 """Serving benchmark: our prediction server against Feast's own `feast serve`, side by side, and faults.
 
-    python bench/serving.py [--use-case next_app|fraud|...] [--home DIR [--keep]]
+    python bench/serving.py [--use-case next_app|fraud|movielens|...] [--home DIR [--keep]]
                             [--connections 8 --threads 2 --duration 20 --warmup 5]
                             [--workers 1 [2 ...]]
                             [--rate 500] [--faults] [--tool auto|wrk|python] [--no-feature-cache]
+                            [--latency-budget-ms MS]
 
 What follows describes the flagship, next_app (a ranking over a generated world, the default);
 a per-event use case with a `loader` (fraud: a classifier over a public data set) differs where
-the section "Per-event use cases" below says.
+the section "Per-event use cases" below says, a retrieval ranking (movielens) where "Retrieval
+use cases" says.
 
 Setup. A private redis-server on a free port, its data in <home>/bench_redis/dump.rdb (stopped with
 `redis-cli shutdown save`, so the data outlives a restart and, with --home, the run). The home is a
@@ -39,7 +41,8 @@ Servers, one at a time on the 2 cores: Feast first, then ours.
   does the stage-1 read, the stage-2 read and the scoring for each of its answers.
 - `feastflow serve` (--server-root: from another source tree) with
   FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS=0 (no L1 prediction cache; --no-feature-cache also sets
-  FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0), FEASTFLOW_API_KEY and FEASTFLOW_REQUEST_LOG_SAMPLE=0.01;
+  FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0; --latency-budget-ms sets FEASTFLOW_LATENCY_BUDGET_MS, past
+  which a scoring is answered by a fallback), FEASTFLOW_API_KEY and FEASTFLOW_REQUEST_LOG_SAMPLE=0.01;
   ready when GET /readyz is 200 (or, without /readyz, GET /healthz names a model version).
   Workload: POST /v1/predict.
 
@@ -87,6 +90,22 @@ stops if a row is stamped after its request (the server would score with the fut
 the last request is beyond the views' TTL of the newest row. A good answer of ours has a
 `decision` (classification) or a `prediction`; Feast's has a feature value PRESENT. Our
 endpoint is POST /v1/<use case>/predict.
+
+Retrieval use cases (a ranking with `retrieval:` and a `loader`; e.g. movielens). The home is
+built by `feastflow demo -u <use case>` as above. Requests: every entity of the data set in turn
+(shuffled; --pool bodies, so each user about --pool / users times), each asking for the top k
+(`retrieval.k`) at a random second of the day EVENT_REPLAY_SHIFT after the data set's last event;
+no unknown entities (movielens' userId is an int: the contract has no free id to invent), so
+every answer should be the full model's (`fallback` counts the others). Our server answers from
+its three stages: the entity's views, retrieval from the in-memory artifacts (the hnswlib index
+among them), the candidates' views, the ranker, the re-ranking. Feast's `feast_serve` is the
+same features for the same rows: the ranking service (movielens_ranker_v1) for one row per
+candidate, the entity's and the candidate's join keys and request fields as the spec declares
+them, the candidates being those our stage 1 retrieves for that entity (the champion loaded as
+the server loads it, history and popularity read from the same Redis; about max_candidates rows
+a request); `feast_serve_one_entity` is the entity service (movielens_user_v1) for the entity
+alone. Before measuring, Feast answers a sample of both: the run stops if a row is stamped after
+its request. A good answer of ours has an item (`"movieId"`); Feast's a feature value PRESENT.
 
 Progress goes to stderr; stdout gets one JSON object. Everything started here (servers, Redis,
 the temporary folder unless --keep) is stopped and removed at exit, also on Ctrl-C or failure.
@@ -227,6 +246,12 @@ def request_pool(spec: ModelSpec, home: Path, args: argparse.Namespace, secret: 
         pool = build_pool(events, args.pool, args.unknown_share, secret, args.seed)
         return pool, (f"{len(events):,} unlocks of {events['timestamp'].min():%Y-%m-%d} "
                       "(replayed a day later)")
+    if spec.loader is not None and spec.retrieval is not None:  # a data set's entities, each asking
+        events = data_set_events(spec)
+        pool = build_entity_pool(spec, events, args.pool, secret, args.seed)
+        return pool, (f"{len({r.user_hash for r in pool}):,} {spec.event_log.entity}s of "
+                      f"{len(events):,} events, asking {EVENT_REPLAY_SHIFT.days} days after the "
+                      f"last ({events[spec.event_log.timestamp].max():%Y-%m-%d})")
     if spec.loader is not None and spec.per_event:  # a data set: its last week's events
         events = last_week_events(spec)
         seen = logged_entities(home, spec, days=EVENT_DAYS + 1)
@@ -238,7 +263,7 @@ def request_pool(spec: ModelSpec, home: Path, args: argparse.Namespace, secret: 
         return pool, (f"{len(events):,} events of {stamps.min():%Y-%m-%d} .. {stamps.max():%Y-%m-%d} "
                       f"(replayed {EVENT_REPLAY_SHIFT.days} days later)")
     raise ValueError(f"{spec.name}: the bench builds requests for a ranking over a `generator`'s "
-                     "world or a per-event task over a `loader`'s data set")
+                     "world, a `retrieval` ranking or a per-event task over a `loader`'s data set")
 
 
 def last_day_events(home: Path, secret: str, use_case: str) -> pd.DataFrame:
@@ -302,19 +327,24 @@ def build_pool(events: pd.DataFrame, size: int, unknown_share: float, secret: st
     return pool
 
 
-def last_week_events(spec: ModelSpec) -> pd.DataFrame:
-    """The data set's last EVENT_DAYS days with raw ids, as the use case's loader reads them."""
+def data_set_events(spec: ModelSpec) -> pd.DataFrame:
+    """The data set's events with raw ids and UTC times, as the use case's loader reads them."""
     from feastflow.plugins import use_case_function
     from feastflow.settings import Settings
 
     assert spec.loader is not None
     load = use_case_function(spec, spec.loader.module, spec.loader.function)
     frame = load(Settings().data_dir)
-    stamps = pd.to_datetime(frame[spec.event_log.timestamp], utc=True)
+    frame[spec.event_log.timestamp] = pd.to_datetime(frame[spec.event_log.timestamp], utc=True)
+    return frame
+
+
+def last_week_events(spec: ModelSpec) -> pd.DataFrame:
+    """The data set's last EVENT_DAYS days with raw ids, as the use case's loader reads them."""
+    frame = data_set_events(spec)
+    stamps = frame[spec.event_log.timestamp]
     start = stamps.max().floor("D") - pd.Timedelta(days=EVENT_DAYS - 1)
-    week = frame[stamps >= start].copy()
-    week[spec.event_log.timestamp] = stamps[stamps >= start]
-    return week.reset_index(drop=True)
+    return frame[stamps >= start].reset_index(drop=True)
 
 
 def logged_entities(home: Path, spec: ModelSpec, days: int) -> set[Any]:
@@ -351,6 +381,27 @@ def build_event_pool(spec: ModelSpec, events: pd.DataFrame, size: int, unknown_s
         body = request_body(spec, entity, when, {name: row[name] for name in log.context})
         body["timestamp"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         pool.append(Request(body, key, key in seen, when))
+    return pool
+
+
+def build_entity_pool(spec: ModelSpec, events: pd.DataFrame, size: int, secret: str, seed: int
+                      ) -> list[Request]:
+    """`size` requests, every entity of the data set in turn (shuffled), each asking for its top k
+    on the day EVENT_REPLAY_SHIFT after the data set's last event (times spread over that day)."""
+    from pipelines.demo import request_body
+
+    log = spec.event_log
+    assert spec.retrieval is not None
+    rng = np.random.default_rng(seed)
+    entities = np.resize(rng.permutation(np.sort(events[log.entity].unique())), size)
+    day = (events[log.timestamp].max() + EVENT_REPLAY_SHIFT).floor("D")
+    hashed = log.entity in log.hashed_columns
+    pool = []
+    for entity, second in zip(entities.tolist(), rng.integers(0, 86_400, size).tolist(), strict=True):
+        when = day + pd.Timedelta(seconds=second)
+        body = request_body(spec, entity, when, {})
+        body.update(timestamp=when.strftime("%Y-%m-%dT%H:%M:%SZ"), k=spec.retrieval.k)
+        pool.append(Request(body, hash_user_id(str(entity), secret) if hashed else entity, True, when))
     return pool
 
 
@@ -445,10 +496,51 @@ def ranker_body(spec: ModelSpec, unlock: Request, stage1: dict[str, Any]) -> dic
     lists = [stage1.get(name) for name in spec.candidates.lists]
     limits = list(spec.candidates.lists.values())
     items, _ = generate_candidates(lists, limits, spec.candidates.max_candidates)
+    return candidate_rows_body(spec, unlock, items, stage1)
+
+
+def candidate_rows_body(spec: ModelSpec, request: Request, items: list[Any],
+                        stage1: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ranking service's read for these candidates: a row per item, join keys and request
+    fields as the spec declares them."""
     sources = {**spec.features.join_keys, **spec.features.request_fields}
     return {"feature_service": spec.features.ranking_service,
-            "entities": {key: [source_value(source, unlock, stage1, item) for item in items]
+            "entities": {key: [source_value(source, request, stage1, item) for item in items]
                          for key, source in sources.items()}}
+
+
+def retrieved_items(spec: ModelSpec, home: Path, redis_url: str, pool: list[Request]
+                    ) -> dict[Any, list[Any]]:
+    """Each entity's candidate items as our server's stage 1 retrieves them: the champion's
+    artifacts (loaded as the server loads them), the history and popularity read online."""
+    from feastflow.online import open_reader
+    from feastflow.scoring import FeaturePlan, ScoreRequest
+    from feastflow.settings import Settings
+    from feastflow.store import open_store
+    from registry.lifecycle import Registry
+    from serving.models import ModelHolder
+
+    settings = Settings(home=home, profile="redis", redis_url=redis_url)
+    store = open_store(settings, spec.name)
+    with tempfile.TemporaryDirectory() as models:
+        holder = ModelHolder(spec, FeaturePlan.from_store(store, spec), {"champion": "champion"},
+                             Path(models), Registry(settings.tracking_uri, settings.artifacts_uri))
+        holder.load_initial()
+    champion = holder.get("champion")
+    if champion is None:
+        raise RuntimeError(f"no champion of {spec.registered_model_name} could be loaded")
+    first = {r.user_hash: r for r in pool}
+    requests = [ScoreRequest(key, int(r.when.timestamp()) * 1_000_000, {}) for key, r in first.items()]
+
+    async def retrieve() -> list[list[Any]]:
+        reader = open_reader(settings, store)
+        try:
+            await champion.retrieval.refresh_popularity(reader)
+            return await champion.retrieval.candidates(requests, reader)
+        finally:
+            await reader.close()
+
+    return dict(zip(first, asyncio.run(retrieve()), strict=True))
 
 
 def event_body(spec: ModelSpec, request: Request) -> dict[str, Any]:
@@ -1025,7 +1117,9 @@ def check_ours(base: str, spec: ModelSpec, pool: list[Request], api_key: str, n:
                 raise RuntimeError(f"POST {path} answered {response.status_code}: {response.text[:500]}")
             answer = response.json()
             if not answered(spec, answer):
-                raise RuntimeError(f"POST {path} answered without a prediction: {answer}")
+                hint = ("; scoring past the server's latency budget falls back: see "
+                        "--latency-budget-ms" if answer.get("fallback") else "")
+                raise RuntimeError(f"POST {path} answered without a prediction: {answer}{hint}")
             fallbacks[f"{'known' if request.known else 'unknown'}:{answer.get('fallback')}"] += 1
     log(f"our server answers {n} checks: {dict(fallbacks)} (model v{answer.get('model_version')})")
 
@@ -1245,7 +1339,8 @@ def run_feast(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redi
     stop it."""
     process, base = start_feast_serve(home, redis.url, work, spec.name, args.feast_max_requests)
     stack.callback(process.stop)
-    build = feast_event_workloads if spec.per_event else feast_ranking_workloads
+    build = (feast_event_workloads if spec.per_event else
+             feast_retrieval_workloads if spec.retrieval is not None else feast_ranking_workloads)
     with httpx.Client(base_url=base, timeout=60) as client:
         workloads, must_contain = build(client, spec, home, redis, pool)
     results = {}
@@ -1270,22 +1365,63 @@ def feast_ranking_workloads(client: httpx.Client, spec: ModelSpec, home: Path, r
     keys = sorted({stage1_key(spec, u) for u in known})
     stage1 = stage1_features(client, spec, keys)
     log(f"feast serve: stage-1 features of {len(keys):,} (user, hour) pairs read")
-    ranker = [compact(ranker_body(spec, u, stage1[stage1_key(spec, u)])) for u in known]
-    one = [compact(one_entity_body(spec, u)) for u in known]
-    rows = [len(json.loads(b)["entities"][next(iter(spec.features.join_keys))]) for b in ranker]
-    log(f"feast_serve bodies: {len(ranker):,}, {np.mean(rows):.1f} candidate rows each "
-        f"(min {min(rows)}, max {max(rows)}); feast_serve_one_entity bodies: {len(one):,}")
-    join_keys = set(spec.features.join_keys) | set(spec.features.request_fields)
-    checked = {"feast_serve": check_feast_answers(client, ranker[:100], join_keys),
-               "feast_serve_one_entity": check_feast_answers(client, one[:100],
-                                                             set(spec.features.entity_join_keys))}
-    log(f"feast serve answers checked: {checked}")
+    workloads = ranking_reads(client, spec, [ranker_body(spec, u, stage1[stage1_key(spec, u)])
+                                             for u in known], known)
     # Every good answer carries the latest daily snapshot's timestamp: the values were found.
     stamps = Counter(row.get(spec.candidates.fallback_list + "__ts") for row in stage1.values())
     latest = max(s for s in stamps if s and not s.startswith("1970"))
     check_fresh(spec, home, redis.url, pd.Timestamp(latest), known)
-    return {"feast_serve": (ranker, round(float(np.mean(rows)), 1), checked["feast_serve"]),
-            "feast_serve_one_entity": (one, 1, checked["feast_serve_one_entity"])}, f'"{latest}"'
+    return workloads, f'"{latest}"'
+
+
+def feast_retrieval_workloads(client: httpx.Client, spec: ModelSpec, home: Path, redis: RedisServer,
+                              pool: list[Request]) -> FeastWorkloads:
+    """A retrieval ranking's two reads: the ranking service for the entity and each candidate our
+    stage 1 retrieves for it (`feast_serve`), and the entity service (`feast_serve_one_entity`);
+    every row read checked older than its request."""
+    items = retrieved_items(spec, home, redis.url, pool)
+    log(f"our stage 1 retrieved the candidates of {len(items):,} {spec.event_log.entity}s")
+    bodies = [candidate_rows_body(spec, r, items[r.user_hash]) for r in pool]
+    workloads = ranking_reads(client, spec, bodies, pool)
+    sample = pool[:50]  # the entity's rows, then its candidates' rows
+    check_rows_before(client, [one_entity_body(spec, r) for r in sample] + bodies[:len(sample)], sample * 2)
+    return workloads, '"PRESENT"'  # Feast's status of a value it found
+
+
+def ranking_reads(client: httpx.Client, spec: ModelSpec, ranker: list[dict[str, Any]],
+                  requests: list[Request]) -> dict[str, tuple[list[bytes], float, dict[str, Any]]]:
+    """A ranking's two Feast workloads from its stage-2 bodies and its requests' stage-1 reads,
+    each checked on a sample of answers."""
+    rows = [len(b["entities"][next(iter(spec.features.join_keys))]) for b in ranker]
+    bodies = [compact(b) for b in ranker]
+    one = [compact(one_entity_body(spec, r)) for r in requests]
+    log(f"feast_serve bodies: {len(bodies):,}, {np.mean(rows):.1f} candidate rows each "
+        f"(min {min(rows)}, max {max(rows)}); feast_serve_one_entity bodies: {len(one):,}")
+    join_keys = set(spec.features.join_keys) | set(spec.features.request_fields)
+    checked = {"feast_serve": check_feast_answers(client, bodies[:100], join_keys),
+               "feast_serve_one_entity": check_feast_answers(client, one[:100],
+                                                             set(spec.features.entity_join_keys))}
+    log(f"feast serve answers checked: {checked}")
+    return {"feast_serve": (bodies, round(float(np.mean(rows)), 1), checked["feast_serve"]),
+            "feast_serve_one_entity": (one, 1, checked["feast_serve_one_entity"])}
+
+
+def check_rows_before(client: httpx.Client, bodies: list[dict[str, Any]], requests: list[Request]) -> None:
+    """Fail if a row Feast answers for a body is stamped after its request (the server would
+    score with the future), or if no row is found at all."""
+    newest: list[pd.Timestamp] = []
+    for body, request in zip(bodies, requests, strict=True):
+        response = client.post(FEAST_PATH, json=body)
+        response.raise_for_status()
+        stamps = [pd.Timestamp(v) for row in feast_rows(response.json()) for k, v in row.items()
+                  if k.endswith("__ts") and v and not v.startswith("1970")]
+        if stamps and max(stamps) > request.when:
+            raise RuntimeError(f"a request at {request.when} reads a row of {max(stamps)}: replay later")
+        newest += [max(stamps)] if stamps else []
+    if not newest:
+        raise RuntimeError("feast serve found no row online for any request: materialize first")
+    log(f"rows online are older than their requests (newest {max(newest)}, requests from "
+        f"{min(r.when for r in requests)})")
 
 
 def feast_event_workloads(client: httpx.Client, spec: ModelSpec, home: Path, redis: RedisServer,
@@ -1313,6 +1449,8 @@ def run_ours(args: argparse.Namespace, spec: ModelSpec, home: Path, redis: Redis
            "FEASTFLOW_API_KEY": api_key, "FEASTFLOW_REQUEST_LOG_SAMPLE": "0.01"}
     if args.no_feature_cache:
         env["FEASTFLOW_FEATURE_CACHE_TTL_SECONDS"] = "0"
+    if args.latency_budget_ms is not None:
+        env["FEASTFLOW_LATENCY_BUDGET_MS"] = repr(args.latency_budget_ms)
     root = args.server_root.resolve() if args.server_root else PROJECT_ROOT
     if root != PROJECT_ROOT:  # another source tree (e.g. an older commit's): its packages first
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
@@ -1371,6 +1509,8 @@ def main() -> None:
     parser.add_argument("--skip-feast", action="store_true", help="measure our server only")
     parser.add_argument("--no-feature-cache", action="store_true",
                         help="also disable our feature cache: FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0")
+    parser.add_argument("--latency-budget-ms", type=float,
+                        help="our server's FEASTFLOW_LATENCY_BUDGET_MS (default: its own setting)")
     parser.add_argument("--server-root", type=Path,
                         help="run `feastflow serve` from this source tree (default: this checkout)")
     parser.add_argument("--seed", type=int, default=7)
@@ -1446,6 +1586,7 @@ def run(args: argparse.Namespace, tool: str) -> dict[str, Any]:
         "feature_cache": not args.no_feature_cache,
         "connections": args.connections,
         "duration_s": args.duration,
+        "latency_budget_ms": args.latency_budget_ms,  # null: the server's own setting
         "tool": tool,
     }
     if len(args.workers) > 1:

@@ -103,6 +103,14 @@ class RetrievalRanker:
         timings["inference"] = time.perf_counter() - started
         return results
 
+    async def candidates(self, requests: Sequence[ScoreRequest], reader: OnlineReader
+                         ) -> list[list[Any]]:
+        """Stage 1 alone: each request's candidate items, the rows `score` reads and ranks."""
+        users = [(r.entity,) for r in requests]
+        found = await reader.read([(view, users) for view in self.plan.stage1])
+        return [self.artifacts.items[self._retrieve(i, request, found)[0]].tolist()
+                for i, request in enumerate(requests)]
+
     def _retrieve(self, i: int, request: ScoreRequest, found: list[list[Row]]
                   ) -> tuple[np.ndarray, dict[str, dict[int, tuple[int, float]]], np.ndarray,
                              np.ndarray | None]:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -21,6 +22,9 @@ from test_movielens import _small_repo, _write_data
 from feastflow.settings import Settings
 from feastflow.spec import ModelSpec, load_spec
 from pipelines.demo import running_processor, running_server
+
+if TYPE_CHECKING:
+    from serving.models import ServedModel
 
 pytestmark = pytest.mark.redis
 MOVIELENS_REDIS_URL = REDIS_TEST_URL.rsplit("/", 1)[0] + "/13"  # its own db
@@ -109,6 +113,50 @@ def test_predict_answers_titled_movies_the_user_has_not_rated(served: Served) ->
     others = [predict(served, {"userId": int(u), "timestamp": served.at, "k": 5}).json()
               for u in served.ratings["userId"].unique()[:6]]
     assert len({tuple(m["movieId"] for m in o["movies"]) for o in others}) > 1
+
+
+def _champion(served: Served, models_dir: Path) -> ServedModel:
+    """What a model holder loads for champion, as the server does."""
+    from feastflow.scoring import FeaturePlan
+    from feastflow.store import open_store
+    from registry import lifecycle
+    from serving.models import ModelHolder
+
+    plan = FeaturePlan.from_store(open_store(served.settings, "movielens"), served.spec)
+    holder = ModelHolder(served.spec, plan, {"champion": "champion"}, models_dir,
+                         lifecycle.Registry(served.settings.tracking_uri))
+    holder.load_initial()
+    model = holder.get("champion")
+    assert model is not None
+    return model
+
+
+def test_stage_one_alone_retrieves_every_movie_the_server_answers(served: Served,
+                                                                  tmp_path: Path) -> None:
+    """`candidates` (bench/serving.py asks Feast for these rows) is what `score` ranks."""
+    import asyncio
+
+    from feastflow.online import open_reader
+    from feastflow.scoring import ScoreRequest
+    from feastflow.store import open_store
+
+    ranker = _champion(served, tmp_path).retrieval
+    users = [int(u) for u in served.ratings["userId"].unique()[:4]]
+    unix_us = pd.Timestamp(served.at).value // 1000
+
+    async def retrieve() -> list[list[object]]:
+        reader = open_reader(served.settings, open_store(served.settings, "movielens"))
+        try:
+            await ranker.refresh_popularity(reader)
+            return await ranker.candidates([ScoreRequest(u, unix_us, {}) for u in users], reader)
+        finally:
+            await reader.close()
+
+    for user, items in zip(users, asyncio.run(retrieve()), strict=True):
+        assert len(items) <= served.spec.retrieval.max_candidates
+        answer = predict(served, {"userId": user, "timestamp": served.at, "k": 5}).json()
+        assert answer["fallback"] is None and answer["movies"]
+        assert {m["movieId"] for m in answer["movies"]} <= set(items)
 
 
 def test_a_user_without_history_gets_popular_movies(served: Served) -> None:
@@ -203,7 +251,6 @@ def test_champion_serves_its_own_index_and_a_rollback_rolls_both_back(
     from feastflow.embeddings import ARTIFACT_DIR, Embeddings
     from pipelines.training import train_use_case
     from registry import lifecycle
-    from serving.models import ModelHolder
 
     shape = served.spec.retrieval
     assert shape is not None
@@ -223,16 +270,7 @@ def test_champion_serves_its_own_index_and_a_rollback_rolls_both_back(
                                                                tmp_path / f"v{version}"))
 
     def served_factors() -> tuple[str, np.ndarray]:
-        """What a model holder loads for champion, as the server does."""
-        from feastflow.scoring import FeaturePlan
-        from feastflow.store import open_store
-
-        plan = FeaturePlan.from_store(open_store(served.settings, "movielens"), served.spec)
-        holder = ModelHolder(served.spec, plan, {"champion": "champion"},
-                             tmp_path / f"models-{time.monotonic_ns()}", registry)
-        holder.load_initial()
-        model = holder.get("champion")
-        assert model is not None
+        model = _champion(served, tmp_path / f"models-{time.monotonic_ns()}")
         return model.version, model.retrieval.artifacts.embeddings.item_factors
 
     first, now = registered(served.first_version), registered(second)
