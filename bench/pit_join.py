@@ -291,12 +291,16 @@ def run_child(folder: Path, store_name: str, refs: list[str]) -> dict[str, float
 
 
 def run_in_subprocess(folder: Path, store_name: str, refs: list[str]) -> dict[str, float]:
-    """Run one store in a fresh interpreter; its last stdout line is its JSON report."""
+    """Run one store in a fresh interpreter; its last stdout line is its JSON report (a failed
+    child raises with the end of its stderr: why Spark died at 10 M rows went unsaid)."""
     out = subprocess.run(
         [sys.executable, __file__, "--child", store_name, "--data", str(folder), "--refs", ",".join(refs),
          "--spark-master", SPARK_MASTER],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"{store_name} exited with code {out.returncode}; its stderr ends:\n"
+                           f"{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
