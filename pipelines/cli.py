@@ -589,7 +589,12 @@ def replay(
 ) -> None:
     """Replay events through a running server in time order: predict at each event, then post it.
 
-    At each midnight the daily job runs (feature tables, materialize). Serve with
+    At each midnight the daily job runs (feature tables, materialize). A per-event use case
+    (classification, regression) keeps its batch views online as of each event instead, as
+    offline reads them: its feature tables are computed once, through the replay's last day
+    (a label-delayed window needs only labels known before: replay at most the label delay),
+    and each round of events first brings the batch views online up to its start; a new round
+    starts where a row moved meanwhile. Serve with
     FEASTFLOW_REQUEST_LOG_SAMPLE=1 so that `feastflow monitor` sees every prediction, and with
     FEASTFLOW_FEATURE_CACHE_TTL_SECONDS=0 and FEASTFLOW_PREDICTION_CACHE_TTL_SECONDS=0: a
     replay compresses hours into seconds, a cache would answer them from stale rows. A
@@ -598,6 +603,7 @@ def replay(
     """
     import pandas as pd
 
+    from pipelines.features import compute_feature_tables
     from pipelines.replay import daily_job, online_beside_offline, replay_events, wait_for_log
 
     settings = _settings(ctx)
@@ -623,22 +629,34 @@ def replay(
         events = events[events[ts] < pd.Timestamp(since, tz="UTC") + pd.Timedelta(days=days)]
     compare = spec.task == "binary_classification"
 
+    nightly = None
+    if spec.per_event and len(events):
+        delay = spec.event_log.label_delay
+        if delay and events[ts].max() - events[ts].min() > delay:
+            console.print(f"[yellow]the replay spans more than the label delay ({delay}): "
+                          "its later rows miss labels of replayed events, offline has them")
+        with console.status("feature tables through the replay's last day"):
+            compute_feature_tables(settings, spec, through=events[ts].max().to_pydatetime())
+    else:
+        def nightly(day: pd.Timestamp) -> None:
+            daily_job(settings, spec, day - pd.Timedelta(days=1))
+
     with _bar() as bar:
         task = bar.add_task("replaying events", total=len(events))
         stats = replay_events(url, settings.api_key, settings, spec, events, predict_share,
-                              on_day=lambda day: daily_job(settings, spec,
-                                                           day - pd.Timedelta(days=1)),
-                              progress=lambda n: bar.advance(task, n), keep_answers=compare)
+                              on_day=nightly, progress=lambda n: bar.advance(task, n),
+                              keep_answers=compare, batch_views_as_of=spec.per_event)
     console.print(f"{stats.events:,} events and {stats.predictions:,} predictions in "
-                  f"{stats.seconds:.0f} s ({stats.days} daily jobs); answers: "
+                  f"{stats.seconds:.0f} s ({stats.rounds:,} rounds, {stats.days} daily jobs, "
+                  f"{stats.materializations:,} materializations); answers: "
                   f"{dict(stats.fallbacks)}")
     if compare and stats.answers:
-        from pipelines.features import compute_feature_tables
-
         wait_for_log(settings, spec, events[spec.event_log.event_id].astype(str).tolist())
         compute_feature_tables(settings, spec)
         report = online_beside_offline(settings, spec, stats)
-        report["replay_seconds"] = round(stats.seconds, 1)
+        report.update(replay_seconds=round(stats.seconds, 1), rounds=stats.rounds,
+                      rounds_ended_by_rows=stats.rounds_ended_by_rows,
+                      materializations=stats.materializations)
         print(json.dumps(report) if as_json else report)
 
 

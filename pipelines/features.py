@@ -19,6 +19,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from string import Template
 
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from duckdb import sqltypes
 
-from feastflow.errors import SpecError
+from feastflow.errors import InputError, SpecError
 from feastflow.event_log import events_glob, has_events, sql_string
 from feastflow.plugins import use_case_module
 from feastflow.privacy import hash_user_id
@@ -73,16 +74,23 @@ def event_log_connection(events_dir: Path, timestamp: str = "timestamp"
     return con
 
 
-def use_case_connection(settings: Settings, spec: ModelSpec, loaded: bool = False
-                        ) -> duckdb.DuckDBPyConnection:
+def use_case_connection(settings: Settings, spec: ModelSpec, loaded: bool = False,
+                        through: datetime | None = None) -> duckdb.DuckDBPyConnection:
     """The connection the use case's feature SQL runs in (see the module docstring); with
-    `loaded`, the event log is read once into memory (every table then reads it from there)."""
+    `loaded`, the event log is read once into memory (every table then reads it from there);
+    with `through`, the daily snapshots (where the tables' rows stop) go on to the midnight at
+    or after it."""
     log = spec.event_log
     con = event_log_connection(settings.events_dir(spec.name), log.timestamp)
     if loaded:  # one pass over the log's many small files instead of one per table
         con.execute("CREATE TEMP TABLE event_rows AS SELECT * FROM all_events")
         con.execute("CREATE OR REPLACE VIEW all_events AS SELECT * FROM event_rows")
     con.execute("CREATE TEMP TABLE all_snapshots AS SELECT * FROM snapshots")
+    if through is not None:
+        con.execute("""INSERT INTO all_snapshots SELECT unnest(generate_series(
+            (SELECT max(snapshot_ts) FROM snapshots) + INTERVAL 1 DAY,
+            date_trunc('day', ?::TIMESTAMPTZ - INTERVAL 1 MICROSECOND) + INTERVAL 1 DAY,
+            INTERVAL 1 DAY))""", [through])
     con.execute("DROP TABLE snapshots")
     con.execute("CREATE VIEW snapshots AS SELECT * FROM all_snapshots")
     delay_us = int(log.label_delay.total_seconds() * 1_000_000)
@@ -122,6 +130,7 @@ def compute_feature_tables(
     spec: ModelSpec,
     on_table: Callable[[str, int], None] | None = None,
     full: bool = False,
+    through: datetime | None = None,
 ) -> dict[str, int]:
     """Write one Parquet table per SQL file and per real-time table (each atomically replaced),
     with DuckDB or, when `settings.offline_engine` is spark, Spark (pipelines/spark_features.py).
@@ -129,7 +138,14 @@ def compute_feature_tables(
     Unless `full`, DuckDB redoes only what the events added since the last run change
     (pipelines/feature_state.py): unchanged tables are kept, the spec's incremental tables get
     their new snapshots, the real-time fold continues from the saved entity states.
+
+    `through` continues the SQL tables' rows past the log's last day, to the midnight at or
+    after it: a label-delayed window's rows there read only labels known before (a replay of
+    days within the label delay). Rows of windows over recent events assume no more events.
+    Never materialize rows later than the present from such tables.
     """
+    if through is not None and settings.offline_engine == "spark":
+        raise InputError("feature tables `through` a later day are computed with DuckDB only")
     if settings.offline_engine == "spark":
         from pipelines.spark_features import compute_feature_tables_on_spark
 
@@ -141,10 +157,12 @@ def compute_feature_tables(
                         f"{unknown}, which have no SQL file in {spec.sql_dir}")
     out_dir = settings.feature_tables_dir(spec.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = use_case_connection(settings, spec, loaded=True)
+    con = use_case_connection(settings, spec, loaded=True, through=through)
     state = FeatureState(out_dir)
     log = log_fingerprint(con, spec.event_log.timestamp, spec.event_log.event_id)
     shared = _shared_inputs(settings, spec)
+    if through is not None:  # tables that stop elsewhere are other tables
+        shared.append(f"through {through.isoformat()}")
     rows: dict[str, int] = {}
     for sql_file in sql_files:
         name = sql_file.stem

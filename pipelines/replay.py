@@ -46,20 +46,23 @@ class ReplayStats:
     fallbacks: Counter[str] = field(default_factory=Counter)
     variants: Counter[str] = field(default_factory=Counter)
     visible_ms: list[float] = field(default_factory=list)  # per round: POST -> online
+    materializations: int = 0  # batch_views_as_of: rounds that brought the batch views on
+    rounds_ended_by_rows: int = 0  # batch_views_as_of: rounds ended where a batch row moved
     seconds: float = 0.0
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # event id -> the answer
 
 
-def rounds(events: pd.DataFrame, entity: str, timestamp: str, max_size: int = MAX_ROUND
-           ) -> Iterator[pd.DataFrame]:
+def rounds(events: pd.DataFrame, entity: str, timestamp: str, max_size: int = MAX_ROUND,
+           ends_round: Callable[[int, int], bool] | None = None) -> Iterator[pd.DataFrame]:
     """Consecutive slices of the time-ordered events, each within one UTC day and holding at
-    most one event per entity."""
+    most one event per entity; `ends_round(first, i)` (positions) also starts a new one at i."""
     start = 0
     seen: set[Any] = set()
     users = events[entity].tolist()
     days = events[timestamp].dt.floor("D").tolist()
     for i, user in enumerate(users):
-        if user in seen or i - start >= max_size or days[i] != days[start]:
+        if (user in seen or i - start >= max_size or days[i] != days[start]
+                or (ends_round is not None and i > start and ends_round(start, i))):
             yield events.iloc[start:i]
             start, seen = i, set()
         seen.add(user)
@@ -98,6 +101,139 @@ def daily_job(settings: Settings, spec: ModelSpec, since: pd.Timestamp) -> None:
 
     compute_feature_tables(settings, spec)
     materialize(settings, spec.name, start=since.to_pydatetime())
+
+
+class BatchViewsAsOf:
+    """A per-event replay's batch views online as of each round, as offline reads them.
+
+    Offline, an event reads each batch view's row as of just before it (`as_of`). A
+    label-delayed view moves during the day, as labels become known, so a materialization at
+    midnight serves it stale. Here `before_round(t)` writes the batch views' rows stamped up to
+    just before the round's first event (Feast's materialize the first time, then the rows read
+    from the tables once, through the Redis writer: a materialize call per round costs seconds),
+    and `ends_round` starts a new round at an event whose keys have a row that changed since.
+    Not batch rows: views the stream feeds, and the features the server evaluates at the
+    request's time (`realtime.at_request`). The tables must hold the replayed days' rows
+    (`compute_feature_tables(through=...)`).
+    """
+
+    def __init__(self, settings: Settings, spec: ModelSpec, events: pd.DataFrame) -> None:
+        from feastflow.errors import InputError
+        from feastflow.online_writer import RedisOnlineWriter, WriteLayout
+        from feastflow.ranking import REQUEST_ID, event_rows
+        from feastflow.scoring import FeaturePlan
+        from feastflow.store import open_store
+
+        self.settings, self.spec = settings, spec
+        store = open_store(settings, spec.name)
+        plan = FeaturePlan.from_store(store, spec)
+        self.views = [v for v in (*plan.stage1, *plan.stage2) if not v.realtime]
+        at_request = plan.at_request
+        computed: set[str] = set()
+        if at_request is not None:
+            computed = set(at_request.function(dict.fromkeys(at_request.source.features), 0))
+        self.compared = {v.name: [f for f in v.features
+                                  if not (at_request and v.name == at_request.view
+                                          and f in computed)] for v in self.views}
+        feature_views = {v.name: store.get_feature_view(v.name) for v in self.views}
+        self.sources: dict[str, Any] = {name: view.batch_source
+                                        for name, view in feature_views.items()}
+        try:
+            self.writer: RedisOnlineWriter | None = RedisOnlineWriter.from_repo_config(
+                store.config, connections=1)
+            self.layouts = {name: WriteLayout.from_view(view, store.config)
+                            for name, view in feature_views.items()}
+        except InputError:  # not a single Redis server: Feast's materialize every round
+            self.writer = None
+        log = spec.event_log
+        requests = events.assign(**{
+            REQUEST_ID: range(len(events)),
+            log.entity: [hash_user_id(u, settings.user_hash_secret) for u in events[log.entity]]})
+        keys = event_rows(requests, spec)
+        self.event_keys = {v.name: list(zip(*(keys[k].tolist() for k in v.join_keys),
+                                            strict=True)) for v in self.views}
+        self.event_us = (events[log.timestamp].astype("datetime64[us, UTC]")
+                         .astype("int64").to_numpy())
+        self.materialized_to: pd.Timestamp | None = None
+        self.materializations = 0
+        self.rounds_ended = 0
+        self.changes: dict[str, dict[tuple[Any, ...], np.ndarray]] = {}
+        self.rows: dict[str, tuple[np.ndarray, Any]] = {}  # view -> (row times, Arrow rows)
+        self._load(int(self.event_us[0]), int(self.event_us[-1]))
+
+    def _load(self, since_us: int, until_us: int) -> None:
+        """Per view, its rows stamped in [since, until] and, per key, when in that span a
+        compared feature (or the row's existence) changed."""
+        import duckdb
+
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        span = [pd.Timestamp(since_us, unit="us", tz="UTC").to_pydatetime(),
+                pd.Timestamp(until_us, unit="us", tz="UTC").to_pydatetime()]
+        for view in self.views:
+            source = self.sources[view.name]
+            ts, created = source.timestamp_field, source.created_timestamp_column
+            keys = ", ".join(f'"{k}"' for k in view.join_keys)
+            values = ", ".join(f'"{f}"' for f in self.compared[view.name]) or "1"
+            order = f'"{ts}"' + (f', "{created}"' if created else "")
+            frame = con.execute(f"""
+                SELECT {keys}, epoch_us(ts) AS us FROM (
+                    SELECT {keys}, "{ts}" AS ts, row({values}) IS DISTINCT FROM
+                        lag(row({values})) OVER (PARTITION BY {keys} ORDER BY {order}) AS moved
+                    FROM read_parquet(?) WHERE "{ts}" <= ?)
+                WHERE moved AND ts >= ? ORDER BY us""", [source.path, span[1], span[0]]).df()
+            grouped: dict[tuple[Any, ...], list[int]] = {}
+            for *key, us in frame.itertuples(index=False):
+                grouped.setdefault(tuple(key), []).append(us)
+            self.changes[view.name] = {k: np.array(v, dtype=np.int64) for k, v in grouped.items()}
+            rows = con.sql(f'SELECT * FROM read_parquet($1) WHERE "{ts}" BETWEEN $2 AND $3 '
+                           f"ORDER BY {order}", params=[source.path, *span]).to_arrow_table()
+            times = (rows.column(ts).to_pandas().astype("datetime64[us, UTC]")
+                     .astype("int64").to_numpy())
+            self.rows[view.name] = (times, rows)
+        con.close()
+
+    def ends_round(self, first: int, i: int) -> bool:
+        """Whether event i would read a batch row that changed since event `first` (the round's
+        start, up to which the views are online)."""
+        since, until = self.event_us[first], self.event_us[i]
+        for view in self.views:
+            times = self.changes[view.name].get(self.event_keys[view.name][i])
+            if times is not None:
+                j = int(np.searchsorted(times, since))
+                if j < len(times) and times[j] < until:
+                    self.rounds_ended += 1
+                    return True
+        return False
+
+    def before_round(self, first_event: pd.Timestamp) -> None:
+        """The batch views online up to just before the round's first event."""
+        end = first_event - pd.Timedelta(microseconds=1)
+        if self.materialized_to is not None and end <= self.materialized_to:
+            return
+        if self.materialized_to is None or self.writer is None:
+            from pipelines.feast_ops import materialize
+
+            start = None if self.materialized_to is None else self.materialized_to.to_pydatetime()
+            materialize(self.settings, self.spec.name, start=start, end=end.to_pydatetime(),
+                        views=[v.name for v in self.views])
+        else:
+            after, upto = self.materialized_to.value // 1000, end.value // 1000
+            for view in self.views:
+                times, rows = self.rows[view.name]
+                lo, hi = np.searchsorted(times, [after, upto], side="right")
+                if hi > lo:  # newer wins in the writer, as in Feast's materialize
+                    source = self.sources[view.name]
+                    self.writer.write(self.layouts[view.name], rows.slice(lo, hi - lo),
+                                      source.timestamp_field,
+                                      source.created_timestamp_column or None)
+        self.materialized_to = end
+        self.materializations += 1
+
+    def close(self) -> None:
+        """Close the writer's connections."""
+        if self.writer is not None:
+            self.writer.close()
 
 
 def wait_for_log(settings: Settings, spec: ModelSpec, event_ids: list[str],
@@ -164,7 +300,8 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
                   events: pd.DataFrame, api_key: str, predict_share: float, seed: int,
                   on_day: Callable[[pd.Timestamp], None] | None, progress: Progress | None,
                   k: int, max_round: int, before_round: Callable[[pd.Timestamp], None] | None,
-                  keep_answers: bool) -> ReplayStats:
+                  keep_answers: bool, ends_round: Callable[[int, int], bool] | None
+                  ) -> ReplayStats:
     stats = ReplayStats()
     started = time.perf_counter()
     limit = asyncio.Semaphore(CONCURRENT_PREDICTIONS)
@@ -174,7 +311,7 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
     ts = spec.event_log.timestamp
     day: pd.Timestamp | None = None
     day_ids: list[str] = []
-    for round_ in rounds(events, spec.event_log.entity, ts, max_round):
+    for round_ in rounds(events, spec.event_log.entity, ts, max_round, ends_round):
         round_day = round_[ts].iloc[0].floor("D")
         if day is not None and round_day > day:
             # the daily job runs once the log holds the whole finished day
@@ -223,24 +360,50 @@ def replay_events(url: str, api_key: str, settings: Settings, spec: ModelSpec,
                   on_day: Callable[[pd.Timestamp], None] | None = None,
                   progress: Progress | None = None, k: int = 4, max_round: int = MAX_ROUND,
                   before_round: Callable[[pd.Timestamp], None] | None = None,
-                  keep_answers: bool = False) -> ReplayStats:
+                  keep_answers: bool = False, batch_views_as_of: bool = False) -> ReplayStats:
     """Replay raw events (raw user ids) through the server at `url` in time order; see above.
 
     `before_round(t)` runs before each round's predictions (t: its first event's time);
-    `keep_answers` keeps every answer by event id (online metrics, skew against offline)."""
+    `keep_answers` keeps every answer by event id (online metrics, skew against offline);
+    `batch_views_as_of` serves the batch views as of each event (`BatchViewsAsOf`, after
+    `before_round`)."""
     if not 0.0 <= predict_share <= 1.0:
         raise ValueError(f"predict_share must be in [0, 1], got {predict_share}")
     ts = spec.event_log.timestamp
     events = events.sort_values([ts, spec.event_log.event_id], ignore_index=True)
     events[ts] = pd.to_datetime(events[ts], utc=True)
+    ends_round = None
+    if batch_views_as_of and len(events):
+        as_of = BatchViewsAsOf(settings, spec, events)
+        ends_round = as_of.ends_round
+        before_round = _then(before_round, as_of.before_round)
 
     async def run() -> ReplayStats:
         limits = httpx.Limits(max_connections=16)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
             return await _replay(client, settings, spec, events, api_key, predict_share, seed,
-                                 on_day, progress, k, max_round, before_round, keep_answers)
+                                 on_day, progress, k, max_round, before_round, keep_answers,
+                                 ends_round)
 
-    return asyncio.run(run())
+    try:
+        stats = asyncio.run(run())
+    finally:
+        if ends_round is not None:
+            as_of.close()
+    if ends_round is not None:
+        stats.materializations = as_of.materializations
+        stats.rounds_ended_by_rows = as_of.rounds_ended
+    return stats
+
+
+def _then(first: Callable[[pd.Timestamp], None] | None, second: Callable[[pd.Timestamp], None]
+          ) -> Callable[[pd.Timestamp], None]:
+    """`first` (if any), then `second`, with the same argument."""
+    def both(moment: pd.Timestamp) -> None:
+        if first is not None:
+            first(moment)
+        second(moment)
+    return both
 
 
 def online_beside_offline(settings: Settings, spec: ModelSpec, stats: ReplayStats,

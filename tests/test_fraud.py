@@ -183,6 +183,40 @@ def test_features_equal_the_books_definitions(fraud_world: tuple[Settings, pd.Da
         expected.index, "TX_FRAUD"].tolist()
 
 
+def test_tables_through_a_later_day_hold_the_label_delayed_rows_the_whole_log_gives(
+        fraud_world: tuple[Settings, pd.DataFrame], tmp_path: Path) -> None:
+    """`compute_feature_tables(through=...)` on a log cut at day 20 continues the terminal
+    risk (frauds known 7 days late) over the next 7 days exactly as the whole log's table
+    has it: those rows read only labels known before the cut (a replay of that week serves
+    them); without `through` the rows stop at the cut."""
+    import pyarrow.parquet as pq
+
+    from pipelines.features import compute_feature_tables
+    from pipelines.ingest import ingest_frame
+
+    whole, _ = fraud_world
+    spec = load_spec("fraud", whole.feature_repo)
+    cut = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=20)
+    week_end = cut + pd.Timedelta(days=7)
+    raw = use_case_function(spec, spec.loader.module, spec.loader.function)(whole.data_dir)
+    settings = Settings(home=tmp_path / "var", data_dir=whole.data_dir, user_hash_secret=SECRET)
+    ingest_frame(raw[raw["timestamp"] < cut], spec.event_log, settings.events_dir("fraud"),
+                 SECRET)
+
+    def terminal_rows(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        table = pq.read_table(home.feature_tables_dir("fraud") / "terminal_risk.parquet")
+        frame = table.to_pandas().drop(columns="created_timestamp")
+        frame = frame[(frame["event_timestamp"] >= start) & (frame["event_timestamp"] < end)]
+        return frame.sort_values(["terminal_id", "event_timestamp"], ignore_index=True)
+
+    compute_feature_tables(settings, spec)
+    assert terminal_rows(settings, cut + pd.Timedelta(microseconds=1), week_end).empty
+    compute_feature_tables(settings, spec, through=week_end.to_pydatetime())
+    ahead = terminal_rows(settings, cut, week_end)
+    assert len(ahead) > 100 and ahead["terminal_id_risk_7day_window"].max() > 0.5
+    pd.testing.assert_frame_equal(ahead, terminal_rows(whole, cut, week_end))
+
+
 def test_known_compromised_cards_leave_each_test_day_by_the_books_rule() -> None:
     protocol = ProtocolSpec(test_folds=["2018-04-01"], id_column="transaction_id")
     day = [pd.Timestamp("2018-04-01", tz="UTC") + pd.Timedelta(days=d) for d in range(21)]

@@ -144,13 +144,13 @@ def test_payments_posted_as_events_are_scored_online_as_the_offline_rows_score_t
         history_world: tuple[Settings, pd.DataFrame]) -> None:
     """A small replay: 90 minutes of payments, each asked of `POST /v1/fraud/predict` at its
     time and then posted to `POST /v1/fraud/events`, through `feastflow serve` and `feastflow
-    stream` on Redis. The batch views are materialized before each payment up to its time (the
-    tables, computed from the history, hold their rows up to the next midnight: the labels
-    known meanwhile are the history's), so the card's velocity online comes from the stream
-    alone. Then the log the processor wrote is folded into the batch tables and Feast's
+    stream` on Redis. The batch views are kept online as of each payment (`batch_views_as_of`:
+    materialized before each round of payments up to its start, a new round where a terminal's
+    or card's label-delayed row moved meanwhile; the tables, computed from the history, hold
+    those rows: labels are known 7 days late), so the card's velocity online comes from the
+    stream alone. Then the log the processor wrote is folded into the batch tables and Feast's
     point-in-time rows of the same payments are scored offline."""
     from pipelines.demo import REPLAY_SERVER_ENV, running_processor, running_server
-    from pipelines.feast_ops import materialize
     from pipelines.features import compute_feature_tables
     from pipelines.replay import online_beside_offline, replay_events, wait_for_log
     from pipelines.training import train_use_case
@@ -164,15 +164,6 @@ def test_payments_posted_as_events_are_scored_online_as_the_offline_rows_score_t
     start = raw["timestamp"].min().floor("D") + HISTORY
     live = raw[(raw["timestamp"] >= start) & (raw["timestamp"] < start + pd.Timedelta(minutes=90))]
     assert len(live) > 20
-    materialize(settings, "fraud", end=start.to_pydatetime())
-    materialized_to = [start]
-
-    def batch_views_at(t: pd.Timestamp) -> None:
-        end = t - pd.Timedelta(microseconds=1)
-        if end > materialized_to[0]:
-            materialize(settings, "fraud", start=materialized_to[0].to_pydatetime(),
-                        end=end.to_pydatetime())
-            materialized_to[0] = end
 
     # a loaded machine takes minutes to start the server: generous deadlines, fraud alone; no
     # feature cache: its 2.5-5 s would answer a terminal's second payment with the row read
@@ -181,9 +172,12 @@ def test_payments_posted_as_events_are_scored_online_as_the_offline_rows_score_t
                         extra_env={**REPLAY_SERVER_ENV, "FEASTFLOW_USE_CASES": "fraud"}) as url, \
             running_processor(settings, "fraud"):
         processor_reading(settings)
-        stats = replay_events(url, KEY, settings, spec, live, max_round=1,
-                              before_round=batch_views_at, keep_answers=True)
+        stats = replay_events(url, KEY, settings, spec, live, keep_answers=True,
+                              batch_views_as_of=True)
     assert stats.predictions == len(live) and stats.fallbacks == {"model": len(live)}
+    # payments share rounds (one materialization each), and rows moving mid-round split them
+    assert 1 < stats.rounds < len(live) and stats.materializations == stats.rounds
+    assert stats.rounds_ended_by_rows > 0
     wait_for_log(settings, spec, live["event_id"].tolist())
     compute_feature_tables(settings, spec)
 
