@@ -631,10 +631,16 @@ class RetrievalService(PredictionService):
 
     async def refresh_popular(self) -> None:
         """Every served model's popularity counts from the online store; the champion's top
-        items become the fallback list of every hour."""
+        items become the fallback list of every hour.
+
+        Read from the store directly, under its own timeout: the whole catalogue's counts
+        (9,742 movies: 0.2-0.6 s on a loaded machine) never fit the per-request budget, and a
+        background read must not trip the request path's breaker.
+        """
         for model in list(self.holder.models.values()):
             try:
-                await model.retrieval.refresh_popularity(self.features)
+                await asyncio.wait_for(model.retrieval.refresh_popularity(self.features.reader),
+                                       self.settings.popular_refresh_timeout_seconds)
             except Exception as e:  # keep the counts we have
                 log.warning("could not refresh popularity: %s", describe(e))
         champion = self.holder.get("champion")

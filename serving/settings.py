@@ -48,6 +48,9 @@ class ServingSettings(Settings):
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
     breaker_reset_seconds: float = Field(default=2.0, gt=0.0, description="open for this long")
     popular_refresh_seconds: float = Field(default=300.0, gt=0.0)
+    popular_refresh_timeout_seconds: float = Field(
+        default=30.0, gt=0.0, description="one background read of the popular items (a whole "
+        "catalogue's counts: not held to the per-request latency budget)")
 
     # safety
     predict_requires_key: bool = False

@@ -517,6 +517,57 @@ def test_a_fallback_never_calls_a_known_user_unknown(tmp_path: Path) -> None:
     service.prediction_log.close()
 
 
+class SlowReader(StubReader):
+    """The online store, answering every read after `delay_s` (a large read, a loaded box)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(down=False)
+        self.delay_s = delay_s
+
+    async def read(self, reads: Sequence[tuple[ViewLayout, Sequence[Sequence[Any]]]]
+                   ) -> list[list[Row]]:
+        await asyncio.sleep(self.delay_s)
+        return await super().read(reads)
+
+
+class FakePopularity:
+    """A retrieval scorer's popularity half: one read of every catalogue item's count."""
+
+    def __init__(self, items: int) -> None:
+        self.items = [f"movie-{i}" for i in range(items)]
+        self.counts: list[float] = []
+
+    async def refresh_popularity(self, reader: Any) -> None:
+        rows = (await reader.read([(VIEW, [(i,) for i in self.items])]))[0]
+        self.counts = [float(values[0]) if values else 0.0 for _, values in rows]
+
+    def popular(self, k: int) -> tuple[list[Any], list[float], list[str]]:
+        top = self.items[:k] if self.counts else []  # nothing before a read succeeded
+        return top, self.counts[:k], top
+
+
+def test_a_retrieval_service_loads_popularity_past_the_request_budget(tmp_path: Path) -> None:
+    # The whole catalogue's counts took 194-622 ms under load, read under the 50 ms budget of
+    # one request: they never loaded, and every fallback answered an empty list.
+    settings = ServingSettings(home=tmp_path, user_hash_secret="unit-secret", log_json=False,
+                               registry_poll_seconds=0, request_log_sample=0.0,
+                               latency_budget_ms=1.0, use_case="movielens")
+    spec = load_spec("movielens", settings.feature_repo)
+    holder = ModelHolder(spec, None, {"champion": "champion"},  # type: ignore[arg-type]
+                         settings.models_dir, InMemoryRegistry())
+    metrics = ServingMetrics(use_case="movielens")
+    prediction_log = PredictionLog(settings.served_dir("movielens"), 0.0, 5.0,
+                                   on_drop=metrics.request_log_dropped)
+    service = build_service(settings, spec, holder, SlowReader(0.05), metrics, prediction_log)
+    scorer = FakePopularity(items=9742)
+    holder.install([ServedModel("champion", "1", "run-1", scorer, "registry", 0.0)])  # type: ignore[arg-type]
+
+    asyncio.run(service.refresh_popular())
+    assert service.popular[HOUR] == scorer.items[:settings.max_k]
+    assert service.features.breaker.state == CircuitState.CLOSED  # not the request path's failure
+    service.prediction_log.close()
+
+
 def test_warm_up_scores_each_model_once_off_the_books(service: PredictionService) -> None:
     reader = StubReader(down=False)
     service.features.reader = reader  # type: ignore[assignment]
