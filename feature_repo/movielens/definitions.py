@@ -165,20 +165,34 @@ def user_movie_odfv(inputs: dict[str, list]) -> dict[str, list]:
              "movie_trend_30d", "movie_days_since_first_rating", "movie_days_since_last_rating",
              "user_days_since_last_rating", "user_days_active")
     out: dict[str, list] = {name: [] for name in names}
+    # Per distinct user and per distinct movie, computed once (the server scores ~200 movies
+    # for one user): the user's genre shares; the movie's genres (positions with a flag).
+    user_columns = [inputs["user_ratings"], inputs["user_ratings_365d"],
+                    *[inputs[f"user_genre_{g}"] for g in genres],
+                    *[inputs[f"user_genre_{g}_365d"] for g in genres]]
+    movie_columns = [inputs[f"movie_genre_{g}"] for g in genres]
+    users: dict[tuple, tuple[list[float], list[float]]] = {}
+    movies: dict[tuple, tuple[list[int], list[float], float]] = {}
     for i, unix in enumerate(inputs["request_unix"]):
         now = num(unix)
-        flags = [num(inputs[f"movie_genre_{g}"][i]) for g in genres]
-        n_user, n_user_year = num(inputs["user_ratings"][i]), num(inputs["user_ratings_365d"][i])
-        shares = [num(inputs[f"user_genre_{g}"][i]) / n_user if n_user else 0.0 for g in genres]
-        shares_year = [num(inputs[f"user_genre_{g}_365d"][i]) / n_user_year if n_user_year else 0.0
-                       for g in genres]
-        n_genres = sum(flags)
+        user_key = tuple(column[i] for column in user_columns)
+        if user_key not in users:
+            n_user, n_user_year = num(user_key[0]), num(user_key[1])
+            users[user_key] = (
+                [num(v) / n_user if n_user else 0.0 for v in user_key[2:2 + len(genres)]],
+                [num(v) / n_user_year if n_user_year else 0.0 for v in user_key[2 + len(genres):]])
+        shares, shares_year = users[user_key]
+        movie_key = tuple(column[i] for column in movie_columns)
+        if movie_key not in movies:
+            flags = [num(v) for v in movie_key]
+            movies[movie_key] = ([j for j, f in enumerate(flags) if f], flags, sum(flags))
+        # a genre without the flag adds 0.0 to a sum and nothing to a max: only flagged ones
+        flagged, flags, n_genres = movies[movie_key]
         out["genre_affinity"].append(
-            sum(f * s for f, s in zip(flags, shares, strict=True)) / n_genres if n_genres else None)
+            sum(flags[j] * shares[j] for j in flagged) / n_genres if n_genres else None)
         out["genre_affinity_365d"].append(
-            sum(f * s for f, s in zip(flags, shares_year, strict=True)) / n_genres if n_genres else None)
-        out["genre_affinity_max"].append(
-            max((s for f, s in zip(flags, shares, strict=True) if f), default=None))
+            sum(flags[j] * shares_year[j] for j in flagged) / n_genres if n_genres else None)
+        out["genre_affinity_max"].append(max((shares[j] for j in flagged), default=None))
         year = inputs["movie_release_year"][i]
         out["movie_age_years"].append(
             None if num(year) == 0.0 else 1970 + now / (365.2425 * 86400) - num(year))
