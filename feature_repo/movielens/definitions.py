@@ -158,7 +158,8 @@ def user_movie_odfv(inputs: dict[str, list]) -> dict[str, list]:
             else float(value)  # type: ignore[arg-type]
 
     def days_between(later: float, earlier: object) -> float | None:
-        return None if num(earlier) == 0.0 else (later - num(earlier)) / 86400.0
+        since = num(earlier)
+        return None if since == 0.0 else (later - since) / 86400.0
 
     names = ("genre_affinity", "genre_affinity_365d", "genre_affinity_max", "movie_age_years",
              "movie_mean_rating", "movie_mean_rating_365d", "movie_liked_share_365d",
@@ -173,16 +174,16 @@ def user_movie_odfv(inputs: dict[str, list]) -> dict[str, list]:
     movie_columns = [inputs[f"movie_genre_{g}"] for g in genres]
     users: dict[tuple, tuple[list[float], list[float]]] = {}
     movies: dict[tuple, tuple[list[int], list[float], float]] = {}
-    for i, unix in enumerate(inputs["request_unix"]):
+    rows = zip(inputs["request_unix"], zip(*user_columns, strict=True),
+               zip(*movie_columns, strict=True), strict=True)
+    for i, (unix, user_key, movie_key) in enumerate(rows):
         now = num(unix)
-        user_key = tuple(column[i] for column in user_columns)
         if user_key not in users:
             n_user, n_user_year = num(user_key[0]), num(user_key[1])
             users[user_key] = (
                 [num(v) / n_user if n_user else 0.0 for v in user_key[2:2 + len(genres)]],
                 [num(v) / n_user_year if n_user_year else 0.0 for v in user_key[2 + len(genres):]])
         shares, shares_year = users[user_key]
-        movie_key = tuple(column[i] for column in movie_columns)
         if movie_key not in movies:
             flags = [num(v) for v in movie_key]
             movies[movie_key] = ([j for j, f in enumerate(flags) if f], flags, sum(flags))
@@ -193,9 +194,9 @@ def user_movie_odfv(inputs: dict[str, list]) -> dict[str, list]:
         out["genre_affinity_365d"].append(
             sum(flags[j] * shares_year[j] for j in flagged) / n_genres if n_genres else None)
         out["genre_affinity_max"].append(max((shares[j] for j in flagged), default=None))
-        year = inputs["movie_release_year"][i]
+        year = num(inputs["movie_release_year"][i])
         out["movie_age_years"].append(
-            None if num(year) == 0.0 else 1970 + now / (365.2425 * 86400) - num(year))
+            None if year == 0.0 else 1970 + now / (365.2425 * 86400) - year)
         n_movie, n_movie_year = num(inputs["movie_ratings"][i]), num(inputs["movie_ratings_365d"][i])
         out["movie_mean_rating"].append(
             num(inputs["movie_rating_sum"][i]) / n_movie if n_movie else None)
