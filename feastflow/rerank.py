@@ -8,12 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    """|a & b| / |a | b| (0 for two empty sets)."""
-    union = a | b
-    return len(a & b) / len(union) if union else 0.0
-
-
 def mmr_order(scores: np.ndarray, attributes: Sequence[frozenset[str]], weight: float,
               depth: int, k: int) -> np.ndarray:
     """Positions of the items in answer order: the first k picked by maximal marginal relevance
@@ -26,18 +20,25 @@ def mmr_order(scores: np.ndarray, attributes: Sequence[frozenset[str]], weight: 
     order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
     if weight <= 0 or len(order) < 2:
         return order
-    pool = list(order[:depth])
+    pool = order[:depth].tolist()
     top = np.asarray(scores, dtype=float)[pool]
-    spread = top.max() - top.min()
-    relevance = {p: (s - top.min()) / spread if spread > 0 else 1.0 for p, s in zip(pool, top,
-                                                                                    strict=True)}
+    low, spread = float(top.min()), float(top.max() - top.min())
+    relevance = {p: (s - low) / spread if spread > 0 else 1.0
+                 for p, s in zip(pool, top.tolist(), strict=True)}
+    # each pool item's attributes as bits: |a & b| / |a | b| by popcount, the same quotient
+    bit: dict[str, int] = {}
+    masks = {p: sum(1 << bit.setdefault(a, len(bit)) for a in attributes[p]) for p in pool}
     picked: list[int] = []
     redundancy = dict.fromkeys(pool, 0.0)
     while pool and len(picked) < k:
         best = max(pool, key=lambda p: (1 - weight) * relevance[p] - weight * redundancy[p])
         pool.remove(best)
         picked.append(best)
+        chosen_mask = masks[best]
         for p in pool:
-            redundancy[p] = max(redundancy[p], jaccard(attributes[p], attributes[best]))
+            union = (masks[p] | chosen_mask).bit_count()
+            similarity = (masks[p] & chosen_mask).bit_count() / union if union else 0.0
+            if similarity > redundancy[p]:
+                redundancy[p] = similarity
     chosen = set(picked)
-    return np.array(picked + [p for p in order if p not in chosen], dtype=np.int64)
+    return np.array(picked + [p for p in order.tolist() if p not in chosen], dtype=np.int64)
