@@ -17,7 +17,7 @@ from feastflow.online import OnlineReader, Row, ViewLayout
 from feastflow.plugins import use_case_module
 from feastflow.ranking import model_array, model_categories, time_key
 from feastflow.rerank import mmr_order
-from feastflow.retrieval_serving import RetrievalArtifacts, generate, interleave
+from feastflow.retrieval_serving import Generated, RetrievalArtifacts, generate, interleave
 from feastflow.scoring import FeaturePlan, RowPredictor, Scored, ScoreRequest, _run_odfv, _stale
 from feastflow.spec import ModelSpec, RetrievalSpec
 
@@ -112,10 +112,9 @@ class RetrievalRanker:
                 for i, request in enumerate(requests)]
 
     def _retrieve(self, i: int, request: ScoreRequest, found: list[list[Row]]
-                  ) -> tuple[np.ndarray, dict[str, dict[int, tuple[int, float]]], np.ndarray,
-                             np.ndarray | None]:
-        """Stage 1 for request i: candidate rows, each generator's (rank, score) by row, the
-        rated rows and the folded-in factor."""
+                  ) -> tuple[np.ndarray, dict[str, Generated], np.ndarray, np.ndarray | None]:
+        """Stage 1 for request i: candidate rows, each generator's list, the rated rows and the
+        folded-in factor."""
         history: list[Any] = []
         for view_index, position in self.history:
             _, values = found[view_index][i]
@@ -128,14 +127,11 @@ class RetrievalRanker:
         factor = self.artifacts.fold_in(rated, emb.regularization, emb.alpha)
         lists = generate(self.shape, self.artifacts, rated, rated, self.popularity, factor)
         union = interleave([g.rows for g in lists.values()], self.shape.max_candidates)
-        ranks = {name: {int(r): (rank + 1, float(s)) for rank, (r, s)
-                        in enumerate(zip(g.rows.tolist(), g.scores.tolist(), strict=True))}
-                 for name, g in lists.items()}
-        return np.array(union, dtype=np.int64), ranks, rated, factor
+        return np.array(union, dtype=np.int64), lists, rated, factor
 
     def _rank(self, request: ScoreRequest, i: int, found: list[list[Row]],
               by_item: list[dict[Any, Row]], retrieved: tuple[Any, ...], k: int) -> Scored:
-        rows, ranks, rated, factor = retrieved
+        rows, lists, rated, factor = retrieved
         n = len(rows)
         if not n:
             return Scored([], [], False)
@@ -145,19 +141,16 @@ class RetrievalRanker:
         for name, value in self._entity_features(i, found, now).items():
             columns[name] = [value] * n
         for view, lookup in zip(self.plan.stage2, by_item, strict=True):
-            per_row = []
-            for item in items:
-                stamp, values = lookup[item]
-                per_row.append(None if values is None or _stale(view, stamp, now) else values)
-            for j, name in enumerate(view.features):
-                columns[name] = [None if v is None else v[j] for v in per_row]
+            empty, ttl = (None,) * len(view.features), view.ttl_seconds
+            per_row = [empty if values is None or (ttl is not None and stamp is not None
+                                                   and now - stamp > ttl) else values
+                       for stamp, values in map(lookup.__getitem__, items)]  # _stale, inlined
+            columns.update(zip(view.features, map(list, zip(*per_row, strict=True)),
+                               strict=True))
         seconds = np.array([request.unix_us // 1_000_000])
         for name, key in self.request_fields.items():
             columns[name] = [int(time_key(seconds, key)[0])] * n
-        for name, by_row in ranks.items():
-            pairs = [by_row.get(int(r)) for r in rows]
-            columns[f"rank_in_{name}"] = [np.nan if p is None else p[0] for p in pairs]
-            columns[f"score_in_{name}"] = [np.nan if p is None else p[1] for p in pairs]
+        columns.update(_generator_columns(lists, rows, len(self.artifacts.items)))
         columns[EMBEDDING_SIMILARITY] = (
             (self.artifacts.embeddings.item_factors[rows] @ factor).tolist() if factor is not None
             else [np.nan] * n)
@@ -189,6 +182,23 @@ class RetrievalRanker:
             features = self.overlay(features, lambda item: attributes[codes[item]]
                                     if item in codes else frozenset())
         return features
+
+
+def _generator_columns(lists: dict[str, Generated], rows: np.ndarray, n_items: int
+                       ) -> dict[str, np.ndarray]:
+    """`rank_in_<g>` (1-based) and `score_in_<g>` of each candidate row in each generator's
+    list, NaN where the generator did not name it."""
+    position = np.full(n_items, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    columns: dict[str, np.ndarray] = {}
+    for name, generated in lists.items():
+        at = position[generated.rows]
+        named = at >= 0
+        rank, score = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+        rank[at[named]] = np.arange(1, len(at) + 1)[named]
+        score[at[named]] = generated.scores[named]
+        columns[f"rank_in_{name}"], columns[f"score_in_{name}"] = rank, score
+    return columns
 
 
 def _view_feature(ref: str, views: Sequence[ViewLayout], what: str) -> tuple[int, int]:

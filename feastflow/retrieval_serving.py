@@ -39,11 +39,13 @@ def interleave(lists: Sequence[Sequence[int] | np.ndarray], max_candidates: int)
     """The union of ranked lists, taking every list's first item, then every second one, ...
     (-1 entries skipped, duplicates kept at their first place), up to `max_candidates`."""
     seen: dict[int, None] = {}
-    depth = max((len(items) for items in lists), default=0)
+    plain = [items.tolist() if isinstance(items, np.ndarray) else [int(i) for i in items]
+             for items in lists]  # Python ints: no numpy scalar per look-up
+    depth = max((len(items) for items in plain), default=0)
     for rank in range(depth):
-        for items in lists:
+        for items in plain:
             if rank < len(items) and items[rank] >= 0:
-                seen.setdefault(int(items[rank]))
+                seen.setdefault(items[rank])
         if len(seen) >= max_candidates:
             break
     return list(seen)[:max_candidates]
