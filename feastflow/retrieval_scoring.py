@@ -15,30 +15,26 @@ import numpy as np
 
 from feastflow.online import OnlineReader, Row, ViewLayout
 from feastflow.plugins import use_case_module
-from feastflow.ranking import model_array, model_categories, time_key
+from feastflow.ranking import model_array, time_key
 from feastflow.rerank import mmr_order
 from feastflow.retrieval_serving import Generated, RetrievalArtifacts, generate, interleave
-from feastflow.scoring import FeaturePlan, RowPredictor, Scored, ScoreRequest, _run_odfv, _stale
+from feastflow.scoring import FeaturePlan, Scored, ScoreRequest, _put, _run_odfv, _Scorer
 from feastflow.spec import ModelSpec, RetrievalSpec
 
 EMBEDDING_SIMILARITY = "embedding_similarity"  # the ranker input training names so too
 
 
-class RetrievalRanker:
-    """One model version: its ranker, its artifacts, and how to read its features online."""
+class RetrievalRanker(_Scorer):
+    """One model version: its ranker, its artifacts, and how to read its features online (the
+    model, its inputs and predictor as every scorer has them: `_Scorer`)."""
 
     def __init__(self, spec: ModelSpec, plan: FeaturePlan, booster: Any,
                  artifacts: RetrievalArtifacts) -> None:
         if spec.retrieval is None:
             raise ValueError(f"use case {spec.name!r} declares no `retrieval:` shape")
-        self.spec = spec
+        super().__init__(spec, plan, booster)
         self.shape: RetrievalSpec = spec.retrieval
-        self.plan = plan
-        self.booster = booster
         self.artifacts = artifacts
-        self.predictor = RowPredictor(booster)
-        self.feature_names: list[str] = booster.feature_name()
-        self.categories = model_categories(booster, spec.model.categorical)
         self.entity_key = spec.event_log.entity
         self.item_key = spec.item_column
         self.history = [_view_feature(ref, plan.stage1, "retrieval.history") for ref in
@@ -173,10 +169,7 @@ class RetrievalRanker:
         """Request i's entity features by name, with the overlay's events counted in."""
         features: dict[str, Any] = {}
         for view, view_rows in zip(self.plan.stage1, found, strict=True):
-            stamp, values = view_rows[i]
-            missing = values is None or _stale(view, stamp, now)
-            for j, name in enumerate(view.features):
-                features[name] = None if missing else values[j]  # type: ignore[index]
+            _put(features, view, view_rows[i], now)
         if self.overlay is not None:
             codes, attributes = self.artifacts.codes, self.artifacts.attributes
             features = self.overlay(features, lambda item: attributes[codes[item]]
