@@ -73,3 +73,16 @@ def test_mmr_promotes_a_different_genre_over_a_close_score() -> None:
     assert mmr_order(scores, genres, 0.5, 10, 3).tolist() == [0, 2, 1]
     # only the first k are picked by MMR; the rest follow by score
     assert mmr_order(scores, genres, 0.5, 10, 1).tolist() == [0, 1, 2]
+
+
+def test_serving_ranks_each_candidate_in_each_generators_list() -> None:
+    from feastflow.retrieval_scoring import _generator_columns
+    from feastflow.retrieval_serving import Generated
+
+    lists = {"a": Generated(np.array([5, 2, 9]), np.array([0.75, 0.5, 0.25], dtype=np.float32)),
+             "b": Generated(np.array([2]), np.array([3.0], dtype=np.float32))}
+    columns = _generator_columns(lists, np.array([2, 5, 7]), n_items=10)  # 9: not a candidate
+    np.testing.assert_array_equal(columns["rank_in_a"], [2.0, 1.0, np.nan])
+    np.testing.assert_array_equal(columns["score_in_a"], [0.5, 0.75, np.nan])
+    np.testing.assert_array_equal(columns["rank_in_b"], [1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(columns["score_in_b"], [3.0, np.nan, np.nan])
