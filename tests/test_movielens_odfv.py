@@ -7,14 +7,17 @@ from typing import Any
 
 import pytest
 
-from feature_repo.movielens.definitions import GENRES, user_movie_odfv
-
 DAY = 86_400
+# The definitions are imported in the tests, not at collection: importing Feast's ODFV machinery
+# sets PROMETHEUS_MULTIPROC_DIR (feast.metrics), which would put every prometheus_client metric
+# created after it in multiprocess mode, summing counters across tests/test_serving_units.py.
 
 
 def _rows(users: list[dict[str, Any]], movies: list[dict[str, Any]], now: int
           ) -> dict[str, list[Any]]:
     """The ODFV's inputs for (user i, movie i) rows; unnamed counts 0."""
+    from feature_repo.movielens.definitions import GENRES
+
     columns: dict[str, list[Any]] = {"request_unix": [now] * len(users)}
     names = ["user_ratings", "user_ratings_365d", "user_last_rating_unix", "user_first_rating_unix",
              *[f"user_genre_{g}{s}" for g in GENRES for s in ("", "_365d")]]
@@ -30,6 +33,8 @@ def _rows(users: list[dict[str, Any]], movies: list[dict[str, Any]], now: int
 
 
 def test_genre_affinity_is_the_mean_share_over_the_movies_genres() -> None:
+    from feature_repo.movielens.definitions import user_movie_odfv
+
     now = 10_000 * DAY
     fan = {"user_ratings": 10, "user_ratings_365d": 4, "user_genre_comedy": 5,
            "user_genre_drama": 2, "user_genre_comedy_365d": 1, "user_last_rating_unix": now - DAY,
