@@ -629,22 +629,22 @@ def replay(
         events = events[events[ts] < pd.Timestamp(since, tz="UTC") + pd.Timedelta(days=days)]
     compare = spec.task == "binary_classification"
 
-    nightly = None
+    def nightly(day: pd.Timestamp) -> None:
+        daily_job(settings, spec, day - pd.Timedelta(days=1))
+
     if spec.per_event and len(events):
-        delay = spec.event_log.label_delay
-        if delay and events[ts].max() - events[ts].min() > delay:
+        delay = spec.event_log.label_delay or pd.Timedelta(0)
+        if events[ts].max() - events[ts].min() > delay:
             console.print(f"[yellow]the replay spans more than the label delay ({delay}): "
                           "its later rows miss labels of replayed events, offline has them")
         with console.status("feature tables through the replay's last day"):
             compute_feature_tables(settings, spec, through=events[ts].max().to_pydatetime())
-    else:
-        def nightly(day: pd.Timestamp) -> None:
-            daily_job(settings, spec, day - pd.Timedelta(days=1))
 
     with _bar() as bar:
         task = bar.add_task("replaying events", total=len(events))
         stats = replay_events(url, settings.api_key, settings, spec, events, predict_share,
-                              on_day=nightly, progress=lambda n: bar.advance(task, n),
+                              on_day=None if spec.per_event else nightly,
+                              progress=lambda n: bar.advance(task, n),
                               keep_answers=compare, batch_views_as_of=spec.per_event)
     console.print(f"{stats.events:,} events and {stats.predictions:,} predictions in "
                   f"{stats.seconds:.0f} s ({stats.rounds:,} rounds, {stats.days} daily jobs, "

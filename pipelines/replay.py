@@ -42,7 +42,7 @@ class ReplayStats:
     events: int = 0
     predictions: int = 0
     rounds: int = 0
-    days: int = 0
+    days: int = 0  # daily jobs run
     fallbacks: Counter[str] = field(default_factory=Counter)
     variants: Counter[str] = field(default_factory=Counter)
     visible_ms: list[float] = field(default_factory=list)  # per round: POST -> online
@@ -109,8 +109,9 @@ class BatchViewsAsOf:
     Offline, an event reads each batch view's row as of just before it (`as_of`). A
     label-delayed view moves during the day, as labels become known, so a materialization at
     midnight serves it stale. Here `before_round(t)` writes the batch views' rows stamped up to
-    just before the round's first event (Feast's materialize the first time, then the rows read
-    from the tables once, through the Redis writer: a materialize call per round costs seconds),
+    just before the round's first event (the first time Feast's materialize of every view, then
+    the rows read from the tables once, through the Redis writer: a materialize call per round
+    costs seconds),
     and `ends_round` starts a new round at an event whose keys have a row that changed since.
     Not batch rows: views the stream feeds, and the features the server evaluates at the
     request's time (`realtime.at_request`). The tables must hold the replayed days' rows
@@ -214,9 +215,13 @@ class BatchViewsAsOf:
         if self.materialized_to is None or self.writer is None:
             from pipelines.feast_ops import materialize
 
-            start = None if self.materialized_to is None else self.materialized_to.to_pydatetime()
-            materialize(self.settings, self.spec.name, start=start, end=end.to_pydatetime(),
-                        views=[v.name for v in self.views])
+            # the first time every view, the stream's own too (a card's payments before the
+            # replay: else its first payment reads the batch windows as of the round's start)
+            first = self.materialized_to is None
+            materialize(self.settings, self.spec.name,
+                        start=None if first else self.materialized_to.to_pydatetime(),
+                        end=end.to_pydatetime(),
+                        views=None if first else [v.name for v in self.views])
         else:
             after, upto = self.materialized_to.value // 1000, end.value // 1000
             for view in self.views:
@@ -318,7 +323,7 @@ async def _replay(client: httpx.AsyncClient, settings: Settings, spec: ModelSpec
             wait_for_log(settings, spec, day_ids)
             if on_day is not None:
                 on_day(round_day)
-            stats.days += 1
+                stats.days += 1
             day_ids = []
         day = round_day
         if before_round is not None:
