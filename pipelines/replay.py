@@ -111,11 +111,11 @@ class BatchViewsAsOf:
     midnight serves it stale. Here `before_round(t)` writes the batch views' rows stamped up to
     just before the round's first event (the first time Feast's materialize of every view, then
     the rows read from the tables once, through the Redis writer: a materialize call per round
-    costs seconds),
-    and `ends_round` starts a new round at an event whose keys have a row that changed since.
-    Not batch rows: views the stream feeds, and the features the server evaluates at the
-    request's time (`realtime.at_request`). The tables must hold the replayed days' rows
-    (`compute_feature_tables(through=...)`).
+    costs seconds), and `ends_round` starts a new round at an event whose keys have a row that
+    changed since. Not batch rows: views the stream feeds, and the features the server
+    evaluates at the request's time (`realtime.at_request`). The tables must hold the replayed
+    days' rows (`compute_feature_tables(through=...)`), and nothing may have materialized rows
+    later than the replay's present (newer rows win).
     """
 
     def __init__(self, settings: Settings, spec: ModelSpec, events: pd.DataFrame) -> None:
