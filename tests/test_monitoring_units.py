@@ -209,3 +209,35 @@ def test_replay_waits_until_the_processor_has_logged_the_day(tmp_path: Path) -> 
     late.join()
     with pytest.raises(TimeoutError, match="holds 3 of 4 replayed events"):
         wait_for_log(settings, spec, ["e1", "e2", "e3", "e4"], timeout_s=0.5)
+
+
+def test_outcomes_tell_apart_two_payments_of_a_card_in_the_same_second(tmp_path: Path) -> None:
+    """One card paid twice in the same second, a fraud and a genuine payment: each answer gets
+    the label of the payment its logged context names (the transaction id), not either one."""
+    from feastflow.privacy import hash_user_id
+    from pipelines.ingest import ingest_frame
+    from pipelines.monitoring.outcomes import labelled_outcomes
+
+    spec = load_spec("fraud", FEATURE_REPO)
+    at = pd.Timestamp("2018-08-01 10:00:00", tz="UTC")
+    raw = pd.DataFrame({
+        "event_id": ["tx-1", "tx-2", "tx-3"], "transaction_id": [1, 2, 3],
+        "customer_id": ["7", "7", "8"], "terminal_id": [5, 6, 5],
+        "timestamp": pd.Series([at, at, at + pd.Timedelta(days=20)]).astype("datetime64[us, UTC]"),
+        "tx_amount": [10.5, 99.99, 1.0], "tx_fraud": [1, 0, 0]})
+    assert ingest_frame(raw, spec.event_log, tmp_path / "events", "secret").rows_written == 3
+    served = pd.DataFrame({
+        "request_id": ["genuine", "fraud", "no_context", "other_payment"],
+        "request_ts": [at] * 4, "user_hash": [hash_user_id("7", "secret")] * 4,
+        "fallback": [None] * 4, "scores": [[0.9], [0.1], [0.5], [0.2]],
+        "context": ['{"transaction_id": 2, "terminal_id": 6, "tx_amount": 99.99}',
+                    '{"transaction_id": 1, "terminal_id": 5, "tx_amount": 10.5}', None,
+                    '{"transaction_id": 9, "terminal_id": 6, "tx_amount": 99.99}']})
+    out, _ = labelled_outcomes(served, tmp_path / "events", spec)
+    by_request = out.set_index("request_id")
+    assert by_request.loc["genuine", "label"] == 0.0
+    assert by_request.loc["fraud", "label"] == 1.0
+    # without a logged context the answer still meets its card's payment of that second
+    assert by_request.loc["no_context", "matched"]
+    # a transaction id the log never saw is no payment of the card's
+    assert not by_request.loc["other_payment", "matched"]

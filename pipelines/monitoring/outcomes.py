@@ -1,7 +1,9 @@
 """Online outcomes of a per-event model (classifier, regressor), once its labels are known.
 
 A per-event answer is about the event of the same entity at the same time: the served request
-(user_hash, request_ts) meets the logged event (entity, timestamp) of the same instant. Its
+(user_hash, request_ts) meets the logged event (entity, timestamp) of the same instant, and of
+the same request context (`event_log.context`, e.g. the payment's transaction id) where the
+answer logged it: one card may pay twice in the same second, once a fraud and once not. Its
 label counts only from `timestamp + event_log.label_delay` on, measured on the log's own clock
 (its newest event), so a fraud labelled a week later is neither read too early nor taken for a
 genuine payment meanwhile: the answers still waiting for their label are counted as pending.
@@ -34,20 +36,38 @@ def labelled_outcomes(served: pd.DataFrame, events_dir: Path, spec: ModelSpec
     as_of = pd.Timestamp(con.execute(f'SELECT max("{log.timestamp}") FROM events').fetchall()[0][0])
     answers = served[served["fallback"].isna()].copy()
     answers["score"] = [float(s[0]) if len(s) else math.nan for s in answers["scores"]]
-    con.register("answers_df", answers[["request_id", "request_ts", "user_hash"]])
+    if "context" not in answers.columns:
+        answers["context"] = None
+    con.register("answers_df", answers[["request_id", "request_ts", "user_hash", "context"]])
     delay = pd.Timedelta(log.label_delay).to_pytimedelta()
+    same_context = "".join(f" AND {same}" for same in _same_context(con, log.context))
     matched = con.execute(f"""
         SELECT a.request_id, any_value(e."{log.label_column}")::DOUBLE AS label,
             any_value(e."{log.timestamp}" + ?::INTERVAL <= ?) AS known
         FROM answers_df a JOIN events e
-          ON e."{log.entity}" = a.user_hash AND e."{log.timestamp}" = a.request_ts
+          ON e."{log.entity}" = a.user_hash AND e."{log.timestamp}" = a.request_ts{same_context}
         GROUP BY a.request_id
     """, [delay, as_of.to_pydatetime()]).df()
     out = answers.merge(matched, on="request_id", how="left")
     out["matched"] = out["known"].notna()
-    out["known"] = out["known"].fillna(False).astype(bool)
+    out["known"] = out["known"].eq(True)  # NaN (no event) is not known
     out.loc[~out["known"], "label"] = np.nan
     return out, as_of.tz_convert("UTC")
+
+
+def _same_context(con: Any, context: list[str]) -> list[str]:
+    """SQL conditions: each context column of the event equals the answer's logged value (read
+    from its JSON as the column's type), or the answer did not log it."""
+    types = {row[0]: row[1] for row in con.execute("DESCRIBE events").fetchall()}
+    conditions = []
+    for column in context:
+        if column not in types:
+            continue
+        path = "'$.\"" + column.replace("'", "''") + "\"'"
+        logged = f"json_extract_string(a.context, {path})"
+        conditions.append(f'({logged} IS NULL OR TRY_CAST({logged} AS {types[column]}) '
+                          f'= e."{column}")')
+    return conditions
 
 
 def outcome_figures(group: pd.DataFrame, spec: ModelSpec, k: int) -> dict[str, Any]:
