@@ -7,14 +7,18 @@ grows with the table and each row costs tens of microseconds. For each feature v
 1. asks DuckDB for the latest row per entity key in [start, end] (event time, then created
    time, nulls last: what Feast keeps), streamed as Arrow record batches (DuckDB spills to disk
    past `memory_limit`, so memory does not grow with the table);
-2. incremental (Redis, with `state_dir`): drops the rows whose key and values are those the
-   previous run wrote (a 64-bit hash of each, kept per view under `state_dir`);
+2. incremental (with `state_dir`, into Redis or the embedded profile's SQLite): drops the rows
+   whose key and values are those the previous run wrote (a 64-bit hash of each, kept per view
+   under `state_dir`, vouched for by a token the store itself holds);
 3. writes them with `feastflow.online_writer.RedisOnlineWriter` (Feast's exact Redis layout,
-   newer wins, pipelined, `connections` in parallel), or, for any other online store (the
-   embedded profile's SQLite), through that store's own `online_write_batch`, batch by batch;
+   newer wins, pipelined, `connections` in parallel), into the embedded profile's SQLite with
+   `feastflow.sqlite_writer.SqliteOnlineWriter` (Feast's exact SQLite rows, one executemany a
+   batch), or, for any other online store, through that store's own `online_write_batch`;
 4. records the run: the new state file, then the store's token that vouches for it, then a line
-   in `state_dir/runs.jsonl`. An interrupted run changes neither, so the next run writes every
-   row again; each row is one atomic write, so no entity is ever half-written.
+   in `state_dir/runs.jsonl`. An interrupted run changes neither, so the next run writes again
+   every row the last recorded run did not; each row is one atomic write (SQLite: one
+   transaction a batch), so no entity is ever half-written. `feast apply` deleting a view
+   deletes its token: a view added again later is written whole.
 
 What it does not handle (transformations, aggregations, sources other than local Parquet,
 `disable_event_timestamp`, views without entities) goes to Feast's own local engine. Use it with
@@ -30,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -37,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import duckdb
 import pyarrow as pa
@@ -47,6 +52,7 @@ from feast.infra.common.materialization_job import MaterializationJobStatus, Mat
 from feast.infra.compute_engines.base import ComputeEngine
 from feast.infra.compute_engines.local.compute import LocalComputeEngine
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
+from feast.infra.online_stores.sqlite import SqliteOnlineStore
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import FeastConfigBaseModel
 from feast.utils import _convert_arrow_to_proto, _get_column_names
@@ -55,6 +61,7 @@ from pydantic import StrictBool, StrictInt, StrictStr
 from feastflow.errors import InputError
 from feastflow.offline_store import _names, _q, _reads_directly, latest_rows_sql
 from feastflow.online_writer import RedisOnlineWriter, WriteLayout, WriteResult
+from feastflow.sqlite_writer import SqliteOnlineWriter
 
 __all__ = ["ENGINE_KEY_PREFIX", "FeastflowComputeEngine", "FeastflowComputeEngineConfig",
            "MaterializeRun"]
@@ -90,7 +97,7 @@ class MaterializeRun:
     changed: int  # of them, not written by the previous run
     written: int  # of them, newer than what the store held
     seconds: float
-    engine: str  # "redis" (the fast writer) or the online store's own write
+    engine: str  # "redis", "sqlite" (the fast writers) or the online store's own write
 
 
 class FeastflowComputeEngine(ComputeEngine):
@@ -111,10 +118,19 @@ class FeastflowComputeEngine(ComputeEngine):
 
     def update(self, project: str, views_to_delete: Sequence[Any], views_to_keep: Sequence[Any],
                entities_to_delete: Sequence[Entity], entities_to_keep: Sequence[Entity]) -> None:
-        """Nothing to prepare."""
+        """Forget what was written for the deleted views (the store drops their rows)."""
+        self._forget(project, views_to_delete)
 
     def teardown_infra(self, project: str, fvs: Sequence[Any], entities: Sequence[Entity]) -> None:
-        """Nothing to tear down."""
+        """Forget what was written for the views torn down."""
+        self._forget(project, fvs)
+
+    def _forget(self, project: str, views: Sequence[Any]) -> None:
+        if self.state_dir is None or not views:
+            return
+        tokens = self._tokens(self._redis_writer())
+        if tokens is not None:
+            tokens.delete([_token_key(project, view.name) for view in views])
 
     def _materialize_one(self, registry: BaseRegistry, task: MaterializationTask,
                          **kwargs: Any) -> LocalMaterializationJob:
@@ -147,29 +163,32 @@ class FeastflowComputeEngine(ComputeEngine):
         query = f"SELECT {named}, {times} FROM ({latest})"
         out_keys = [mapping.get(c, c) for c in keys]
         writer = self._redis_writer()
-        state = None
-        if writer is not None and self.state_dir is not None and not writer.key_ttl_seconds:
-            state = _State(self.state_dir, task.project, view.name)  # expiring keys: rewrite all
+        tokens = self._tokens(writer) if self.state_dir is not None else None
+        state = (_State(self.state_dir, task.project, view.name, tokens)
+                 if self.state_dir is not None and tokens is not None else None)
         with _duckdb(self.memory_limit, self.state_dir) as con:
-            if state is None or writer is None:
+            if state is None:
                 rows, changed = -1, -1
                 batches = _batches(con, query, self.batch_rows)
             else:
                 rows, changed, batches = state.changed(con, query, out_keys, created_col,
-                                                       writer, self.batch_rows)
+                                                       self.batch_rows)
             if writer is not None:
                 with writer:
                     result = writer.write(WriteLayout.from_view(view, self.repo_config), batches,
                                           timestamp_column=ts_col, unique_keys=True)
                     if state is not None:
-                        state.commit(con, writer)
+                        state.commit(con)
             else:
                 result = self._write_through_store(view, entities, batches)
+                if state is not None:
+                    state.commit(con)
         if rows < 0:
             rows = changed = result.rows
         run = MaterializeRun(task.project, view.name, _iso(task.start_time), _iso(task.end_time),
                              rows, changed, result.written, round(time.perf_counter() - started, 3),
-                             "redis" if writer is not None else type(self.online_store).__name__)
+                             "redis" if writer is not None else "sqlite" if self._fast_sqlite()
+                             else type(self.online_store).__name__)
         if self.state_dir is not None:
             _record(self.state_dir, run)
         return run
@@ -187,9 +206,26 @@ class FeastflowComputeEngine(ComputeEngine):
             log.info("materializing through the online store's own writer: %s", e)
             return None
 
+    def _tokens(self, writer: RedisOnlineWriter | None) -> _Tokens | None:
+        """Where the store keeps the tokens vouching for the state files; None: no state (every
+        run writes every row): expiring Redis keys, or a store other than Redis and SQLite."""
+        if writer is not None:
+            return None if writer.key_ttl_seconds else _RedisTokens(_client(writer))
+        if isinstance(self.online_store, SqliteOnlineStore):  # its own connection and file
+            return _SqliteTokens(self.online_store._get_conn(self.repo_config))
+        return None
+
+    def _fast_sqlite(self) -> bool:
+        return isinstance(self.online_store, SqliteOnlineStore) and SqliteOnlineWriter.supports(
+            self.repo_config)
+
     def _write_through_store(self, view: FeatureView, entities: list[Entity],
                              batches: Iterator[pa.RecordBatch]) -> WriteResult:
-        # The store's own writer, fed the latest rows only (the embedded profile's SQLite).
+        # The embedded profile's SQLite: Feast's layout, one executemany a batch; any other
+        # store (or SQLite with vectors or value_num): its own writer, fed the latest rows only.
+        if self._fast_sqlite():
+            conn = cast(SqliteOnlineStore, self.online_store)._get_conn(self.repo_config)
+            return SqliteOnlineWriter(conn, self.repo_config).write(view, batches)
         join_keys = {col.name: col.dtype.to_value_type() for col in view.entity_columns}
         total = WriteResult()
         for batch in batches:
@@ -215,22 +251,88 @@ def _unsupported(task: MaterializationTask) -> str | None:
     return None
 
 
-class _State:
-    """The hashes of the rows the last run wrote for one view, vouched for by a token in Redis.
+class _Tokens(Protocol):
+    """A store's own record of which state file describes what it holds."""
 
-    The state file is named after a token that the run also stores in Redis: a store that lost
-    its data (flushed, restarted without persistence, another database) has no token or another,
-    and then every row is written again.
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def set(self, key: bytes, token: bytes) -> None: ...
+
+    def delete(self, keys: list[bytes]) -> None: ...
+
+
+class _RedisTokens:
+    """Tokens as plain keys of the online Redis (ENGINE_KEY_PREFIX)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def get(self, key: bytes) -> bytes | None:
+        """The token stored under key."""
+        return cast(bytes | None, self.client.get(key))
+
+    def set(self, key: bytes, token: bytes) -> None:
+        """Store the token."""
+        self.client.set(key, token)
+
+    def delete(self, keys: list[bytes]) -> None:
+        """Drop these tokens."""
+        if keys:
+            self.client.delete(*keys)
+
+
+class _SqliteTokens:
+    """Tokens in a table of the SQLite online store's own database file: a new or replaced file
+    has none, so its first run writes every row."""
+
+    TABLE = "feastflow_materialized"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        with conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} "
+                         "(key BLOB PRIMARY KEY, token BLOB NOT NULL)")
+
+    def get(self, key: bytes) -> bytes | None:
+        """The token stored under key."""
+        row = self.conn.execute(f"SELECT token FROM {self.TABLE} WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set(self, key: bytes, token: bytes) -> None:
+        """Store the token."""
+        with self.conn:
+            self.conn.execute(f"INSERT INTO {self.TABLE} (key, token) VALUES (?, ?) "
+                              "ON CONFLICT(key) DO UPDATE SET token = excluded.token", (key, token))
+
+    def delete(self, keys: list[bytes]) -> None:
+        """Drop these tokens."""
+        with self.conn:
+            self.conn.executemany(f"DELETE FROM {self.TABLE} WHERE key = ?",
+                                  [(key,) for key in keys])
+
+
+def _token_key(project: str, view: str) -> bytes:
+    return ENGINE_KEY_PREFIX + f"{project}:{view}".encode()
+
+
+class _State:
+    """The hashes of the rows the last run wrote for one view, vouched for by a token the store
+    holds.
+
+    The state file is named after a token that the run also stores in the online store: a store
+    that lost its data (flushed, restarted without persistence, another database, a new SQLite
+    file) has no token or another, and then every row is written again.
     """
 
-    def __init__(self, state_dir: Path, project: str, view: str) -> None:
+    def __init__(self, state_dir: Path, project: str, view: str, tokens: _Tokens) -> None:
         self.folder = state_dir / project
         self.view = view
-        self.token_key = ENGINE_KEY_PREFIX + f"{project}:{view}".encode()
+        self.tokens = tokens
+        self.token_key = _token_key(project, view)
         self.previous: Path | None = None
 
     def changed(self, con: duckdb.DuckDBPyConnection, query: str, keys: list[str],
-                created: str | None, writer: RedisOnlineWriter, batch_rows: int
+                created: str | None, batch_rows: int
                 ) -> tuple[int, int, Iterator[pa.RecordBatch]]:
         """Rows in the window, rows changed since the last run, and the changed rows.
 
@@ -241,7 +343,7 @@ class _State:
         con.execute(f"CREATE OR REPLACE TEMP TABLE latest AS SELECT *, hash({_names(keys)}) AS "
                     f"{KEY_HASH}, hash(*COLUMNS({hashed})) AS {ROW_HASH} FROM ({query})")
         rows = _count(con, "SELECT count(*) FROM latest")
-        token = cast(bytes | None, _client(writer).get(self.token_key))
+        token = self.tokens.get(self.token_key)
         candidate = self.folder / f"{self.view}.{token.decode()}.parquet" if token else None
         self.previous = candidate if candidate is not None and candidate.exists() else None
         changed_sql = f"SELECT * EXCLUDE ({KEY_HASH}, {ROW_HASH}) FROM latest"
@@ -251,7 +353,7 @@ class _State:
         changed = _count(con, f"SELECT count(*) FROM ({changed_sql})")
         return rows, changed, _batches(con, changed_sql, batch_rows)
 
-    def commit(self, con: duckdb.DuckDBPyConnection, writer: RedisOnlineWriter) -> None:
+    def commit(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record what this run wrote: new state file first, then the token that vouches for it."""
         token = uuid.uuid4().hex
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -264,7 +366,7 @@ class _State:
                         f"ON s.key_hash = l.{KEY_HASH}")
         con.execute(f"COPY ({current}) TO {_literal(staged)} (FORMAT parquet)")
         os.replace(staged, target)
-        _client(writer).set(self.token_key, token.encode())
+        self.tokens.set(self.token_key, token.encode())
         for old in self.folder.glob(f"{self.view}.*.parquet"):
             if old != target:
                 old.unlink(missing_ok=True)

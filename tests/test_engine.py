@@ -8,6 +8,7 @@ Random tables (hypothesis) do the same for types, nulls, compound keys and creat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -137,6 +138,88 @@ def test_incremental_runs_write_only_what_changed_and_record_it(home: Settings) 
     assert all(r["changed"] == r["rows"] and r["written"] == r["rows"] for r in rewritten)
 
 
+def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every feature table of a SQLite online store, in key order."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = [name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != "
+            "'feastflow_materialized'")]
+        return {table: conn.execute(
+            f'SELECT entity_key, feature_name, value, value_text, event_ts, created_ts FROM "{table}" '
+            "ORDER BY entity_key, feature_name").fetchall() for table in tables}
+
+
+def test_sqlite_runs_write_only_what_changed_until_the_database_is_new(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The embedded profile (SQLite): the same incremental runs, the token kept in the store's own
+    database file; a new file, or a view deleted by `feast apply`, writes every row again."""
+    root = tmp_path_factory.mktemp("engine-sqlite")
+    settings = Settings(home=root / "var", feature_repo=copy_feature_repo(root),
+                        data_dir=Settings().data_dir, user_hash_secret=SECRET)
+    spec = load_spec("taxi_eta", settings.feature_repo)
+    raw = raw_events(spec, settings, users=12, days=21, seed=4)
+    ingest_frame(raw, spec.event_log, settings.events_dir("taxi_eta"), SECRET)
+    compute_feature_tables(settings, spec)
+    apply_repo(settings, "taxi_eta")
+    online_db = Path(open_store(settings, "taxi_eta").config.online_store.path)
+    empty_db = online_db.read_bytes()  # the tables, no row yet
+    runs = settings.feast_dir / "materialized" / "runs.jsonl"
+
+    def last_runs(n: int) -> dict[str, dict[str, Any]]:
+        return {r["view"]: r for r in map(json.loads, runs.read_text().splitlines()[-n:])}
+
+    start, end = materialize(settings, "taxi_eta")
+    views = open_store(settings, "taxi_eta").list_feature_views()
+    first = last_runs(len(views))
+    assert all(r["engine"] == "sqlite" and r["changed"] == r["rows"] > 0
+               for r in first.values()), first
+    # Feast's own engine into a copy of the empty database stores the very same rows
+    feast_db = online_db.with_name("feast_engine.db")
+    feast_db.write_bytes(empty_db)
+    feast = open_store(settings, "taxi_eta")
+    feast.config.online_store.path = str(feast_db)
+    feast.config.batch_engine_config = "local"
+    feast.materialize(start_date=start, end_date=end)
+    assert sqlite_rows(feast_db) == sqlite_rows(online_db)
+    assert sum(len(rows) for rows in sqlite_rows(online_db).values()) > 0
+    materialize(settings, "taxi_eta", start, end)
+    assert all(r["changed"] == 0 and r["written"] == 0 for r in last_runs(len(views)).values())
+
+    # one row gets a later event time and a new value: only it is written, and Feast reads it
+    view = views[0]
+    table_path = settings.feature_tables_dir("taxi_eta") / Path(view.batch_source.path).name
+    table = pq.read_table(table_path).to_pandas()
+    last = table["event_timestamp"].idxmax()
+    feature = next(f.name for f in view.features if pd.api.types.is_float_dtype(table[f.name]))
+    table.loc[last, feature] = 12345.5
+    table.loc[last, "event_timestamp"] += timedelta(seconds=1)
+    table.to_parquet(table_path, index=False)
+    start, end = materialize(settings, "taxi_eta", start, end + timedelta(seconds=1))
+    changed = last_runs(len(views))
+    assert changed[view.name]["changed"] == 1
+    assert all(r["changed"] == 0 for name, r in changed.items() if name != view.name)
+    keys = {c.name: table.loc[last, c.name] for c in view.entity_columns}
+    answer = online_answers(open_store(settings, "taxi_eta"), view, [
+        {k: v.item() if hasattr(v, "item") else v for k, v in keys.items()}])
+    assert answer[feature] == [12345.5]
+
+    # `feast apply` deleting the view drops its token: were it added again, all is written
+    engine = open_store(settings, "taxi_eta")._get_provider().batch_engine
+    engine.update("taxi_eta", [view], [], [], [])
+    materialize(settings, "taxi_eta", start, end)
+    again = last_runs(len(views))
+    assert again[view.name]["changed"] == again[view.name]["rows"]
+    assert all(r["changed"] == 0 for name, r in again.items() if name != view.name)
+
+    # another database file (here: the empty one, as restored from before the first run) holds
+    # no token: every row of every view is written again
+    online_db.write_bytes(empty_db)
+    materialize(settings, "taxi_eta", start, end)
+    assert all(r["changed"] == r["rows"] for r in last_runs(len(views)).values())
+
+
 # --- random tables ---------------------------------------------------------------------------
 
 def random_rows() -> st.SearchStrategy[pd.DataFrame]:
@@ -150,13 +233,19 @@ def random_rows() -> st.SearchStrategy[pd.DataFrame]:
     return st.lists(ROW, min_size=1, max_size=30).map(distinct_created)
 
 
-def random_repo(root: Path, project: str, url: str, engine: str, ttl: int | None) -> FeatureStore:
+def random_repo(root: Path, project: str, url: str, engine: str | dict[str, Any],
+                ttl: int | None) -> FeatureStore:
+    """A store over rows.parquet: into Redis at `url`, or into a SQLite file at `sqlite:PATH`."""
     source = FileSource(name="rows_source", path=str(root / "rows.parquet"),
                         timestamp_field="event_timestamp", created_timestamp_column="created")
     view = FeatureView(name="usage", entities=[USER, APP], ttl=timedelta(days=30), source=source,
                        schema=[*VIEW.entity_columns, *VIEW.features])
-    host_port, db = url.removeprefix("redis://").rsplit("/", 1)
-    online = {"type": "redis", "connection_string": f"{host_port},db={db}"}
+    online: dict[str, Any]
+    if url.startswith("sqlite:"):
+        online = {"type": "sqlite", "path": url.removeprefix("sqlite:")}
+    else:
+        host_port, db = url.removeprefix("redis://").rsplit("/", 1)
+        online = {"type": "redis", "connection_string": f"{host_port},db={db}"}
     if ttl:
         online["key_ttl_seconds"] = ttl
     from feast.repo_config import RepoConfig
@@ -194,3 +283,26 @@ def test_random_tables_read_the_same(tmp_path_factory: pytest.TempPathFactory, f
         for url in (FEAST_URL, OURS_URL):
             client = redis.Redis.from_url(url)
             assert all(0 < client.ttl(k) <= ttl for k in client.scan_iter(match=f"*{project}"))
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(random_rows())
+def test_random_tables_store_the_same_sqlite_rows(tmp_path_factory: pytest.TempPathFactory,
+                                                  frame: pd.DataFrame) -> None:
+    """The embedded profile's SQLite, written by Feast's engine and by ours: the same rows, byte
+    for byte (values, texts, times), for every type, null and tie of the random tables."""
+    root = tmp_path_factory.mktemp("random-sqlite")
+    pq.write_table(pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False),
+                   root / "rows.parquet")
+    engine = {"type": "feastflow.engine.FeastflowComputeEngine", "batch_rows": 7,
+              "state_dir": str(root / "state")}
+    paths = [root / "feast.db", root / "ours.db"]
+    stores = [random_repo(root, "feast_side", f"sqlite:{paths[0]}", "local", None),
+              random_repo(root, "our_side", f"sqlite:{paths[1]}", engine, None)]
+    for store in stores:
+        store.materialize(start_date=T0 - timedelta(days=1), end_date=T0 + timedelta(days=1))
+    feast_rows, our_rows = sqlite_rows(paths[0]), sqlite_rows(paths[1])
+    assert list(feast_rows) == ["feast_side_usage"] and list(our_rows) == ["our_side_usage"]
+    assert feast_rows["feast_side_usage"] == our_rows["our_side_usage"]
+    assert our_rows["our_side_usage"]
