@@ -80,9 +80,13 @@ def running_server(settings: Settings, use_case: str, timeout_s: float = 240.0,
 
 
 @contextlib.contextmanager
-def running_processor(settings: Settings, use_case: str) -> Iterator[None]:
-    """`feastflow stream` in a child process when the stream is a broker's (Redis profile); an
-    in-process stream is applied by the server itself."""
+def running_processor(settings: Settings, use_case: str, timeout_s: float = 300
+                      ) -> Iterator[None]:
+    """`feastflow stream` in a child process when the stream is a broker's (Redis profile), once
+    it has seeded its states from the event log (its marker beside the log: before that, an
+    event posted waits for the child's imports and seeding, which took over 120 s on a loaded
+    machine); an in-process stream is applied by the server itself."""
+    from feastflow.processor import SEEDED_MARKER
     from feastflow.stream import MemoryEventStream, open_event_stream
 
     stream = open_event_stream(settings, use_case)
@@ -93,6 +97,14 @@ def running_processor(settings: Settings, use_case: str) -> Iterator[None]:
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stream", "--use-case", use_case],
                             env={**os.environ, **settings.as_env()}, stdout=subprocess.DEVNULL)
     try:
+        marker = settings.events_dir(use_case) / SEEDED_MARKER
+        deadline = time.monotonic() + timeout_s
+        while not marker.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"the stream processor exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the stream processor did not seed within {timeout_s:.0f} s")
+            time.sleep(0.1)
         yield
     finally:
         stop_process(proc, 30)  # on SIGTERM it logs and acknowledges what it read, then exits
