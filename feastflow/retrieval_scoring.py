@@ -7,8 +7,10 @@ candidates' views.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,13 @@ from feastflow.scoring import FeaturePlan, Scored, ScoreRequest, _put, _run_odfv
 from feastflow.spec import ModelSpec, RetrievalSpec
 
 EMBEDDING_SIMILARITY = "embedding_similarity"  # the ranker input training names so too
+# Entities whose stage 1 is kept, by history (least recently used out): ~15 KB each at 500
+# ratings. A request of an entity whose history and the popularity counts did not change since
+# gets the same candidates without computing them again (2.4 ms p50, ~10 ms for heavy raters).
+STAGE1_MEMO_SIZE = 2048
+
+# Stage 1 of one entity: candidate rows, each generator's list, the rated rows, the folded factor.
+Retrieved = tuple[np.ndarray, dict[str, Generated], np.ndarray, np.ndarray | None]
 
 
 class RetrievalRanker(_Scorer):
@@ -44,6 +53,9 @@ class RetrievalRanker(_Scorer):
         self.popularity_source = {name: _view_feature(ref, plan.stage2, f"generator {name}")
                                   for name, ref in online.items()}
         self.popularity: np.ndarray | None = None  # each item's count (refresh_popularity)
+        self.popularity_version = 0  # stage 1 memo keys: a refresh makes every entry a miss
+        self.stage1_memo: OrderedDict[Hashable, Retrieved] = OrderedDict()
+        self.stage1_lookups = self.stage1_hits = 0
         self.overlay = None
         if self.shape.history_overlay:
             module, _, function = self.shape.history_overlay.partition(":")
@@ -63,6 +75,7 @@ class RetrievalRanker(_Scorer):
         counts = np.array([float(values[position] or 0) if values is not None else 0.0
                            for _, values in rows], dtype=np.float32)
         self.popularity = counts
+        self.popularity_version += 1
 
     def popular(self, k: int) -> tuple[list[Any], list[float], list[str]]:
         """The k most popular items (the fallback list), scores and titles."""
@@ -84,7 +97,8 @@ class RetrievalRanker(_Scorer):
         found = await reader.read([(view, users) for view in self.plan.stage1])
         timings["feature_fetch"] = time.perf_counter() - started
         started = time.perf_counter()
-        per_request = [self._retrieve(i, request, found) for i, request in enumerate(requests)]
+        lookups = [self._retrieve(i, found) for i in range(len(requests))]
+        per_request = [retrieved for retrieved, _ in lookups]
         timings["retrieval"] = time.perf_counter() - started
         candidates = sorted({int(r) for rows, *_ in per_request for r in rows})
         items = self.artifacts.items[candidates].tolist() if candidates else []
@@ -96,6 +110,8 @@ class RetrievalRanker(_Scorer):
         results = [self._rank(request, i, found, by_item, retrieved, k)
                    for i, (request, retrieved) in enumerate(zip(requests, per_request,
                                                                 strict=True))]
+        for result, (_, memo) in zip(results, lookups, strict=True):
+            result.stage1_memo = memo
         timings["inference"] = time.perf_counter() - started
         return results
 
@@ -104,26 +120,46 @@ class RetrievalRanker(_Scorer):
         """Stage 1 alone: each request's candidate items, the rows `score` reads and ranks."""
         users = [(r.entity,) for r in requests]
         found = await reader.read([(view, users) for view in self.plan.stage1])
-        return [self.artifacts.items[self._retrieve(i, request, found)[0]].tolist()
-                for i, request in enumerate(requests)]
+        return [self.artifacts.items[self._retrieve(i, found)[0][0]].tolist()
+                for i in range(len(requests))]
 
-    def _retrieve(self, i: int, request: ScoreRequest, found: list[list[Row]]
-                  ) -> tuple[np.ndarray, dict[str, Generated], np.ndarray, np.ndarray | None]:
+    def _retrieve(self, i: int, found: list[list[Row]]) -> tuple[Retrieved, bool]:
         """Stage 1 for request i: candidate rows, each generator's list, the rated rows and the
-        folded-in factor."""
+        folded-in factor; and whether they came from the memo (they do when the same history
+        was retrieved since the last popularity refresh: stage 1 reads nothing else)."""
         history: list[Any] = []
         for view_index, position in self.history:
             _, values = found[view_index][i]
             if values is not None and values[position]:
                 history.extend(values[position])
+        key = (self.popularity_version, _history_key(history))
+        memo = self.stage1_memo
+        self.stage1_lookups += 1
+        kept = memo.get(key)
+        if kept is not None:
+            memo.move_to_end(key)
+            self.stage1_hits += 1
+            return kept, True
+        retrieved = self._stage1(history)
+        memo[key] = retrieved
+        if len(memo) > STAGE1_MEMO_SIZE:
+            memo.popitem(last=False)
+        return retrieved, False
+
+    def _stage1(self, history: list[Any]) -> Retrieved:
         recent_first = list(dict.fromkeys(reversed(history)))  # a later list is more recent
         codes = self.artifacts.codes_of(recent_first)
         rated = codes[codes >= 0]
         emb = self.shape.embedding
         factor = self.artifacts.fold_in(rated, emb.regularization, emb.alpha)
         lists = generate(self.shape, self.artifacts, rated, rated, self.popularity, factor)
-        union = interleave([g.rows for g in lists.values()], self.shape.max_candidates)
-        return np.array(union, dtype=np.int64), lists, rated, factor
+        union = np.array(interleave([g.rows for g in lists.values()], self.shape.max_candidates),
+                         dtype=np.int64)
+        # kept in the memo and shared by later requests: nothing may write to them
+        for array in (union, rated, factor, *(a for g in lists.values() for a in (g.rows, g.scores))):
+            if array is not None:
+                array.flags.writeable = False
+        return union, lists, rated, factor
 
     def _rank(self, request: ScoreRequest, i: int, found: list[list[Row]],
               by_item: list[dict[Any, Row]], retrieved: tuple[Any, ...], k: int) -> Scored:
@@ -175,6 +211,15 @@ class RetrievalRanker(_Scorer):
             features = self.overlay(features, lambda item: attributes[codes[item]]
                                     if item in codes else frozenset())
         return features
+
+
+def _history_key(history: list[Any]) -> Hashable:
+    """An exact, compact key of a history: 8 bytes an item when every item is an int64, else
+    the tuple itself."""
+    if all(type(item) is int for item in history):
+        with contextlib.suppress(OverflowError):
+            return np.array(history, dtype=np.int64).tobytes()
+    return tuple(history)
 
 
 def _generator_columns(lists: dict[str, Generated], rows: np.ndarray, n_items: int

@@ -68,6 +68,7 @@ class Scored:
     inputs: np.ndarray | None = field(default=None, repr=False)  # one row per candidate
     candidates: list[str] = field(default_factory=list, repr=False)
     titles: list[str] | None = None  # the items' titles, where the use case has a catalogue
+    stage1_memo: bool | None = None  # retrieval: stage 1 came from the memo (None: no stage 1)
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,61 @@ def test_stage_one_alone_retrieves_every_movie_the_server_answers(served: Served
         assert {m["movieId"] for m in answer["movies"]} <= set(items)
 
 
+def test_stage_one_memo_gives_what_stage_one_computes_until_an_input_changes(
+        served: Served, tmp_path: Path) -> None:
+    """An unchanged history reads stage 1 from the memo, the same candidates as computed afresh;
+    one more rated movie, or a popularity refresh, computes it again."""
+    import asyncio
+
+    from feastflow.online import open_reader
+    from feastflow.scoring import ScoreRequest
+    from feastflow.store import open_store
+
+    ranker = _champion(served, tmp_path).retrieval
+    users = [int(u) for u in served.ratings["userId"].unique()[:4]]
+    requests = [ScoreRequest(u, pd.Timestamp(served.at).value // 1000, {}) for u in users]
+
+    async def retrieve() -> dict[str, object]:
+        reader = open_reader(served.settings, open_store(served.settings, "movielens"))
+        try:
+            await ranker.refresh_popularity(reader)
+            first = await ranker.candidates(requests, reader)
+            hits = ranker.stage1_hits
+            again = await ranker.candidates(requests, reader)
+            repeated_hits = ranker.stage1_hits - hits
+            ranker.stage1_memo.clear()
+            fresh = await ranker.candidates(requests, reader)
+            await ranker.refresh_popularity(reader)
+            hits = ranker.stage1_hits
+            await ranker.candidates(requests, reader)
+            hits_after_refresh = ranker.stage1_hits - hits
+            found = await reader.read([(view, [(users[0],)]) for view in ranker.plan.stage1])
+            return {"first": first, "again": again, "fresh": fresh, "found": found,
+                    "repeated_hits": repeated_hits, "hits_after_refresh": hits_after_refresh}
+        finally:
+            await reader.close()
+
+    out = asyncio.run(retrieve())
+    assert out["first"] == out["again"] == out["fresh"]
+    assert (out["repeated_hits"], out["hits_after_refresh"]) == (len(users), 0)
+    # the same user with one more rated movie (as the stream would push it): computed again,
+    # and the movie is among the rated ones, so never a candidate
+    found = out["found"]
+    view_index, position = ranker.history[-1]
+    stamp, values = found[view_index][0]
+    unrated = next(m for m in out["first"][0] if m not in set(
+        served.ratings.loc[served.ratings["userId"] == users[0], "movieId"]))
+    listed = list(values[position] or []) if values is not None else []
+    pushed = list(values) if values is not None else [None] * (position + 1)
+    pushed[position] = [*listed, unrated]
+    found[view_index] = [(stamp, tuple(pushed))]
+    hits = ranker.stage1_hits
+    (rows, _, rated, _), from_memo = ranker._retrieve(0, found)
+    assert not from_memo and ranker.stage1_hits == hits
+    assert ranker.artifacts.codes[unrated] in set(rated.tolist())
+    assert unrated not in set(ranker.artifacts.items[rows].tolist())
+
+
 def test_a_user_without_history_gets_popular_movies(served: Served) -> None:
     answer = predict(served, {"userId": 999_999, "timestamp": served.at, "k": 3})
     assert answer.status_code == 200, answer.text
