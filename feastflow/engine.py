@@ -128,6 +128,9 @@ class FeastflowComputeEngine(ComputeEngine):
     def _forget(self, project: str, views: Sequence[Any]) -> None:
         if self.state_dir is None or not views:
             return
+        if isinstance(self.online_store, SqliteOnlineStore) and not Path(
+                SqliteOnlineStore._get_db_path(self.repo_config)).exists():
+            return  # torn down, tokens and all: connecting would create an empty file again
         tokens = self._tokens(self._redis_writer())
         if tokens is not None:
             tokens.delete([_token_key(project, view.name) for view in views])

@@ -219,6 +219,10 @@ def test_sqlite_runs_write_only_what_changed_until_the_database_is_new(
     materialize(settings, "taxi_eta", start, end)
     assert all(r["changed"] == r["rows"] for r in last_runs(len(views)).values())
 
+    # `feast teardown` deletes the file; forgetting the tokens must not create it again
+    open_store(settings, "taxi_eta").teardown()
+    assert not online_db.exists()
+
 
 # --- random tables ---------------------------------------------------------------------------
 
