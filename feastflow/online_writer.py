@@ -432,15 +432,20 @@ def encode_timestamps(column: pa.Array | pa.ChunkedArray, name: str = EVENT_TIME
 def _event_time(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Seconds and nanoseconds of each event time, floored to the microsecond as Feast does."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not pa.types.is_timestamp(array.type):
-        raise InputError(f"{name}: expected a timestamp column, got {array.type}")
     if array.null_count:
         raise InputError(f"{name}: {array.null_count} rows have no event time")
-    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[array.type.unit]
-    raw = np.asarray(array.cast(pa.int64()).to_numpy(), dtype=np.int64)
-    micros = raw * (1_000_000 // per_second) if per_second <= 1_000_000 else raw // 1000
-    seconds, micro = np.divmod(micros, 1_000_000)
+    seconds, micro = np.divmod(timestamp_micros(array, name), 1_000_000)
     return seconds, micro * 1000
+
+
+def timestamp_micros(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+    """Microseconds since the epoch of each time, floored as Feast's datetimes are (null: 0)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_timestamp(array.type):
+        raise InputError(f"{name}: expected a timestamp column, got {array.type}")
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[array.type.unit]
+    raw = np.asarray(array.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
+    return raw * (1_000_000 // per_second) if per_second <= 1_000_000 else raw // 1000
 
 
 def _timestamp_pieces(seconds: np.ndarray, nanos: np.ndarray) -> list[Piece]:

@@ -55,7 +55,7 @@ class RetrievalRanker(_Scorer):
         self.popularity: np.ndarray | None = None  # each item's count (refresh_popularity)
         self.popularity_version = 0  # stage 1 memo keys: a refresh makes every entry a miss
         self.stage1_memo: OrderedDict[Hashable, Retrieved] = OrderedDict()
-        self.stage1_lookups = self.stage1_hits = 0
+        self.stage1_hits = 0  # requests whose stage 1 came from the memo
         self.overlay = None
         if self.shape.history_overlay:
             module, _, function = self.shape.history_overlay.partition(":")
@@ -134,7 +134,6 @@ class RetrievalRanker(_Scorer):
                 history.extend(values[position])
         key = (self.popularity_version, _history_key(history))
         memo = self.stage1_memo
-        self.stage1_lookups += 1
         kept = memo.get(key)
         if kept is not None:
             memo.move_to_end(key)

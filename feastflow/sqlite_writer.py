@@ -33,7 +33,13 @@ from feast.infra.online_stores.sqlite import _quote_id, _table_id
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 
-from feastflow.online_writer import WriteLayout, WriteResult, encode_keys, encode_values
+from feastflow.online_writer import (
+    WriteLayout,
+    WriteResult,
+    encode_keys,
+    encode_values,
+    timestamp_micros,
+)
 
 _EPOCH = datetime(1970, 1, 1)  # naive, as Feast hands datetimes to sqlite3 (to_naive_utc)
 
@@ -100,12 +106,7 @@ def _epoch_seconds(column: pa.Array | pa.ChunkedArray, name: str) -> list[int | 
     """Each time as Feast's sqlite3 adapter stores it: `int(naive.timestamp())` of the UTC time
     to the microsecond, read as local time by Python (computed once per distinct time)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not pa.types.is_timestamp(array.type):
-        raise ValueError(f"{name}: expected a timestamp column, got {array.type}")
-    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[array.type.unit]
-    raw = np.asarray(array.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
-    micros = raw * (1_000_000 // per_second) if per_second <= 1_000_000 else raw // 1000
-    distinct, positions = np.unique(micros, return_inverse=True)
+    distinct, positions = np.unique(timestamp_micros(array, name), return_inverse=True)
     seconds = [int((_EPOCH + timedelta(microseconds=m)).timestamp()) for m in distinct.tolist()]
     out: list[int | None] = [seconds[p] for p in positions.tolist()]
     if array.null_count:
